@@ -1,0 +1,1 @@
+"""SuperGLUE tasks as text-to-text: loading, formatting, metrics. Never imports `trainer`."""

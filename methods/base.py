@@ -1,0 +1,123 @@
+"""The one interface every prompt method implements, plus the initializers they share.
+
+A method is an ``nn.Module`` that, called with no input, returns the prompt matrix
+``P`` of shape ``(output_length, embed_dim)``. The trainer prepends ``P`` to the frozen
+backbone's input embeddings and never needs to know which method produced it.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+INITS = ("random", "vocab", "text")
+
+
+def check_positive(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def check_range(value: int, low: int, high: int, what: str, why: str = "") -> None:
+    """Raise a ValueError naming the valid range (and why it is the range) if value is outside it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}" + (f": {why}" if why else ""))
+
+
+def uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """U(-bound, bound) in float32 on the CPU; ``generator`` makes it reproducible."""
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+def initial_prompt(
+    num_tokens: int,
+    embed_dim: int,
+    init: str = "vocab",
+    *,
+    embedding_weight: torch.Tensor | None = None,
+    init_token_ids: list[int] | None = None,
+    vocab_limit: int = 5000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A fresh float32 CPU tensor of shape (num_tokens, embed_dim) to start a prompt from.
+
+    - ``random``: U(-0.5, 0.5), T5X's choice (peft's N(0, 1) is far above the embedding scale).
+    - ``vocab``: rows sampled from the first ``min(V, vocab_limit)`` rows of ``embedding_weight``
+      (T5X used the top-5,000 tokens), without replacement unless more rows are asked for than
+      exist. Starting on real token embeddings keeps the prompt on the scale the backbone expects.
+    - ``text``: the rows of ``init_token_ids``, repeated cyclically to fill ``num_tokens`` and
+      truncated if the text is longer (as peft does).
+    """
+    check_positive(num_tokens, "prompt length (num_tokens)")
+    check_positive(embed_dim, "embedding width (embed_dim)")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    if init == "random":
+        return uniform((num_tokens, embed_dim), 0.5, generator)
+
+    if embedding_weight is None:
+        raise ValueError(f"init={init!r} needs embedding_weight (the backbone's input embedding matrix); "
+                         "pass it, or use init='random'")
+    if embedding_weight.dim() != 2 or embedding_weight.shape[0] == 0:
+        # Under ZeRO-3 an ungathered embedding is a placeholder of shape [0].
+        raise ValueError(f"embedding_weight must be a (V, e) matrix with V >= 1, got shape {tuple(embedding_weight.shape)}; "
+                         "under ZeRO-3 gather it first (deepspeed.zero.GatheredParameters)")
+    if embedding_weight.shape[1] != embed_dim:
+        raise ValueError(f"embedding_weight has width {embedding_weight.shape[1]} but embed_dim is {embed_dim}")
+    vocab_size = embedding_weight.shape[0]
+
+    if init == "vocab":
+        check_positive(vocab_limit, "vocab_limit")
+        n = min(vocab_size, vocab_limit)
+        if num_tokens <= n:
+            ids = torch.randperm(n, generator=generator)[:num_tokens]
+        else:
+            ids = torch.randint(n, (num_tokens,), generator=generator)
+    else:  # text
+        text = [int(i) for i in init_token_ids] if init_token_ids is not None else []
+        if not text:
+            raise ValueError("init='text' needs a non-empty init_token_ids (the tokenized init text)")
+        bad = [i for i in text if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"init_token_ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        ids = torch.tensor([text[i % len(text)] for i in range(num_tokens)])
+
+    rows = embedding_weight.detach()[ids.to(embedding_weight.device)]
+    return rows.to(device="cpu", dtype=torch.float32).clone()
+
+
+class PromptModule(nn.Module):
+    """Base class: holds c and e, validates them, and derives export and counting from forward()."""
+
+    name: ClassVar[str]
+
+    def __init__(self, num_tokens: int, embed_dim: int):
+        super().__init__()
+        check_positive(num_tokens, "prompt length (num_tokens)")
+        check_positive(embed_dim, "embedding width (embed_dim)")
+        self.num_tokens = num_tokens
+        self.embed_dim = embed_dim
+
+    @property
+    def output_length(self) -> int:
+        """Rows of P (c'); only pooling methods make this differ from num_tokens."""
+        return self.num_tokens
+
+    def forward(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def dense(self) -> torch.Tensor:
+        """A detached copy of P for export; clone so it never aliases a parameter."""
+        return self.forward().detach().clone()
+
+    def num_trainable_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def num_kept_params(self) -> int:
+        """What must be stored to serve the prompt after training: the dense P."""
+        return self.output_length * self.embed_dim
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, embed_dim={self.embed_dim}"

@@ -1,0 +1,41 @@
+"""Decomposed prompt tuning (DPT, arXiv 2310.10094): P = A·B with a small inner rank b.
+
+The paper writes the transpose; we keep P's rows as tokens. Both factors start at
+U(-0.5, 0.5) as in DPT's released code (the paper says Gaussian).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PromptModule, check_range, uniform
+
+DEFAULT_RANK = 10
+
+
+class DPT(PromptModule):
+    """A ∈ R^{c×b}, B ∈ R^{b×e}; c·b + b·e parameters instead of c·e."""
+
+    name = "dpt"
+
+    def __init__(
+        self,
+        num_tokens: int,
+        embed_dim: int,
+        rank: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(num_tokens, embed_dim)
+        if rank is None:  # the paper's b = 10, shrunk for prompts narrower than that
+            rank = min(DEFAULT_RANK, num_tokens, embed_dim)
+        check_range(rank, 1, min(num_tokens, embed_dim), "rank (b)",
+                    "a rank above min(c, e) adds parameters but no expressiveness")
+        self.rank = rank
+        self.a = nn.Parameter(uniform((num_tokens, rank), 0.5, generator))
+        self.b = nn.Parameter(uniform((rank, embed_dim), 0.5, generator))
+
+    def forward(self) -> torch.Tensor:
+        return self.a @ self.b
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}"

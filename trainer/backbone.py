@@ -1,0 +1,69 @@
+"""Load a frozen backbone (preset, hub name or local path) and its tokenizer."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
+                          PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
+
+from trainer.errors import LrptError
+from trainer.presets import PRESETS, build_preset, preset_config
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Backbone:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    is_encoder_decoder: bool
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else that is not a directory is a path typo."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_config(name: str) -> PretrainedConfig:
+    """The backbone's config alone (cheap): enough to validate a run before loading weights."""
+    if name in PRESETS:
+        return preset_config(name)
+    if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise LrptError(f"model path {name!r} does not exist (give a local directory written by "
+                        f"save_pretrained, a hub name such as google/t5-v1_1-base, or a preset: {', '.join(PRESETS)})")
+    try:
+        return AutoConfig.from_pretrained(os.path.expanduser(name))
+    except (OSError, ValueError) as exc:
+        raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0] +
+                        " (offline? set HF_HUB_OFFLINE=1 and use a cached name or a local path)") from None
+
+
+def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bool = False) -> Backbone:
+    """Frozen model + tokenizer. Under ZeRO-3 the caller keeps an `HfDeepSpeedConfig` alive first,
+    so `from_pretrained`/`from_config` build the weights already partitioned."""
+    config = resolve_config(name)
+    dtype = DTYPES[precision]
+    if name in PRESETS:
+        model, tokenizer = build_preset(name, dtype=dtype)
+    else:
+        path = os.path.expanduser(name)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        try:
+            model = auto.from_pretrained(path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0]) from None
+    if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.requires_grad_(False)
+    if gradient_checkpointing:
+        # non-reentrant: the frozen blocks' inputs (prompt embeddings) carry the gradient (pitfall 8)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return Backbone(model=model, tokenizer=tokenizer, is_encoder_decoder=config.is_encoder_decoder)

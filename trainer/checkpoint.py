@@ -1,0 +1,85 @@
+"""Checkpoints of the prompt only: factors, their optimizer and scheduler state, and the dense prompt.
+
+Layout: <output_dir>/checkpoints/step-000050/ holds DeepSpeed's checkpoint written with
+`exclude_frozen_parameters=True` (no backbone weights), `prompt.safetensors` (the factors and
+buffers), `prompt_dense.safetensors` (P for export) and `trainer_state.json`.
+A checkpoint is written to a staging directory and renamed into place, then `latest` is replaced
+atomically: a save killed half-way never damages the last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import deepspeed
+import torch
+from safetensors.torch import save_file
+
+from methods import PromptModule
+from trainer import distributed
+
+STAGING = ".staging"
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def save_prompt(prompt: PromptModule, directory: Path, metadata: dict[str, str]) -> None:
+    """Rank 0 writes the factors and the dense prompt (gathered first under ZeRO-3)."""
+    with deepspeed.zero.GatheredParameters(list(prompt.parameters())):
+        if distributed.is_main():
+            state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in prompt.state_dict().items()}
+            save_file(state, directory / "prompt.safetensors", metadata=metadata)
+            save_file({"prompt": prompt.dense().to(torch.float32).contiguous()},
+                      directory / "prompt_dense.safetensors", metadata=metadata)
+
+
+def save(engine, prompt: PromptModule, output_dir: str | Path, step: int, trainer_state: dict,
+         metadata: dict[str, str], keep: int) -> Path:
+    root = checkpoints_dir(output_dir)
+    tag = f"step-{step:06d}"
+    final = root / tag
+    if distributed.is_main():
+        shutil.rmtree(root / STAGING / tag, ignore_errors=True)
+    distributed.barrier()
+    engine.save_checkpoint(str(root / STAGING), tag=tag, save_latest=False, exclude_frozen_parameters=True)
+    staged = root / STAGING / tag
+    save_prompt(prompt, staged, metadata)
+    if distributed.is_main():
+        (staged / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staged, final)
+        tmp = root / "latest.tmp"
+        tmp.write_text(tag)
+        os.replace(tmp, root / "latest")
+        _prune(root, keep)
+    distributed.barrier()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    tags = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest(output_dir: str | Path) -> Path | None:
+    pointer = checkpoints_dir(output_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load(engine, checkpoint: Path) -> dict:
+    """Restore prompt factors, optimizer and scheduler; returns the trainer state."""
+    state_file = checkpoint / "trainer_state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not an lrpt checkpoint (no trainer_state.json)")
+    load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_strict=False)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint at {checkpoint}")
+    return json.loads(state_file.read_text())

@@ -1,0 +1,36 @@
+"""`lrpt <command> ...`: the console script."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.errors import LrptError
+
+COMMANDS = {"train": "train a soft prompt on a frozen backbone (run `lrpt train --help`)"}
+
+
+def train_command(argv: list[str]) -> int:
+    from trainer.config import load_config
+    from trainer.loop import train
+
+    train(load_config(argv))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="lrpt", description="Low-rank prompt tuning on frozen backbones.")
+    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args, rest = parser.parse_known_args(argv[:1])
+    try:
+        return {"train": train_command}[args.command](argv[1:])
+    except LrptError as exc:
+        print(f"lrpt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

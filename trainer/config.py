@@ -1,0 +1,163 @@
+"""RunConfig: one dataclass for a run, read from YAML and/or command-line flags.
+
+Flag names follow transformers' `TrainingArguments` where one exists (`--output_dir`,
+`--learning_rate`, `--per_device_train_batch_size`, ...); dashed spellings are accepted too.
+The resolved config is written next to every result, so a result always says how it was made.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.errors import LrptError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    # what to train
+    model: str = field(default="tiny-t5", metadata={"help": "preset (tiny-t5, tiny-llama), HF hub name, or local path"})
+    method: str = field(default="dpt", metadata={"help": "prompt method: pt, dpt, lopt1, lopt2, lamp, residual"})
+    task: str = field(default="rte", metadata={"help": "SuperGLUE task"})
+    data_dir: str | None = field(default=None, metadata={"help": "<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; default: bundled demo data"})
+    # the prompt
+    prompt_length: int = field(default=100, metadata={"help": "c, prompt tokens before any pooling"})
+    rank: int | None = field(default=None, metadata={"help": "b in DPT, r in LoPT/LAMP (default: the paper's)"})
+    bottleneck: int | None = field(default=None, metadata={"help": "m in Residual PT (default 400)"})
+    pool: int | None = field(default=None, metadata={"help": "p, LAMP's average-pooling block (default 1: none)"})
+    init: str | None = field(default=None, metadata={"help": "random | vocab | text (default: the method's)"})
+    init_text: str | None = field(default=None, metadata={"help": "text whose embeddings initialise the prompt (init=text)"})
+    activation: str | None = field(default=None, metadata={"help": "sigma in LoPT-2 (default elu)"})
+    # optimisation (defaults: DPT's code: AdamW, lr 0.3, wd 1e-5, clip 1.0, linear schedule, 10% warm-up)
+    learning_rate: float = 0.3
+    weight_decay: float = 1e-5
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 10.0
+    max_steps: int = field(default=-1, metadata={"help": "if > 0, overrides num_train_epochs"})
+    seed: int = 42
+    # backbone
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (fp16 is refused for T5)"})
+    gradient_checkpointing: bool = False
+    max_source_length: int = 256
+    max_target_length: int = 16
+    # DeepSpeed
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (default: ZeRO-0 built in)"})
+    local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher; the LOCAL_RANK env var wins"})
+    # output, evaluation, checkpoints
+    output_dir: str | None = field(default=None, metadata={"help": "default runs/<time>-<method>-<task>"})
+    logging_steps: int = 10
+    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    save_total_limit: int = 2
+    resume_from_checkpoint: str | None = field(default="auto", metadata={"help": "auto (latest in output_dir if any) | none | path to a checkpoint"})
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Checks that need no model; anything wrong is reported before loading weights."""
+        from methods import available
+
+        if self.method not in available():
+            raise LrptError(f"unknown method {self.method!r}; known methods: {', '.join(available())}")
+        if self.prompt_length < 1:
+            raise LrptError(f"--prompt_length must be >= 1, got {self.prompt_length}")
+        if self.precision not in PRECISIONS:
+            raise LrptError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_source_length", "max_target_length", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise LrptError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise LrptError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise LrptError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise LrptError("set --max_steps > 0 or --num_train_epochs > 0")
+        if self.init == "text" and not self.init_text:
+            raise LrptError("--init text needs --init_text 'some words'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    """The concrete type of a field, with `X | None` unwrapped to X."""
+    hints = typing.get_type_hints(RunConfig)
+    tp = hints[f.name]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _optional(convert):
+    """Accept 'none' for optional fields, like YAML's null."""
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else convert(text)
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def build_parser(prog: str = "lrpt train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a soft prompt on a frozen backbone.",
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file of RunConfig fields; flags given here override it")
+    for f in dataclasses.fields(RunConfig):
+        tp = _field_type(f)
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default
+        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        if tp is bool:
+            parser.add_argument(*names, dest=f.name, type=_parse_bool, nargs="?", const=True, help=help_text)
+        else:
+            convert = _optional(tp) if default is None or f.name == "resume_from_checkpoint" else tp
+            parser.add_argument(*names, dest=f.name, type=convert, help=help_text)
+    return parser
+
+
+def load_config(argv: list[str] | None = None) -> RunConfig:
+    """RunConfig from defaults <- YAML (--config) <- command-line flags."""
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    if "config" in args:
+        values.update(read_yaml(args.pop("config")))
+    values.update(args)
+    return RunConfig(**values)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise LrptError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise LrptError(f"config file {path!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise LrptError(f"config file {path!r} must hold a mapping of RunConfig fields")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LrptError(f"config file {path!r} has unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+    return data

@@ -1,0 +1,70 @@
+"""Process-group set-up: the same code path for one process, the deepspeed launcher, torchrun and srun."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch.distributed as dist
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_process_group() -> None:
+    """Join the launcher's process group, or make a one-process group when started plainly.
+
+    DeepSpeed's engine needs a process group even for one process; `lrpt train` must work without
+    a launcher, so a missing launcher environment means "world of one on this host".
+    """
+    if dist.is_initialized():
+        return
+    if not all(v in os.environ for v in LAUNCHER_VARS):
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                               verbose=False)
+    get_accelerator().set_device(int(os.environ["LOCAL_RANK"]))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast(value):
+    """Rank 0's value on every rank (e.g. a timestamped run directory)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value) -> list:
+    """Every rank's value, on every rank (for per-rank report fields)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

@@ -1,0 +1,273 @@
+"""One training run: RunConfig in, report out. Reads top to bottom like the recipe it is."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+import methods
+from eval.data import load_formatted
+from eval.tasks import Task, get_task
+from trainer import checkpoint, distributed
+from trainer.backbone import Backbone, load_backbone, resolve_config
+from trainer.config import RunConfig
+from trainer.data import eval_batches, micro_batches_per_epoch, tokenize, train_batches
+from trainer.ds_config import resolve_ds_config, zero_stage
+from trainer.errors import LrptError
+from trainer.meter import StepMeter, optimizer_state_tensors, peak_memory, tensor_bytes
+from trainer.prompted import PromptedModel
+from trainer.report import format_table, write
+
+FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
+
+
+def log(message: str) -> None:
+    if distributed.is_main():
+        tqdm.write(f"[lrpt] {message}")
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+    from deepspeed.utils import logger as ds_logger
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    ds_logger.setLevel(logging.WARNING)
+
+
+def method_options(cfg: RunConfig) -> dict:
+    """The method keywords the user set (None means: the method's own default)."""
+    return {"rank": cfg.rank, "bottleneck": cfg.bottleneck, "pool": cfg.pool, "activation": cfg.activation}
+
+
+def check_run(cfg: RunConfig) -> Task:
+    """Everything that can be refused before a weight is loaded."""
+    cfg.validate()
+    try:
+        task = get_task(cfg.task)
+    except KeyError as exc:
+        raise LrptError(exc.args[0]) from None
+    config = resolve_config(cfg.model)
+    if cfg.precision == "fp16" and config.model_type in FP16_UNSAFE:
+        raise LrptError(f"--precision fp16 with a {config.model_type} backbone: T5's activations overflow fp16 "
+                        "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
+    try:  # shapes and keywords, on a stand-in one-row vocabulary
+        methods.build(cfg.method, cfg.prompt_length, config.hidden_size, init=cfg.init,
+                      embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0], **method_options(cfg))
+    except ValueError as exc:
+        raise LrptError(str(exc)) from None
+    return task
+
+
+def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
+    import deepspeed
+
+    embedding = backbone.model.get_input_embeddings().weight
+    ids = backbone.tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"] if cfg.init_text else None
+    # Under ZeRO-3 the embedding is partitioned (shape [0]); gather it to read rows (pitfall 1).
+    with deepspeed.zero.GatheredParameters([embedding]):
+        weight = embedding.detach().to(torch.float32).clone()
+    return methods.build(cfg.method, cfg.prompt_length, backbone.embed_dim, init=cfg.init, embedding_weight=weight,
+                         init_token_ids=ids, generator=torch.Generator().manual_seed(cfg.seed), **method_options(cfg))
+
+
+def default_output_dir(cfg: RunConfig) -> str:
+    return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}-{cfg.task}")
+
+
+def evaluate(model: PromptedModel, rows, task: Task, tokenizer, cfg: RunConfig, synced_gpus: bool) -> dict:
+    """Greedy generation mapped to label words; an unmappable output counts as wrong."""
+    model.eval()
+    texts: dict[int, str] = {}
+    batches = eval_batches(rows, cfg.per_device_eval_batch_size, tokenizer.pad_token_id,
+                           left_pad=not model.is_encoder_decoder, rank=distributed.rank(),
+                           world_size=distributed.world_size())
+    for idx, batch in tqdm(list(batches), desc="eval", leave=False, disable=not (cfg.progress and distributed.is_main())):
+        out = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=cfg.max_target_length,
+                             synced_gpus=synced_gpus, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
+            if i >= 0:
+                texts[i] = text
+    for part in distributed.gather(texts):
+        texts.update(part)
+    model.train()
+    predicted = [task.parse(texts[i]) for i in range(len(rows))]
+    metrics = task.metrics(predicted, list(rows["label"]))
+    metrics["unparsable"] = predicted.count(-1)
+    metrics["examples"] = len(rows)
+    return metrics
+
+
+def _tokens(batch: dict, is_encoder_decoder: bool) -> int:
+    tokens = int(batch["attention_mask"].sum())
+    if is_encoder_decoder:
+        tokens += int((batch["labels"] != -100).sum())
+    return tokens
+
+
+def _mean_over_ranks(value: float) -> float:
+    return sum(distributed.gather(value)) / distributed.world_size()
+
+
+def train(cfg: RunConfig) -> dict:
+    import deepspeed
+    from transformers import get_linear_schedule_with_warmup
+    from transformers.integrations import HfDeepSpeedConfig
+
+    task = check_run(cfg)
+    _quiet_libraries()
+    distributed.init_process_group()
+    world, rank = distributed.world_size(), distributed.rank()
+    ds_config = resolve_ds_config(cfg, world)
+    stage = zero_stage(ds_config)
+    keep_alive = HfDeepSpeedConfig(ds_config) if stage == 3 else None  # noqa: F841  weights arrive sharded
+    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
+    out = Path(cfg.output_dir)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    torch.manual_seed(cfg.seed)
+
+    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {stage}")
+    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing)
+    prompt = build_prompt(cfg, backbone)
+    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder)
+    trainable = prompt.num_trainable_params()
+
+    train_rows = load_formatted(task, "train", cfg.data_dir)
+    eval_rows = load_formatted(task, "val", cfg.data_dir)
+    if cfg.max_train_samples:
+        train_rows = train_rows.select(range(min(cfg.max_train_samples, len(train_rows))))
+    if cfg.max_eval_samples:
+        eval_rows = eval_rows.select(range(min(cfg.max_eval_samples, len(eval_rows))))
+    lengths = dict(is_encoder_decoder=backbone.is_encoder_decoder, max_source_length=cfg.max_source_length,
+                   max_target_length=cfg.max_target_length)
+    train_rows = tokenize(train_rows, backbone.tokenizer, **lengths)
+    eval_rows = tokenize(eval_rows, backbone.tokenizer, for_generation=True, **lengths)
+
+    micro_per_epoch = micro_batches_per_epoch(len(train_rows), cfg.per_device_train_batch_size, world)
+    steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
+    if steps_per_epoch < 1:
+        raise LrptError(f"{len(train_rows)} training examples are fewer than one global batch "
+                        f"({ds_config['train_batch_size']}); lower --per_device_train_batch_size or "
+                        f"--gradient_accumulation_steps")
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config,
+        lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+
+    state = {"step": 0, "loss_curve": [], "eval_history": []}
+    resume = checkpoint.latest(out) if cfg.resume_from_checkpoint == "auto" else (
+        None if cfg.resume_from_checkpoint in (None, "none") else Path(cfg.resume_from_checkpoint))
+    if resume is not None:
+        state = checkpoint.load(engine, resume)
+        log(f"resumed from {resume} at step {state['step']}")
+    metadata = {"method": cfg.method, "model": cfg.model, "prompt_length": str(cfg.prompt_length)}
+
+    def save_checkpoint() -> None:
+        checkpoint.save(engine, prompt, out, state["step"], state, metadata, cfg.save_total_limit)
+
+    log(f"{cfg.method}: {trainable:,} trainable parameters; {len(train_rows)} train / {len(eval_rows)} eval examples; "
+        f"{total_steps} steps of {ds_config['train_batch_size']} examples")
+    meter = StepMeter(warmup=min(2, total_steps // 5))
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
+               disable=not (cfg.progress and distributed.is_main()))
+    engine.train()
+    accum = cfg.gradient_accumulation_steps
+    synced = world > 1 and stage == 3
+    while state["step"] < total_steps:
+        epoch, done = divmod(state["step"], steps_per_epoch)
+        micro = train_batches(train_rows, cfg.per_device_train_batch_size, backbone.tokenizer.pad_token_id,
+                              cfg.seed, epoch, rank, world, skip=done * accum)
+        for i, batch in enumerate(itertools.islice(micro, (steps_per_epoch - done) * accum)):
+            if i % accum == 0:
+                losses, samples, tokens = [], 0, 0
+                meter.start()
+            torch.manual_seed(cfg.seed + 1_000_003 * state["step"] + i % accum)  # dropout replays on resume
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            samples += batch["input_ids"].shape[0]
+            tokens += _tokens(batch, backbone.is_encoder_decoder)
+            if (i + 1) % accum:
+                continue
+            meter.stop(samples, tokens, samples * prompt.output_length)
+            state["step"] += 1
+            state["loss_curve"].append(_mean_over_ranks(sum(losses) / len(losses)))
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+            if cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and state["step"] < total_steps:
+                metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced)
+                state["eval_history"].append({"step": state["step"], **metrics})
+                log(f"step {state['step']}: {metrics}")
+            if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
+                save_checkpoint()
+            if state["step"] >= total_steps:
+                break
+    bar.close()
+    if resume is None or state["step"] > _resumed_step(resume):
+        save_checkpoint()
+    metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced)
+    checkpoint.save_prompt(prompt, out, metadata)
+
+    per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
+                                   "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(optimizer))})
+    report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config)
+    if distributed.is_main():
+        write(report, out)
+        print(format_table(report), flush=True)
+    return report
+
+
+def _resumed_step(resume: Path) -> int:
+    return int(resume.name.split("-")[-1])
+
+
+def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config) -> dict:
+    import deepspeed
+    import transformers
+
+    curve = state["loss_curve"]
+    throughput = {"per_rank": [r["throughput"] for r in per_rank]}
+    measured = [t for t in throughput["per_rank"] if t.get("steps_measured")]
+    if measured:
+        for key in ("samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s"):
+            throughput[key] = sum(t[key] for t in measured)  # ranks work in parallel: rates add up
+        throughput["step_time_s"] = {k: max(t["step_time_s"][k] for t in measured) for k in ("mean", "p50", "p95")}
+    opt_bytes = [r["optimizer_state_bytes"] for r in per_rank]
+    return {
+        "method": cfg.method,
+        "trainable_params": prompt.num_trainable_params(),
+        "kept_params": prompt.num_kept_params(),
+        "prompt_length": prompt.num_tokens,
+        "prompt_output_length": prompt.output_length,
+        "optimizer_state_bytes": sum(opt_bytes),
+        "optimizer_state_bytes_per_rank": opt_bytes,
+        "metrics": metrics,
+        "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
+                  "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),
+                  "loss_curve": curve, "eval_history": state["eval_history"]},
+        "throughput": throughput,
+        "memory": {"peak_bytes": [r["memory"]["peak_bytes"] for r in per_rank],
+                   "measured_by": per_rank[0]["memory"]["measured_by"]},
+        "world_size": world,
+        "zero_stage": stage,
+        "output_dir": cfg.output_dir,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "deepspeed": deepspeed.__version__},
+        "config": cfg.to_dict(),
+        "deepspeed_config": ds_config,
+    }

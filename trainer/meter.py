@@ -1,0 +1,83 @@
+"""Throughput and memory: what a step costs, measured, with how it was measured."""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+
+class StepMeter:
+    """Wall time and tokens per optimizer step; the first `warmup` steps are not counted."""
+
+    def __init__(self, warmup: int = 2):
+        self.warmup = warmup
+        self.times: list[float] = []
+        self.samples = self.input_tokens = self.prompt_tokens = 0
+        self._seen = 0
+        self._start = 0.0
+
+    def start(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def stop(self, samples: int, input_tokens: int, prompt_tokens: int) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self._start
+        self._seen += 1
+        if self._seen > self.warmup:
+            self.times.append(elapsed)
+            self.samples += samples
+            self.input_tokens += input_tokens
+            self.prompt_tokens += prompt_tokens
+
+    def summary(self) -> dict:
+        """Per-rank figures; tokens/s counts prompt and input tokens, also shown apart."""
+        total = sum(self.times)
+        if not self.times:
+            return {"steps_measured": 0, "warmup_steps": self.warmup}
+        times = sorted(self.times)
+        return {
+            "steps_measured": len(times),
+            "warmup_steps": self.warmup,
+            "step_time_s": {"mean": total / len(times), "p50": statistics.median(times),
+                            "p95": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]},
+            "samples_per_s": self.samples / total,
+            "tokens_per_s": (self.input_tokens + self.prompt_tokens) / total,
+            "input_tokens_per_s": self.input_tokens / total,
+            "prompt_tokens_per_s": self.prompt_tokens / total,
+        }
+
+
+def peak_memory() -> dict:
+    """This process's peak: CUDA's max_memory_allocated on a GPU, else the peak RSS."""
+    if torch.cuda.is_available():
+        return {"peak_bytes": torch.cuda.max_memory_allocated(), "measured_by": "torch.cuda.max_memory_allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    return {"peak_bytes": rss * scale, "measured_by": "peak RSS of the process (getrusage ru_maxrss; CPU run)"}
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages (a tensor seen twice, or a view, counts once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel():
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    return total
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor the optimizer keeps: its moments, and DeepSpeed's fp32 master copies if any."""
+    base = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed's ZeRO/bf16 wrappers hold the torch one
+    tensors = [v for state in base.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    if base is not optimizer:  # master weights owned by the wrapper
+        tensors += [p for group in base.param_groups for p in group["params"]]
+    return tensors

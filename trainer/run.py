@@ -1,0 +1,21 @@
+"""Entry point for launchers: `deepspeed trainer/run.py ...`, `torchrun trainer/run.py ...`,
+`srun python trainer/run.py ...` and `python -m trainer.run ...` all land here."""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: drop trainer/ from sys.path so its modules cannot shadow top-level ones.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
