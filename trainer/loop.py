@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,8 +85,10 @@ def default_output_dir(cfg: RunConfig) -> str:
     return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}-{cfg.task}")
 
 
-def evaluate(model: PromptedModel, rows, task: Task, tokenizer, cfg: RunConfig, synced_gpus: bool) -> dict:
-    """Greedy generation mapped to label words; an unmappable output counts as wrong."""
+def evaluate(model: PromptedModel, rows, task: Task, tokenizer, cfg: RunConfig, synced_gpus: bool,
+             predictions_file: Path | None = None) -> dict:
+    """Greedy generation mapped to label words; an unmappable output counts as wrong.
+    Rank 0 writes every generated text to `predictions_file` (JSON lines, in input order)."""
     model.eval()
     texts: dict[int, str] = {}
     batches = eval_batches(rows, cfg.per_device_eval_batch_size, tokenizer.pad_token_id,
@@ -101,6 +105,10 @@ def evaluate(model: PromptedModel, rows, task: Task, tokenizer, cfg: RunConfig, 
         texts.update(part)
     model.train()
     predicted = [task.parse(texts[i]) for i in range(len(rows))]
+    if predictions_file is not None and distributed.is_main():
+        with predictions_file.open("w") as f:
+            for i, label in enumerate(rows["label"]):
+                f.write(json.dumps({"index": i, "generated": texts[i], "prediction": predicted[i], "label": label}) + "\n")
     metrics = task.metrics(predicted, list(rows["label"]))
     metrics["unparsable"] = predicted.count(-1)
     metrics["examples"] = len(rows)
@@ -118,7 +126,15 @@ def _mean_over_ranks(value: float) -> float:
     return sum(distributed.gather(value)) / distributed.world_size()
 
 
-def train(cfg: RunConfig) -> dict:
+@dataclass
+class TrainResult:
+    """What a run leaves in memory: the report, the trained model and its DeepSpeed engine."""
+    report: dict
+    model: PromptedModel
+    engine: object
+
+
+def train(cfg: RunConfig) -> TrainResult:
     import deepspeed
     from transformers import get_linear_schedule_with_warmup
     from transformers.integrations import HfDeepSpeedConfig
@@ -220,7 +236,8 @@ def train(cfg: RunConfig) -> dict:
     bar.close()
     if resume is None or state["step"] > _resumed_step(resume):
         save_checkpoint()
-    metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced)
+    metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced,
+                       predictions_file=out / "eval_predictions.jsonl")
     checkpoint.save_prompt(prompt, out, metadata)
 
     per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
@@ -229,7 +246,7 @@ def train(cfg: RunConfig) -> dict:
     if distributed.is_main():
         write(report, out)
         print(format_table(report), flush=True)
-    return report
+    return TrainResult(report=report, model=model, engine=engine)
 
 
 def _resumed_step(resume: Path) -> int:

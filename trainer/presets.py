@@ -24,7 +24,10 @@ def preset_config(name: str, width: int = 128, layers: int = 2) -> PretrainedCon
         return LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width,
                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                           eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+                           eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+                           # LLaMA's 0.02 makes a random network nearly the identity on each token's
+                           # embedding, so no prompt could move its output; 0.3 lets context matter.
+                           initializer_range=0.3)
     raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
 
 

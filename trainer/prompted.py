@@ -46,6 +46,9 @@ class PromptedModel(nn.Module):
         if not self.is_encoder_decoder:
             embeds, mask = pads_first(embeds, mask, self.prompt.output_length)
         kwargs.setdefault("do_sample", False)
+        pad = self.backbone.generation_config.pad_token_id
+        if pad is not None and pad != self.backbone.generation_config.eos_token_id:
+            kwargs.setdefault("suppress_tokens", [pad])  # padding is never an answer
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs)
 
 
