@@ -23,6 +23,12 @@ class PromptedModel(nn.Module):
         self.prompt = prompt
         self.is_encoder_decoder = is_encoder_decoder
 
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Only the prompt. The backbone is frozen and re-loaded from its own checkpoint; DeepSpeed's
+        `exclude_frozen_parameters` would still keep tied aliases (T5's shared embedding and
+        lm_head) because it walks `named_parameters()`, which lists a tied tensor once."""
+        return self.prompt.state_dict(destination=destination, prefix=prefix + "prompt.", keep_vars=keep_vars)
+
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cat[P, embed(input_ids)] and the mask extended by ones over the prompt."""
         tokens = self.backbone.get_input_embeddings()(input_ids)

@@ -1,0 +1,69 @@
+"""Checkpoints hold the prompt only, survive a crash, and resume to the same losses."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer import checkpoint
+from trainer.config import RunConfig
+from trainer.loop import train
+
+
+class Crash(Exception):
+    pass
+
+
+def config(model_dir, data_dir, out, **kw) -> RunConfig:
+    base = dict(model=model_dir, data_dir=str(data_dir), output_dir=str(out), method="lamp", rank=4, pool=2,
+                prompt_length=8, per_device_train_batch_size=2, max_steps=8, save_steps=3, warmup_ratio=0.25,
+                progress=False, seed=3)
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_crash_then_resume_reproduces_the_loss_curve(arch, backbone_dirs, memorise_dir, tmp_path, monkeypatch):
+    model_dir = backbone_dirs[arch]
+    straight = train(config(model_dir, memorise_dir, tmp_path / "straight")).report
+
+    real_save, saves = checkpoint.save, []
+
+    def save_then_crash(*args, **kwargs):  # the process dies right after its second checkpoint
+        path = real_save(*args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            raise Crash
+        return path
+
+    monkeypatch.setattr(checkpoint, "save", save_then_crash)
+    with pytest.raises(Crash):
+        train(config(model_dir, memorise_dir, tmp_path / "resumed"))
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.latest(tmp_path / "resumed").name == "step-000006"
+
+    resumed = train(config(model_dir, memorise_dir, tmp_path / "resumed")).report
+    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_checkpoint_holds_no_frozen_weights(tiny_t5_dir, memorise_dir, tmp_path):
+    run = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=3))
+    ckpt = checkpoint.latest(tmp_path / "run")
+    files = {p.name: p.stat().st_size for p in ckpt.rglob("*") if p.is_file()}
+    total = sum(files.values())
+    backbone_bytes = sum(p.numel() * p.element_size() for p in run.model.backbone.parameters())
+    prompt_bytes = run.report["trainable_params"] * 4
+    assert {"prompt.safetensors", "prompt_dense.safetensors", "trainer_state.json"} <= files.keys()
+    # factors + 2 Adam moments + dense prompt + DeepSpeed's bookkeeping: kilobytes, never the backbone
+    assert total < 4 * prompt_bytes + 64 * 1024, files
+    assert total < backbone_bytes / 10
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 3 and len(state["loss_curve"]) == 3
+
+
+def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path):
+    first = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2)).report
+    again = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2)).report
+    assert again["train"]["loss_curve"] == first["train"]["loss_curve"]
+    assert again["throughput"]["per_rank"][0].get("steps_measured", 0) == 0

@@ -1,0 +1,67 @@
+"""The console script: the embedded default end to end, and clean errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainer.cli import main
+
+REPORT_FIELDS = {"method", "trainable_params", "optimizer_state_bytes", "metrics", "throughput", "memory", "config"}
+
+
+def test_lrpt_train_without_arguments(tmp_path):
+    """The README's main job: `lrpt train` alone trains DPT on tiny-t5 and the bundled demo data."""
+    lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
+    done = subprocess.run([lrpt, "train"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.endswith("-dpt-rte")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert REPORT_FIELDS <= report.keys()
+    assert report["method"] == "dpt" and report["config"]["model"] == "tiny-t5"
+    assert report["trainable_params"] == 100 * 10 + 10 * 128  # c*b + b*e
+    assert {"accuracy", "unparsable", "examples"} <= report["metrics"].keys()
+    assert report["metrics"]["examples"] == 48
+    assert {"tokens_per_s", "samples_per_s", "step_time_s"} <= report["throughput"].keys()
+    assert report["memory"]["peak_bytes"][0] > 0 and "RSS" in report["memory"]["measured_by"]
+    assert report["train"]["loss_last"] < report["train"]["loss_first"]
+    # the table is printed on stdout, the progress bar on stderr
+    assert "trainable params" in done.stdout and "2,280" in done.stdout
+    assert "train dpt" in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "prefix"], "unknown method 'prefix'; known methods: dpt, lamp, lopt1, lopt2, pt, residual"),
+    (["--prompt_length", "0"], "--prompt_length must be >= 1"),
+    (["--method", "dpt", "--rank", "500"], "min(c, e)"),
+    (["--method", "lamp", "--prompt_length", "10", "--pool", "11"], "pool"),
+    (["--model", "/no/such/dir"], "model path '/no/such/dir' does not exist"),
+    (["--task", "squad"], "unknown task 'squad'; known tasks:"),
+    (["--method", "pt", "--rank", "4"], "does not take 'rank'"),
+    (["--deepspeed", "/no/such.json"], "no such file"),
+    (["--precision", "fp16"], "T5's activations overflow fp16"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("lrpt train: error:") and err.count("\n") == 1
+
+
+def test_bad_input_has_no_traceback(tmp_path):
+    lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
+    done = subprocess.run([lrpt, "train", "--method", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "known methods" in done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_invalid_deepspeed_json(tmp_path, capsys):
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"zero_optimization": {"stage": 3,}')
+    assert main(["train", "--deepspeed", str(bad), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
