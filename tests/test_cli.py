@@ -10,13 +10,19 @@ import pytest
 
 from trainer.cli import main
 
+def clean_env() -> dict[str, str]:
+    """The environment of a fresh shell: no launcher variables left by in-process runs."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+
 REPORT_FIELDS = {"method", "trainable_params", "optimizer_state_bytes", "metrics", "throughput", "memory", "config"}
 
 
 def test_lrpt_train_without_arguments(tmp_path):
     """The README's main job: `lrpt train` alone trains DPT on tiny-t5 and the bundled demo data."""
     lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
-    done = subprocess.run([lrpt, "train"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([lrpt, "train"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.endswith("-dpt-rte")
@@ -54,7 +60,7 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
 
 def test_bad_input_has_no_traceback(tmp_path):
     lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
-    done = subprocess.run([lrpt, "train", "--method", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([lrpt, "train", "--method", "nope"], cwd=tmp_path, capture_output=True, text=True, env=clean_env())
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "known methods" in done.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything was written
