@@ -113,7 +113,8 @@ class PromptModule(nn.Module):
         return self.forward().detach().clone()
 
     def num_trainable_params(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        # `ds_numel`: under ZeRO-3 a parameter holds only its shard and reports numel() == 0
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad)
 
     def num_kept_params(self) -> int:
         """What must be stored to serve the prompt after training: the dense P."""

@@ -8,12 +8,8 @@ import sys
 
 import pytest
 
+from launch import clean_env
 from trainer.cli import main
-
-def clean_env() -> dict[str, str]:
-    """The environment of a fresh shell: no launcher variables left by in-process runs."""
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-
 
 REPORT_FIELDS = {"method", "trainable_params", "optimizer_state_bytes", "metrics", "throughput", "memory", "config"}
 

@@ -15,6 +15,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launched() -> bool:
+    """Whether a launcher (deepspeed, torchrun, srun via slurm/common.sh) set up this process."""
+    return dist.is_initialized() or all(v in os.environ for v in LAUNCHER_VARS)
+
+
 def init_process_group() -> None:
     """Join the launcher's process group, or make a one-process group when started plainly.
 
@@ -23,7 +28,7 @@ def init_process_group() -> None:
     """
     if dist.is_initialized():
         return
-    if not all(v in os.environ for v in LAUNCHER_VARS):
+    if not launched():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")

@@ -36,8 +36,12 @@ def _fill(config: dict, key: str, value: Any) -> None:
         config[key] = value
 
 
-def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors."""
+def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors.
+
+    ZeRO-3's size-dependent fields follow transformers' rule: parameters smaller than 10·hidden
+    stay whole on every rank (norms, biases), the rest is sharded; buckets scale with hidden².
+    """
     config = read_ds_config(cfg.deepspeed)
     for key in ("optimizer", "scheduler"):
         if key in config:
@@ -65,8 +69,15 @@ def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
             raise LrptError(f"--deepspeed config has {precision}.enabled={section['enabled']} but --precision is "
                             f"{cfg.precision}; set it to \"auto\"")
     zero = config.setdefault("zero_optimization", {"stage": 0})
+    if hidden_size:
+        sizes = {"stage3_param_persistence_threshold": 10 * hidden_size,
+                 "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+                 "reduce_bucket_size": hidden_size * hidden_size}
+        for key, value in sizes.items():
+            if zero.get(key) == "auto":
+                zero[key] = value
     for key, value in list(zero.items()):
-        if value == "auto":  # size-dependent buffers: DeepSpeed's own defaults
+        if value == "auto":  # no size known: DeepSpeed's own defaults
             del zero[key]
     config["zero_allow_untested_optimizer"] = True  # torch AdamW over a few prompt tensors
     config.setdefault("steps_per_print", 10**9)     # lrpt prints its own progress

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 from tqdm.auto import tqdm
+from transformers import PretrainedConfig
 
 import methods
 from eval.data import load_formatted
@@ -20,7 +21,7 @@ from trainer import checkpoint, distributed
 from trainer.backbone import Backbone, load_backbone, resolve_config
 from trainer.config import RunConfig
 from trainer.data import eval_batches, micro_batches_per_epoch, tokenize, train_batches
-from trainer.ds_config import resolve_ds_config, zero_stage
+from trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from trainer.errors import LrptError
 from trainer.meter import StepMeter, optimizer_state_tensors, peak_memory, tensor_bytes
 from trainer.prompted import PromptedModel
@@ -50,8 +51,8 @@ def method_options(cfg: RunConfig) -> dict:
     return {"rank": cfg.rank, "bottleneck": cfg.bottleneck, "pool": cfg.pool, "activation": cfg.activation}
 
 
-def check_run(cfg: RunConfig) -> Task:
-    """Everything that can be refused before a weight is loaded."""
+def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
+    """Everything that can be refused before a weight is loaded; returns the task and the backbone's config."""
     cfg.validate()
     try:
         task = get_task(cfg.task)
@@ -66,7 +67,7 @@ def check_run(cfg: RunConfig) -> Task:
                       embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0], **method_options(cfg))
     except ValueError as exc:
         raise LrptError(str(exc)) from None
-    return task
+    return task, config
 
 
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
@@ -127,6 +128,37 @@ def _mean_over_ranks(value: float) -> float:
 
 
 @dataclass
+class Session:
+    """Everything `setup` builds: the engine and what feeds it. `fit` trains it; probes and tests
+    can drive the very same engine on batches of their own."""
+    cfg: RunConfig
+    task: Task
+    backbone: Backbone
+    model: PromptedModel
+    engine: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ds_config: dict
+    train_rows: object
+    eval_rows: object
+    steps_per_epoch: int
+    total_steps: int
+    keep_alive: object = None  # ZeRO-3's HfDeepSpeedConfig must outlive the model it sharded
+
+    @property
+    def prompt(self) -> methods.PromptModule:
+        return self.model.prompt
+
+    @property
+    def stage(self) -> int:
+        return zero_stage(self.ds_config)
+
+    def batches(self, epoch: int, skip: int = 0):
+        return train_batches(self.train_rows, self.cfg.per_device_train_batch_size, self.backbone.tokenizer.pad_token_id,
+                             self.cfg.seed, epoch, distributed.rank(), distributed.world_size(), skip=skip)
+
+
+@dataclass
 class TrainResult:
     """What a run leaves in memory: the report, the trained model and its DeepSpeed engine."""
     report: dict
@@ -134,18 +166,25 @@ class TrainResult:
     engine: object
 
 
-def train(cfg: RunConfig) -> TrainResult:
+def setup(cfg: RunConfig) -> Session:
+    """Validate, join the process group, load the (sharded) backbone, build prompt, data, engine."""
     import deepspeed
     from transformers import get_linear_schedule_with_warmup
     from transformers.integrations import HfDeepSpeedConfig
 
-    task = check_run(cfg)
+    task, backbone_config = check_run(cfg)
     _quiet_libraries()
+    raw = read_ds_config(cfg.deepspeed)
+    ds_stage = zero_stage(raw)
+    if ds_stage == 3 and not distributed.launched() and not raw["zero_optimization"].get("offload_param"):
+        raise LrptError("a ZeRO-3 config needs a launcher: ZeRO-3 shards the backbone across ranks, and this process "
+                        "was started alone (no RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT). Launch with "
+                        "`deepspeed --num_gpus N trainer/run.py ...` or torchrun; on one device use "
+                        "ds_configs/zero3_offload.json, or ds_configs/zero0.json when the backbone fits")
     distributed.init_process_group()
-    world, rank = distributed.world_size(), distributed.rank()
-    ds_config = resolve_ds_config(cfg, world)
-    stage = zero_stage(ds_config)
-    keep_alive = HfDeepSpeedConfig(ds_config) if stage == 3 else None  # noqa: F841  weights arrive sharded
+    world = distributed.world_size()
+    ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size)
+    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 else None  # weights arrive sharded
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
     if distributed.is_main():
@@ -153,11 +192,10 @@ def train(cfg: RunConfig) -> TrainResult:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     torch.manual_seed(cfg.seed)
 
-    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {stage}")
+    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
     backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing)
     prompt = build_prompt(cfg, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder)
-    trainable = prompt.num_trainable_params()
 
     train_rows = load_formatted(task, "train", cfg.data_dir)
     eval_rows = load_formatted(task, "val", cfg.data_dir)
@@ -183,7 +221,20 @@ def train(cfg: RunConfig) -> TrainResult:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+    return Session(cfg=cfg, task=task, backbone=backbone, model=model, engine=engine, optimizer=optimizer,
+                   scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows,
+                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive)
 
+
+def train(cfg: RunConfig) -> TrainResult:
+    return fit(setup(cfg))
+
+
+def fit(run: Session) -> TrainResult:
+    """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report."""
+    cfg, engine, prompt, tokenizer = run.cfg, run.engine, run.prompt, run.backbone.tokenizer
+    out = Path(cfg.output_dir)
+    world = distributed.world_size()
     state = {"step": 0, "loss_curve": [], "eval_history": []}
     resume = checkpoint.latest(out) if cfg.resume_from_checkpoint == "auto" else (
         None if cfg.resume_from_checkpoint in (None, "none") else Path(cfg.resume_from_checkpoint))
@@ -195,18 +246,20 @@ def train(cfg: RunConfig) -> TrainResult:
     def save_checkpoint() -> None:
         checkpoint.save(engine, prompt, out, state["step"], state, metadata, cfg.save_total_limit)
 
-    log(f"{cfg.method}: {trainable:,} trainable parameters; {len(train_rows)} train / {len(eval_rows)} eval examples; "
-        f"{total_steps} steps of {ds_config['train_batch_size']} examples")
+    def evaluate_now(predictions_file: Path | None = None) -> dict:
+        return evaluate(run.model, run.eval_rows, run.task, tokenizer, cfg, synced_gpus=world > 1 and run.stage == 3,
+                        predictions_file=predictions_file)
+
+    total_steps, steps_per_epoch, accum = run.total_steps, run.steps_per_epoch, cfg.gradient_accumulation_steps
+    log(f"{cfg.method}: {prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
+        f"{len(run.eval_rows)} eval examples; {total_steps} steps of {run.ds_config['train_batch_size']} examples")
     meter = StepMeter(warmup=min(2, total_steps // 5))
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
-    accum = cfg.gradient_accumulation_steps
-    synced = world > 1 and stage == 3
     while state["step"] < total_steps:
         epoch, done = divmod(state["step"], steps_per_epoch)
-        micro = train_batches(train_rows, cfg.per_device_train_batch_size, backbone.tokenizer.pad_token_id,
-                              cfg.seed, epoch, rank, world, skip=done * accum)
+        micro = run.batches(epoch, skip=done * accum)
         for i, batch in enumerate(itertools.islice(micro, (steps_per_epoch - done) * accum)):
             if i % accum == 0:
                 losses, samples, tokens = [], 0, 0
@@ -217,16 +270,16 @@ def train(cfg: RunConfig) -> TrainResult:
             engine.step()
             losses.append(loss.item())
             samples += batch["input_ids"].shape[0]
-            tokens += _tokens(batch, backbone.is_encoder_decoder)
+            tokens += _tokens(batch, run.backbone.is_encoder_decoder)
             if (i + 1) % accum:
                 continue
             meter.stop(samples, tokens, samples * prompt.output_length)
             state["step"] += 1
             state["loss_curve"].append(_mean_over_ranks(sum(losses) / len(losses)))
             bar.update(1)
-            bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+            bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.3g}")
             if cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and state["step"] < total_steps:
-                metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced)
+                metrics = evaluate_now()
                 state["eval_history"].append({"step": state["step"], **metrics})
                 log(f"step {state['step']}: {metrics}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
@@ -236,17 +289,16 @@ def train(cfg: RunConfig) -> TrainResult:
     bar.close()
     if resume is None or state["step"] > _resumed_step(resume):
         save_checkpoint()
-    metrics = evaluate(engine.module, eval_rows, task, backbone.tokenizer, cfg, synced,
-                       predictions_file=out / "eval_predictions.jsonl")
+    metrics = evaluate_now(predictions_file=out / "eval_predictions.jsonl")
     checkpoint.save_prompt(prompt, out, metadata)
 
     per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
-                                   "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(optimizer))})
-    report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config)
+                                   "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
+    report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config)
     if distributed.is_main():
         write(report, out)
         print(format_table(report), flush=True)
-    return TrainResult(report=report, model=model, engine=engine)
+    return TrainResult(report=report, model=run.model, engine=engine)
 
 
 def _resumed_step(resume: Path) -> int:

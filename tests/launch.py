@@ -1,0 +1,36 @@
+"""Start lrpt under the real deepspeed launcher, 2 CPU ranks (DS_ACCELERATOR=cpu)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of a fresh shell: no launcher variables left by in-process runs."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def deepspeed_command(script: str, args: list[str], ranks: int = 2) -> list[str]:
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()), str(ROOT / script), *args]
+
+
+def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(deepspeed_command(script, args, ranks), cwd=ROOT, env=clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
