@@ -24,13 +24,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deepspeed_command(script: str, args: list[str], ranks: int = 2) -> list[str]:
-    launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()), str(ROOT / script), *args]
+def deepspeed_command(script: str, args: list[str], ranks: int = 2, launcher: str = "deepspeed") -> list[str]:
+    """`deepspeed --num_gpus N` or `torchrun --nproc_per_node N` (plain RANK/WORLD_SIZE/... env vars)."""
+    exe = str(Path(sys.executable).parent / launcher)
+    port = str(free_port())
+    if launcher == "torchrun":
+        return [exe, "--nproc_per_node", str(ranks), "--master_port", port, str(ROOT / script), *args]
+    return [exe, "--num_gpus", str(ranks), "--master_port", port, str(ROOT / script), *args]
 
 
-def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(deepspeed_command(script, args, ranks), cwd=ROOT, env=clean_env(),
+def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600,
+           launcher: str = "deepspeed") -> subprocess.CompletedProcess:
+    done = subprocess.run(deepspeed_command(script, args, ranks, launcher), cwd=ROOT, env=clean_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done

@@ -67,3 +67,17 @@ def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path
     again = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2)).report
     assert again["train"]["loss_curve"] == first["train"]["loss_curve"]
     assert again["throughput"]["per_rank"][0].get("steps_measured", 0) == 0
+
+
+def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path):
+    from trainer.presets import save_preset
+
+    sizes, backbones = {}, {}
+    for layers in (1, 4):
+        model_dir = save_preset("tiny-t5", str(tmp_path / f"t5-{layers}"), width=64, layers=layers)
+        run = train(config(model_dir, memorise_dir, tmp_path / f"run-{layers}", max_steps=2))
+        ckpt = checkpoint.latest(tmp_path / f"run-{layers}")
+        sizes[layers] = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+        backbones[layers] = sum(p.numel() for p in run.model.backbone.parameters())
+    assert backbones[4] > 2 * backbones[1]
+    assert abs(sizes[4] - sizes[1]) < 0.02 * sizes[1], sizes  # only metadata may differ

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -70,9 +71,10 @@ def zero3_reference(tiny_t5_dir, memorise_dir, tmp_path_factory):
     return json.loads((out / "report.json").read_text()), out
 
 
-@pytest.mark.parametrize("stage", ["zero0", "zero2"])
-def test_zero_stages_give_the_same_loss_curve(stage, zero3_reference, tiny_t5_dir, memorise_dir, tmp_path):
-    launch("trainer/run.py", train_flags(tiny_t5_dir, memorise_dir, tmp_path, stage, "--save_steps", "3"))
+@pytest.mark.parametrize("stage, launcher", [("zero0", "torchrun"), ("zero2", "deepspeed")])
+def test_zero_stages_give_the_same_loss_curve(stage, launcher, zero3_reference, tiny_t5_dir, memorise_dir, tmp_path):
+    launch("trainer/run.py", train_flags(tiny_t5_dir, memorise_dir, tmp_path, stage, "--save_steps", "3"),
+           launcher=launcher)
     report = json.loads((tmp_path / "report.json").read_text())
     reference, _ = zero3_reference
     assert report["world_size"] == reference["world_size"] == 2
@@ -112,10 +114,8 @@ def test_zero3_killed_run_resumes_to_the_same_curve(zero3_reference, tiny_t5_dir
 
 
 def test_zero3_without_a_launcher_is_refused(tmp_path):
-    from trainer.cli import main
-    env = clean_env()
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "lrpt") if (ROOT / ".venv").exists() else "lrpt", "train",
-                           "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--output_dir", str(tmp_path)],
-                          env=env, capture_output=True, text=True)
+    lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
+    done = subprocess.run([lrpt, "train", "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"),
+                           "--output_dir", str(tmp_path)], env=clean_env(), capture_output=True, text=True)
     assert done.returncode == 2 and "a ZeRO-3 config needs a launcher" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -23,7 +23,7 @@ from trainer.config import RunConfig
 from trainer.data import eval_batches, micro_batches_per_epoch, tokenize, train_batches
 from trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from trainer.errors import LrptError
-from trainer.meter import StepMeter, optimizer_state_tensors, peak_memory, tensor_bytes
+from trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
 from trainer.prompted import PromptedModel
 from trainer.report import format_table, write
 
@@ -143,6 +143,7 @@ class Session:
     eval_rows: object
     steps_per_epoch: int
     total_steps: int
+    load_peak_bytes: int = 0  # this rank's peak memory once the backbone was loaded and sharded
     keep_alive: object = None  # ZeRO-3's HfDeepSpeedConfig must outlive the model it sharded
 
     @property
@@ -223,7 +224,8 @@ def setup(cfg: RunConfig) -> Session:
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
     return Session(cfg=cfg, task=task, backbone=backbone, model=model, engine=engine, optimizer=optimizer,
                    scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows,
-                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive)
+                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive,
+                   load_peak_bytes=peak_memory()["peak_bytes"])
 
 
 def train(cfg: RunConfig) -> TrainResult:
@@ -293,6 +295,8 @@ def fit(run: Session) -> TrainResult:
     checkpoint.save_prompt(prompt, out, metadata)
 
     per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
+                                   "backbone_bytes": parameter_bytes(run.backbone.model),
+                                   "load_peak_bytes": run.load_peak_bytes,
                                    "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
     report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config)
     if distributed.is_main():
@@ -331,7 +335,10 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
                   "loss_curve": curve, "eval_history": state["eval_history"]},
         "throughput": throughput,
         "memory": {"peak_bytes": [r["memory"]["peak_bytes"] for r in per_rank],
-                   "measured_by": per_rank[0]["memory"]["measured_by"]},
+                   "measured_by": per_rank[0]["memory"]["measured_by"],
+                   "load_peak_bytes": [r["load_peak_bytes"] for r in per_rank],
+                   "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
+                   "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"]},
         "world_size": world,
         "zero_stage": stage,
         "output_dir": cfg.output_dir,

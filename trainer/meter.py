@@ -81,3 +81,16 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tens
     if base is not optimizer:  # master weights owned by the wrapper
         tensors += [p for group in base.param_groups for p in group["params"]]
     return tensors
+
+
+def parameter_bytes(module: torch.nn.Module, trainable: bool = False) -> dict:
+    """Bytes of the (frozen by default) parameters this rank holds, and of the whole set.
+    Under ZeRO-3 a rank holds its partition (`ds_tensor`); otherwise the full tensor."""
+    held = total = 0
+    for p in module.parameters():
+        if p.requires_grad != trainable:
+            continue
+        size = p.element_size()
+        held += (p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()) * size
+        total += getattr(p, "ds_numel", p.numel()) * size
+    return {"held": held, "total": total}

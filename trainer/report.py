@@ -41,7 +41,8 @@ def format_table(report: dict) -> str:
                  ("samples/s (all ranks)", f"{thr['samples_per_s']:.1f}"),
                  ("tokens/s (all ranks)", f"{thr['tokens_per_s']:.0f} (prompt {thr['prompt_tokens_per_s']:.0f}, input {thr['input_tokens_per_s']:.0f})")]
     mem = report["memory"]
-    rows += [(f"peak memory rank {r}", _size(b)) for r, b in enumerate(mem["peak_bytes"])]
+    rows += [(f"rank {r}: peak / backbone held", f"{_size(b)} / {_size(h)} of {_size(mem['backbone_bytes_total'])}")
+             for r, (b, h) in enumerate(zip(mem["peak_bytes"], mem["backbone_bytes_held"]))]
     rows += [("memory measured by", mem["measured_by"]), ("run directory", report["output_dir"])]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

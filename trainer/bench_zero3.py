@@ -1,0 +1,64 @@
+"""Benchmark: per-rank backbone bytes and peak memory, 1 rank vs 2 ranks under ZeRO-3, in one run.
+
+    python -m trainer.bench_zero3 --width 768 --layers 8      # a ~100M-parameter T5, CPU
+
+Saves a random T5 of the given size, trains a few DPT steps with `deepspeed --num_gpus N
+trainer/run.py --deepspeed ds_configs/zero3.json` for N = 1 and 2, and prints each rank's figures
+and the 2-rank/1-rank ratios from the runs' report.json files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(ROOT / "trainer" / "run.py"),
+           "--model", model_dir, "--deepspeed", ds_config, "--output_dir", str(out),
+           "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
+           "--max_eval_samples", "8", "--progress", "false"]
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "report.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--ds_config", default=str(ROOT / "ds_configs" / "zero3.json"))
+    args = parser.parse_args()
+
+    from trainer.presets import save_preset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_preset("tiny-t5", f"{tmp}/model", width=args.width, layers=args.layers)
+        reports = {n: run(model_dir, n, Path(tmp) / f"ranks{n}", args.steps, args.ds_config) for n in (1, 2)}
+    mib = 2 ** 20
+    total = reports[1]["memory"]["backbone_bytes_total"]
+    print(f"T5 width {args.width}, {args.layers}+{args.layers} layers: {total / 4 / 1e6:.1f}M frozen parameters "
+          f"({total / mib:.0f} MiB fp32), ZeRO-3, DPT c=20")
+    print(f"DeepSpeed config: {args.ds_config}")
+    print("| ranks | rank | backbone bytes held | share | peak RSS after load | peak RSS | step time p50 |")
+    print("|---|---|---|---|---|---|---|")
+    for n, report in reports.items():
+        mem = report["memory"]
+        p50 = report["throughput"].get("step_time_s", {}).get("p50", float("nan"))
+        for r, (held, load, peak) in enumerate(zip(mem["backbone_bytes_held"], mem["load_peak_bytes"], mem["peak_bytes"])):
+            print(f"| {n} | {r} | {held / mib:.1f} MiB | {held / total:.3f} | {load / mib:.0f} MiB | {peak / mib:.0f} MiB | {p50:.3f} s |")
+    held_ratio = max(reports[2]["memory"]["backbone_bytes_held"]) / reports[1]["memory"]["backbone_bytes_held"][0]
+    ratio = {k: max(reports[2]["memory"][k]) / reports[1]["memory"][k][0] for k in ("load_peak_bytes", "peak_bytes")}
+    print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, peak RSS after load "
+          f"{ratio['load_peak_bytes']:.3f}, peak RSS {ratio['peak_bytes']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
