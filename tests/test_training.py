@@ -73,3 +73,17 @@ def test_only_prompt_receives_gradients(tiny_t5_dir):
     loss.backward()
     assert all(p.grad is None for p in backbone.model.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt.parameters())
+
+
+def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_path):
+    from trainer.meter import optimizer_state_tensors
+
+    result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16", max_steps=20))
+    curve = result.report["train"]["loss_curve"]
+    assert sum(curve[-3:]) / 3 < 0.95 * curve[0], curve
+    backbone = result.model.backbone
+    assert {p.dtype for p in backbone.parameters()} == {torch.bfloat16}
+    on_disk = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir, dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(t, backbone.state_dict()[n]) for n, t in on_disk.items())
+    state = optimizer_state_tensors(result.engine.optimizer)
+    assert state and {t.dtype for t in state} <= {torch.float32}  # master weights and moments stay fp32
