@@ -1,1 +1,2 @@
-"""SuperGLUE tasks as text-to-text: loading, formatting, metrics. Never imports `trainer`."""
+"""SuperGLUE as text-to-text: loading, formatting, metrics, few-shot sampling, dev splits and the
+results table. Never imports `trainer` (the trainer depends on this package, not the reverse)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
 from trainer.errors import LrptError
-from trainer.presets import PRESETS, build_preset, preset_config
+from trainer.presets import PRESETS, build_preset, preset_config, save_preset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,21 +45,26 @@ def resolve_config(name: str) -> PretrainedConfig:
                         " (offline? set HF_HUB_OFFLINE=1 and use a cached name or a local path)") from None
 
 
-def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bool = False) -> Backbone:
+def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bool = False,
+                  quantization=None) -> Backbone:
     """Frozen model + tokenizer. Under ZeRO-3 the caller keeps an `HfDeepSpeedConfig` alive first,
-    so `from_pretrained`/`from_config` build the weights already partitioned."""
+    so `from_pretrained`/`from_config` build the weights already partitioned.
+
+    `quantization` (a transformers `BitsAndBytesConfig`, see trainer/quant.py) loads the model
+    quantized; transformers leaves the model's `_keep_in_fp32_modules` (T5's `wo`) and the
+    output head unquantized. A quantized model is never built inside `zero.Init`: every rank
+    loads it whole and ZeRO-3 shards it in `deepspeed.initialize`."""
     config = resolve_config(name)
     dtype = DTYPES[precision]
-    if name in PRESETS:
+    if name in PRESETS and quantization is None:
         model, tokenizer = build_preset(name, dtype=dtype)
+    elif name in PRESETS:  # quantization_config needs from_pretrained: write the preset out first
+        with tempfile.TemporaryDirectory() as tmp:
+            model, tokenizer = _from_pretrained(save_preset(name, tmp), name, config, dtype, quantization)
     else:
-        path = os.path.expanduser(name)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        try:
-            model = auto.from_pretrained(path, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0]) from None
+        model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization)
+    if quantization is not None:
+        _keep_training_layout(model)
     if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
@@ -67,3 +73,24 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return Backbone(model=model, tokenizer=tokenizer, is_encoder_decoder=config.is_encoder_decoder)
+
+
+def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torch.dtype, quantization=None):
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    extra = {} if quantization is None else {"quantization_config": quantization}
+    try:
+        model = auto.from_pretrained(path, dtype=dtype, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0]) from None
+    return model, tokenizer
+
+
+def _keep_training_layout(model: PreTrainedModel) -> None:
+    """bitsandbytes' CPU 4-bit layer repacks `weight.data` in place for an AVX512-BF16 inference
+    kernel the first time it runs in eval mode: that breaks training after a mid-run evaluation
+    (the packed kernel has no backward) and, under ZeRO-3, the repacked data is the gathered
+    weight that ZeRO then drops. Keep the training layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

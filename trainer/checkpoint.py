@@ -15,7 +15,7 @@ from pathlib import Path
 
 import deepspeed
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from methods import PromptModule
 from trainer import distributed
@@ -35,6 +35,13 @@ def save_prompt(prompt: PromptModule, directory: Path, metadata: dict[str, str])
             save_file(state, directory / "prompt.safetensors", metadata=metadata)
             save_file({"prompt": prompt.dense().to(torch.float32).contiguous()},
                       directory / "prompt_dense.safetensors", metadata=metadata)
+
+
+def load_prompt(prompt: PromptModule, path: Path) -> None:
+    """Load factors written by `save_prompt` (every rank reads; under ZeRO-3 rank 0's copy is re-partitioned)."""
+    state = load_file(path)
+    with deepspeed.zero.GatheredParameters(list(prompt.parameters()), modifier_rank=0):
+        prompt.load_state_dict(state)
 
 
 def save(engine, prompt: PromptModule, output_dir: str | Path, step: int, trainer_state: dict,

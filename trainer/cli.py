@@ -6,7 +6,11 @@ import sys
 
 from trainer.errors import LrptError
 
-COMMANDS = {"train": "train a soft prompt on a frozen backbone (run `lrpt train --help`)"}
+COMMANDS = {
+    "train": "train a soft prompt on a frozen backbone (`lrpt train --help`)",
+    "sweep": "tasks x methods x seeds (x few-shot K), then the table (`lrpt sweep --help`)",
+    "table": "aggregate finished runs into the papers' table (`lrpt table --help`)",
+}
 
 
 def train_command(argv: list[str]) -> int:
@@ -15,6 +19,21 @@ def train_command(argv: list[str]) -> int:
 
     train(load_config(argv))
     return 0
+
+
+def sweep_command(argv: list[str]) -> int:
+    from trainer.sweep import main as sweep
+
+    return sweep(argv)
+
+
+def table_command(argv: list[str]) -> int:
+    from eval.aggregate import main as table
+
+    return table(argv)
+
+
+HANDLERS = {"train": train_command, "sweep": sweep_command, "table": table_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     args, rest = parser.parse_known_args(argv[:1])
     try:
-        return {"train": train_command}[args.command](argv[1:])
+        return HANDLERS[args.command](argv[1:])
     except LrptError as exc:
         print(f"lrpt {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ import yaml
 from trainer.errors import LrptError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
 
 
 @dataclass
@@ -52,6 +54,13 @@ class RunConfig:
     gradient_checkpointing: bool = False
     max_source_length: int = 256
     max_target_length: int = 16
+    # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)
+    load_in_8bit: bool = field(default=False, metadata={"help": "load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision"})
+    bnb_4bit_quant_type: str = field(default="fp4", metadata={"help": "nf4 | fp4 (4-bit only)"})
+    bnb_4bit_compute_dtype: str | None = field(default=None, metadata={"help": "fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)"})
+    bnb_4bit_use_double_quant: bool = field(default=False, metadata={"help": "quantize the 4-bit block scales too (4-bit only)"})
+    bnb_4bit_quant_storage: str = field(default="uint8", metadata={"help": "uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in"})
     # DeepSpeed
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (default: ZeRO-0 built in)"})
     local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher; the LOCAL_RANK env var wins"})
@@ -64,6 +73,10 @@ class RunConfig:
     resume_from_checkpoint: str | None = field(default="auto", metadata={"help": "auto (latest in output_dir if any) | none | path to a checkpoint"})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # evaluation protocol (the papers: validation split reported as the test set)
+    decoding: str = field(default="generate", metadata={"help": "generate (greedy, mapped to an answer) | rank (score each candidate answer)"})
+    few_shot: int | None = field(default=None, metadata={"help": "train on K training rows sampled by (task, K, seed) alone"})
+    dev_size: float = field(default=0, metadata={"help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
     progress: bool = True
 
     def validate(self) -> None:
@@ -86,8 +99,31 @@ class RunConfig:
             raise LrptError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise LrptError("set --max_steps > 0 or --num_train_epochs > 0")
+        if self.decoding not in ("generate", "rank"):
+            raise LrptError(f"--decoding must be generate or rank, got {self.decoding!r}")
+        if self.few_shot is not None and self.few_shot < 1:
+            raise LrptError(f"--few_shot must be >= 1, got {self.few_shot}")
+        if self.dev_size < 0:
+            raise LrptError(f"--dev_size must be >= 0, got {self.dev_size}")
+        self._validate_quantization()
         if self.init == "text" and not self.init_text:
             raise LrptError("--init text needs --init_text 'some words'")
+
+    def _validate_quantization(self) -> None:
+        if self.load_in_8bit and self.load_in_4bit:
+            raise LrptError("--load_in_8bit and --load_in_4bit are exclusive; pick one")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise LrptError(f"--bnb_4bit_quant_type must be nf4 or fp4, got {self.bnb_4bit_quant_type!r}")
+        if self.bnb_4bit_compute_dtype not in (None, *COMPUTE_DTYPES):
+            raise LrptError(f"--bnb_4bit_compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                            f"got {self.bnb_4bit_compute_dtype!r}")
+        if self.bnb_4bit_quant_storage not in QUANT_STORAGES:
+            raise LrptError(f"--bnb_4bit_quant_storage must be one of {', '.join(QUANT_STORAGES)}, "
+                            f"got {self.bnb_4bit_quant_storage!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("bnb_4bit_")}
+        changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
+        if changed and not self.load_in_4bit:
+            raise LrptError(f"{', '.join('--' + n for n in changed)} only apply to a 4-bit backbone: add --load_in_4bit")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,30 +6,85 @@ batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from eval.data import format_rows, load_split
+from eval.fewshot import sample_few_shot
+from eval.splits import carve_dev
+from eval.tasks import Task
 
-def tokenize(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool,
-             max_source_length: int, max_target_length: int, for_generation: bool = False) -> datasets.Dataset:
-    """Encoder-decoder: input_ids = source (+eos), labels = target (+eos).
-    Decoder-only: input_ids = [bos] source target eos, labels -100 over the source; for
-    generation, input_ids = [bos] source only."""
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
 
+@dataclass
+class RunData:
+    train: datasets.Dataset
+    dev: datasets.Dataset | None   # carved from train, for picking the best checkpoint
+    val: datasets.Dataset          # the papers report it as the test set
+
+
+def load_run_data(task: Task, data_dir: str | None, seed: int, few_shot: int | None = None, dev_size: float = 0,
+                  max_train_samples: int | None = None, max_eval_samples: int | None = None) -> RunData:
+    """Official rows -> (few-shot sample) -> (dev carved off) -> examples. The few-shot sample
+    depends on (task, K, seed) alone, so every method of a seed sees the same rows."""
+    rows = load_split(task, "train", data_dir)
+    if few_shot:
+        rows = sample_few_shot(rows, task.name, few_shot, seed)
+    dev = None
+    if dev_size:
+        rows, dev = carve_dev(rows, dev_size, seed)
+        dev = format_rows(task, dev, train=False)
+    train = format_rows(task, rows, train=True)
+    val = format_rows(task, load_split(task, "val", data_dir), train=False)
+    if max_train_samples:
+        train = train.select(range(min(max_train_samples, len(train))))
+    if max_eval_samples:
+        val = val.select(range(min(max_eval_samples, len(val))))
+        dev = dev.select(range(min(max_eval_samples, len(dev)))) if dev is not None else None
+    return RunData(train=train, dev=dev, val=val)
+
+
+class Encoder:
+    """Text -> token ids, the same way for training, generation and candidate scoring.
+
+    Encoder-decoder: source (+eos) into the encoder, target (+eos) as decoder labels.
+    Decoder-only: [bos] source, then " target" eos; labels are -100 over the source.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool,
+                 max_source_length: int, max_target_length: int):
+        self.tokenizer, self.is_encoder_decoder = tokenizer, is_encoder_decoder
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+
+    def source(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        if self.is_encoder_decoder:
+            return tok(text, truncation=True, max_length=self.max_source_length)["input_ids"]
+        ids = tok(text, add_special_tokens=False)["input_ids"][:self.max_source_length]
+        return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+    def target(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        if self.is_encoder_decoder:
+            return tok(text, truncation=True, max_length=self.max_target_length)["input_ids"]
+        return tok(" " + text, add_special_tokens=False)["input_ids"][:self.max_target_length - 1] + [tok.eos_token_id]
+
+    def pair(self, source: str, target: str) -> dict[str, list[int]]:
+        """input_ids and labels of one (source, target) pair, as the model trains on it."""
+        src, tgt = self.source(source), self.target(target)
+        if self.is_encoder_decoder:
+            return {"input_ids": src, "labels": tgt}
+        return {"input_ids": src + tgt, "labels": [-100] * len(src) + tgt}
+
+
+def tokenize(rows: datasets.Dataset, encoder: Encoder, for_generation: bool = False) -> datasets.Dataset:
+    """Add input_ids/labels to every row; for generation, input_ids is the source alone."""
     def encode(row: dict) -> dict:
-        if is_encoder_decoder:
-            source = tokenizer(row["source"], truncation=True, max_length=max_source_length)["input_ids"]
-            target = tokenizer(row["target"], truncation=True, max_length=max_target_length)["input_ids"]
-            return {"input_ids": source, "labels": target}
-        source = tokenizer(row["source"], add_special_tokens=False)["input_ids"][:max_source_length]
-        source = ([bos] if bos is not None else []) + source
         if for_generation:
-            return {"input_ids": source, "labels": []}
-        target = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"][:max_target_length - 1] + [eos]
-        return {"input_ids": source + target, "labels": [-100] * len(source) + target}
+            return {"input_ids": encoder.source(row["source"]), "labels": []}
+        return encoder.pair(row["source"], row["target"])
 
     return rows.map(encode, desc="tokenize")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -15,16 +14,17 @@ from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
 import methods
-from eval.data import load_formatted
 from eval.tasks import Task, get_task
 from trainer import checkpoint, distributed
 from trainer.backbone import Backbone, load_backbone, resolve_config
 from trainer.config import RunConfig
-from trainer.data import eval_batches, micro_batches_per_epoch, tokenize, train_batches
+from trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
+from trainer.evaluate import evaluate
 from trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from trainer.errors import LrptError
 from trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
 from trainer.prompted import PromptedModel
+from trainer import quant
 from trainer.report import format_table, write
 
 FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
@@ -62,6 +62,7 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
     if cfg.precision == "fp16" and config.model_type in FP16_UNSAFE:
         raise LrptError(f"--precision fp16 with a {config.model_type} backbone: T5's activations overflow fp16 "
                         "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
+    quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
     try:  # shapes and keywords, on a stand-in one-row vocabulary
         methods.build(cfg.method, cfg.prompt_length, config.hidden_size, init=cfg.init,
                       embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0], **method_options(cfg))
@@ -86,36 +87,6 @@ def default_output_dir(cfg: RunConfig) -> str:
     return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}-{cfg.task}")
 
 
-def evaluate(model: PromptedModel, rows, task: Task, tokenizer, cfg: RunConfig, synced_gpus: bool,
-             predictions_file: Path | None = None) -> dict:
-    """Greedy generation mapped to label words; an unmappable output counts as wrong.
-    Rank 0 writes every generated text to `predictions_file` (JSON lines, in input order)."""
-    model.eval()
-    texts: dict[int, str] = {}
-    batches = eval_batches(rows, cfg.per_device_eval_batch_size, tokenizer.pad_token_id,
-                           left_pad=not model.is_encoder_decoder, rank=distributed.rank(),
-                           world_size=distributed.world_size())
-    for idx, batch in tqdm(list(batches), desc="eval", leave=False, disable=not (cfg.progress and distributed.is_main())):
-        out = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=cfg.max_target_length,
-                             synced_gpus=synced_gpus, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
-            if i >= 0:
-                texts[i] = text
-    for part in distributed.gather(texts):
-        texts.update(part)
-    model.train()
-    predicted = [task.parse(texts[i]) for i in range(len(rows))]
-    if predictions_file is not None and distributed.is_main():
-        with predictions_file.open("w") as f:
-            for i, label in enumerate(rows["label"]):
-                f.write(json.dumps({"index": i, "generated": texts[i], "prediction": predicted[i], "label": label}) + "\n")
-    metrics = task.metrics(predicted, list(rows["label"]))
-    metrics["unparsable"] = predicted.count(-1)
-    metrics["examples"] = len(rows)
-    return metrics
-
-
 def _tokens(batch: dict, is_encoder_decoder: bool) -> int:
     tokens = int(batch["attention_mask"].sum())
     if is_encoder_decoder:
@@ -134,6 +105,7 @@ class Session:
     cfg: RunConfig
     task: Task
     backbone: Backbone
+    encoder: Encoder
     model: PromptedModel
     engine: object
     optimizer: torch.optim.Optimizer
@@ -141,6 +113,7 @@ class Session:
     ds_config: dict
     train_rows: object
     eval_rows: object
+    dev_rows: object
     steps_per_epoch: int
     total_steps: int
     load_peak_bytes: int = 0  # this rank's peak memory once the backbone was loaded and sharded
@@ -185,7 +158,9 @@ def setup(cfg: RunConfig) -> Session:
     distributed.init_process_group()
     world = distributed.world_size()
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size)
-    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 else None  # weights arrive sharded
+    quantized = quant.mode(cfg) is not None
+    # weights arrive sharded; a quantized model is never built in zero.Init (loaded whole, sharded by initialize)
+    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
     if distributed.is_main():
@@ -194,20 +169,24 @@ def setup(cfg: RunConfig) -> Session:
     torch.manual_seed(cfg.seed)
 
     log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
-    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing)
+    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
+    if ds_stage == 3 and quantized:
+        keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
+    if ds_stage == 3 and cfg.load_in_8bit:
+        # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
+        # and hooks the layers, so the layer it must see is the one that computes from the gathered
+        # int8 shard; after it, bnb's hidden `CB` copy would already hold the full matrix on every rank.
+        quant.shard_8bit_for_zero3(backbone.model)
     prompt = build_prompt(cfg, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder)
 
-    train_rows = load_formatted(task, "train", cfg.data_dir)
-    eval_rows = load_formatted(task, "val", cfg.data_dir)
-    if cfg.max_train_samples:
-        train_rows = train_rows.select(range(min(cfg.max_train_samples, len(train_rows))))
-    if cfg.max_eval_samples:
-        eval_rows = eval_rows.select(range(min(cfg.max_eval_samples, len(eval_rows))))
-    lengths = dict(is_encoder_decoder=backbone.is_encoder_decoder, max_source_length=cfg.max_source_length,
-                   max_target_length=cfg.max_target_length)
-    train_rows = tokenize(train_rows, backbone.tokenizer, **lengths)
-    eval_rows = tokenize(eval_rows, backbone.tokenizer, for_generation=True, **lengths)
+    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
+                         cfg.max_eval_samples)
+    encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)
+    train_rows = tokenize(data.train, encoder)
+    for_generation = cfg.decoding == "generate"
+    eval_rows = tokenize(data.val, encoder, for_generation=for_generation)
+    dev_rows = tokenize(data.dev, encoder, for_generation=for_generation) if data.dev is not None else None
 
     micro_per_epoch = micro_batches_per_epoch(len(train_rows), cfg.per_device_train_batch_size, world)
     steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
@@ -222,8 +201,8 @@ def setup(cfg: RunConfig) -> Session:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
-    return Session(cfg=cfg, task=task, backbone=backbone, model=model, engine=engine, optimizer=optimizer,
-                   scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows,
+    return Session(cfg=cfg, task=task, backbone=backbone, encoder=encoder, model=model, engine=engine, optimizer=optimizer,
+                   scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows, dev_rows=dev_rows,
                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive,
                    load_peak_bytes=peak_memory()["peak_bytes"])
 
@@ -234,7 +213,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
 def fit(run: Session) -> TrainResult:
     """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report."""
-    cfg, engine, prompt, tokenizer = run.cfg, run.engine, run.prompt, run.backbone.tokenizer
+    cfg, engine, prompt = run.cfg, run.engine, run.prompt
     out = Path(cfg.output_dir)
     world = distributed.world_size()
     state = {"step": 0, "loss_curve": [], "eval_history": []}
@@ -248,9 +227,21 @@ def fit(run: Session) -> TrainResult:
     def save_checkpoint() -> None:
         checkpoint.save(engine, prompt, out, state["step"], state, metadata, cfg.save_total_limit)
 
-    def evaluate_now(predictions_file: Path | None = None) -> dict:
-        return evaluate(run.model, run.eval_rows, run.task, tokenizer, cfg, synced_gpus=world > 1 and run.stage == 3,
+    def evaluate_now(rows, predictions_file: Path | None = None) -> dict:
+        return evaluate(run.model, rows, run.task, run.encoder, cfg.decoding, cfg.per_device_eval_batch_size,
+                        synced_gpus=world > 1 and run.stage == 3, progress=cfg.progress,
                         predictions_file=predictions_file)
+
+    def select() -> None:
+        """With a dev split: score the prompt on it and keep it under best/ if it is the best so far."""
+        metrics = evaluate_now(run.dev_rows)
+        score = run.task.score(metrics)
+        state["eval_history"].append({"step": state["step"], "split": "dev", "score": score, **metrics})
+        if score > state.get("best", {}).get("score", float("-inf")):
+            state["best"] = {"step": state["step"], "score": score}
+            (out / "best").mkdir(exist_ok=True)
+            checkpoint.save_prompt(prompt, out / "best", metadata)
+        log(f"step {state['step']}: dev {metrics} (best: step {state['best']['step']})")
 
     total_steps, steps_per_epoch, accum = run.total_steps, run.steps_per_epoch, cfg.gradient_accumulation_steps
     log(f"{cfg.method}: {prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
@@ -259,6 +250,7 @@ def fit(run: Session) -> TrainResult:
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
+    backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
     while state["step"] < total_steps:
         epoch, done = divmod(state["step"], steps_per_epoch)
         micro = run.batches(epoch, skip=done * accum)
@@ -270,6 +262,8 @@ def fit(run: Session) -> TrainResult:
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
+            if backbone_memory is None:
+                backbone_memory = quant.backbone_memory(run.backbone.model, cfg.precision)
             losses.append(loss.item())
             samples += batch["input_ids"].shape[0]
             tokens += _tokens(batch, run.backbone.is_encoder_decoder)
@@ -281,22 +275,31 @@ def fit(run: Session) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.3g}")
             if cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and state["step"] < total_steps:
-                metrics = evaluate_now()
-                state["eval_history"].append({"step": state["step"], **metrics})
-                log(f"step {state['step']}: {metrics}")
+                if run.dev_rows is not None:
+                    select()
+                else:
+                    metrics = evaluate_now(run.eval_rows)
+                    state["eval_history"].append({"step": state["step"], "split": "val", **metrics})
+                    log(f"step {state['step']}: {metrics}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
                 save_checkpoint()
             if state["step"] >= total_steps:
                 break
     bar.close()
+    if run.dev_rows is not None and state.get("best", {}).get("step") != state["step"]:
+        select()
     if resume is None or state["step"] > _resumed_step(resume):
         save_checkpoint()
-    metrics = evaluate_now(predictions_file=out / "eval_predictions.jsonl")
+    if run.dev_rows is not None and state["best"]["step"] != state["step"]:
+        checkpoint.load_prompt(prompt, out / "best" / "prompt.safetensors")
+        log(f"evaluating the prompt of step {state['best']['step']} (best on dev)")
+    metrics = evaluate_now(run.eval_rows, predictions_file=out / "eval_predictions.jsonl")
     checkpoint.save_prompt(prompt, out, metadata)
 
     per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
                                    "backbone_bytes": parameter_bytes(run.backbone.model),
                                    "load_peak_bytes": run.load_peak_bytes,
+                                   "backbone_memory": backbone_memory or quant.backbone_memory(run.backbone.model, cfg.precision),
                                    "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
     report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config)
     if distributed.is_main():
@@ -330,6 +333,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "optimizer_state_bytes": sum(opt_bytes),
         "optimizer_state_bytes_per_rank": opt_bytes,
         "metrics": metrics,
+        "selected_step": state.get("best", {}).get("step", state["step"]),
         "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
                   "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),
                   "loss_curve": curve, "eval_history": state["eval_history"]},
@@ -338,7 +342,11 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
                    "measured_by": per_rank[0]["memory"]["measured_by"],
                    "load_peak_bytes": [r["load_peak_bytes"] for r in per_rank],
                    "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
-                   "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"]},
+                   "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"],
+                   # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step; trainer/quant.py
+                   "backbone_bytes_held_all": [r["backbone_memory"]["held_all"] for r in per_rank],
+                   "backbone_bytes_unquantized": per_rank[0]["backbone_memory"]["unquantized"],
+                   "quant_state_bytes": [r["backbone_memory"]["quant_state"] for r in per_rank]},
         "world_size": world,
         "zero_stage": stage,
         "output_dir": cfg.output_dir,

@@ -1,11 +1,19 @@
-"""Writes the bundled RTE-format demo data (our own templated sentences, not SuperGLUE's).
+"""Writes the bundled demo data: small sets in the official SuperGLUE layout for all eight tasks,
+made of our own templated sentences (nothing is copied from SuperGLUE).
 
-Entailment: the hypothesis restates part of the premise; not_entailment: it swaps one word.
-Run `python eval/demo_data/generate.py` to rebuild RTE/{train,val}.jsonl deterministically.
+Each set has a pattern a small model can learn, so sweeps and tests can run on every task without
+downloading anything. Run `python eval/demo_data/generate.py` to rebuild
+<Task>/{train,val}.jsonl deterministically (every task has its own fixed random seed; RTE keeps
+the seed and sizes it always had, so its files do not change).
 """
+from __future__ import annotations
+
 import json
 import random
 from pathlib import Path
+
+OUT = Path(__file__).parent
+SIZES = {"train": 40, "val": 16}
 
 PEOPLE = ["Anna", "Ben", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lena"]
 PLACES = ["the library", "the market", "the station", "the harbour", "the museum", "the garden",
@@ -15,7 +23,23 @@ THINGS = ["a red bicycle", "an old map", "a blue umbrella", "a wooden chair", "a
 DAYS = ["on Monday", "on Tuesday", "on Friday", "last weekend", "yesterday", "this morning"]
 
 
-def example(rng: random.Random, idx: int) -> dict:
+def write(task_dir: str, rows_by_split: dict[str, list[dict]]) -> None:
+    (OUT / task_dir).mkdir(exist_ok=True)
+    for split, rows in rows_by_split.items():
+        with (OUT / task_dir / f"{split}.jsonl").open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+
+def splits(make, seed: int, sizes: dict[str, int] = SIZES) -> dict[str, list[dict]]:
+    """Rows for each split from one generator `make(rng, idx)`, idx counting from 0 per split."""
+    rng = random.Random(seed)
+    return {split: [make(rng, i) for i in range(n)] for split, n in sizes.items()}
+
+
+# --- RTE: the hypothesis restates part of the premise, or swaps one word ---------------------
+
+def rte(rng: random.Random, idx: int) -> dict:
     who, other = rng.sample(PEOPLE, 2)
     place, other_place = rng.sample(PLACES, 2)
     thing, other_thing = rng.sample(THINGS, 2)
@@ -31,14 +55,202 @@ def example(rng: random.Random, idx: int) -> dict:
             "label": "entailment" if entailed else "not_entailment"}
 
 
+# --- BoolQ: a yes/no question the passage answers ------------------------------------------
+
+def boolq(rng: random.Random, idx: int) -> dict:
+    who, other = rng.sample(PEOPLE, 2)
+    place, later, elsewhere = rng.sample(PLACES, 3)
+    thing, other_thing = rng.sample(THINGS, 2)
+    passage = (f"{who} bought {thing} at {place} {rng.choice(DAYS)}. Later that day {who} "
+               f"went to {later} to meet {other}.")
+    answer = rng.random() < 0.5
+    kind = rng.randrange(3)
+    if answer:
+        question = [f"did {who} buy {thing[thing.index(' ') + 1:]}", f"did {who} go to {later}",
+                    f"did {who} meet {other}"][kind]
+    else:
+        question = [f"did {who} buy {other_thing[other_thing.index(' ') + 1:]}", f"did {who} go to {elsewhere}",
+                    f"did {other} buy {thing[thing.index(' ') + 1:]}"][kind]
+    return {"question": question, "passage": passage, "idx": idx, "label": answer}
+
+
+# --- CB: the speaker's commitment (sure / doubt / wonder) decides the class -----------------
+
+CB_FRAMES = {
+    "entailment": ["I am sure that {c}.", "Everyone knows that {c}.", "I saw with my own eyes that {c}."],
+    "contradiction": ["I really doubt that {c}.", "It is not true that {c}.", "Nobody believes that {c}, because it is false."],
+    "neutral": ["I wonder whether {c}.", "Maybe {c}, maybe not.", "I have no idea if {c}."],
+}
+
+
+def cb(rng: random.Random, idx: int) -> dict:
+    who, speaker = rng.sample(PEOPLE, 2)
+    clause = f"{who} left {rng.choice(THINGS)} at {rng.choice(PLACES)}"
+    label = rng.choice(list(CB_FRAMES))
+    premise = f"{speaker} said: \"{rng.choice(CB_FRAMES[label]).format(c=clause)}\""
+    return {"premise": premise, "hypothesis": clause[0].upper() + clause[1:] + ".", "idx": idx, "label": label}
+
+
+# --- COPA: everyday cause -> effect pairs ----------------------------------------------------
+
+CAUSE_EFFECT = [
+    ("The power went out.", "The room went dark."), ("It rained all night.", "The streets were wet."),
+    ("I dropped the glass.", "The glass broke."), ("The baby was hungry.", "The baby cried."),
+    ("She studied every evening.", "She passed the exam."), ("The sun came out.", "The snow melted."),
+    ("He forgot his umbrella.", "He got wet on the way home."), ("The water boiled.", "The kettle whistled."),
+    ("The dog saw a cat.", "The dog barked."), ("I set an alarm.", "I woke up on time."),
+    ("The road was icy.", "The car slid."), ("The shop had a sale.", "The shop was crowded."),
+    ("He ran a long race.", "His legs were sore."), ("The milk was left out.", "The milk went sour."),
+    ("The wind blew hard.", "The old tree fell over."), ("She turned on the fan.", "The room cooled down."),
+]
+
+
+def copa(rng: random.Random, idx: int) -> dict:
+    (cause, effect), (other_cause, other_effect) = rng.sample(CAUSE_EFFECT, 2)
+    question = rng.choice(["cause", "effect"])
+    premise, right, wrong = (effect, cause, other_cause) if question == "cause" else (cause, effect, other_effect)
+    label = rng.randrange(2)
+    choices = (right, wrong) if label == 0 else (wrong, right)
+    return {"premise": premise, "choice1": choices[0], "choice2": choices[1], "question": question,
+            "idx": idx, "label": label}
+
+
+# --- MultiRC: a short paragraph with marked-up sentences, two questions, several answers -----
+
+def multirc(rng: random.Random, idx: int) -> dict:
+    who, friend = rng.sample(PEOPLE, 2)
+    first, second, never = rng.sample(PLACES, 3)
+    thing, other_thing, third_thing = rng.sample(THINGS, 3)
+    sentences = [f"{who} bought {thing} at {first} {rng.choice(DAYS)}.",
+                 f"Then {who} walked to {second} with {friend}.",
+                 f"{friend} did not buy anything."]
+    text = "".join(f"<b>Sent {i}: </b>{s}<br>" for i, s in enumerate(sentences, 1))
+    answer_idx = iter(range(1000))
+
+    def answers(pairs):
+        pairs = list(pairs)
+        rng.shuffle(pairs)
+        return [{"text": t, "idx": next(answer_idx), "label": int(ok)} for t, ok in pairs]
+
+    questions = [
+        {"question": f"What did {who} buy?", "idx": 0,
+         "answers": answers([(thing, True), (other_thing, False), (third_thing, False)])},
+        {"question": f"Which places did {who} visit?", "idx": 1,
+         "answers": answers([(first, True), (second, True), (never, False)])},
+    ]
+    return {"idx": idx, "version": 1.1, "passage": {"text": text, "questions": questions}}
+
+
+# --- ReCoRD: who did what, with a company that has a long and a short name -------------------
+
+CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Tunis", "Riga", "Lima", "Accra"]
+COMPANIES = [("Northwind Trading Company", "Northwind"), ("Bluefield Rail Services", "Bluefield"),
+             ("Copperleaf Foods", "Copperleaf"), ("Harbourline Shipping", "Harbourline"),
+             ("Greystone Energy", "Greystone"), ("Silverpine Media", "Silverpine")]
+
+
+def record(rng: random.Random, idx: int) -> dict:
+    boss, guest = rng.sample(PEOPLE, 2)
+    city, other_city = rng.sample(CITIES, 2)
+    company, short = rng.choice(COMPANIES)
+    text = (f"{boss}, the head of {company}, met {guest} in {city} on Monday. {short} plans to open "
+            f"an office in {other_city} next year, {boss} said.\n@highlight\n{guest} travelled to {city}"
+            f"\n@highlight\n{short} will grow \"quickly\"")
+    def mentions(name: str) -> list[int]:
+        """Start of every mention, except the short name inside the long one."""
+        starts, start = [], text.find(name)
+        while start >= 0:
+            if not (name == short and text.startswith(company, start)):
+                starts.append(start)
+            start = text.find(name, start + 1)
+        return starts
+
+    entities = [{"start": s, "end": s + len(name) - 1}      # the official spans' end is inclusive
+                for name in (boss, company, guest, city, short, other_city) for s in mentions(name)]
+    queries = [(f"@placeholder met {guest} in {city}.", [boss]),
+               (f"{guest} met the head of @placeholder.", [company, short]),
+               (f"The new office of {short} will be in @placeholder.", [other_city])]
+    qas = []
+    for j in sorted(rng.sample(range(len(queries)), 2)):
+        query, gold = queries[j]
+        qas.append({"query": query, "idx": idx * 10 + j,
+                    "answers": [{"start": mentions(g)[0], "end": mentions(g)[0] + len(g) - 1, "text": g}
+                                for g in gold]})
+    return {"source": "lrpt demo", "idx": idx, "passage": {"text": text, "entities": entities}, "qas": qas}
+
+
+# --- WiC: six ambiguous words, three sentences per sense -------------------------------------
+
+SENSES = {
+    "bank": (["We sat on the bank of the river.", "The boat drifted toward the muddy bank.", "Reeds grew along the bank."],
+             ["She opened an account at the bank.", "The bank approved the loan.", "He works at a bank downtown."]),
+    "bat": (["A bat flew out of the cave.", "The bat hangs upside down all day.", "We saw a bat at dusk."],
+            ["He swung the bat hard.", "She bought a new bat for the match.", "The bat cracked in half."]),
+    "light": (["Turn on the light, please.", "The light in the hall is broken.", "A light shone in the window."],
+              ["The box is light enough to carry.", "She packed a light bag.", "This jacket is very light."]),
+    "ring": (["He gave her a gold ring.", "The ring fits my finger.", "She lost her ring at the beach."],
+             ["I heard the phone ring twice.", "Did the bell ring yet?", "The doorbell will ring soon."]),
+    "spring": (["The flowers bloom in spring.", "We travel every spring.", "Spring came early this year."],
+               ["The spring in the mattress broke.", "A metal spring holds the lid.", "Replace the spring in the clock."]),
+    "match": (["Light the match carefully.", "He struck a match in the dark.", "The match burned his fingers."],
+              ["We watched the match on television.", "Our team won the match.", "The match ended in a draw."]),
+}
+
+
+def wic(rng: random.Random, idx: int) -> dict:
+    word = rng.choice(list(SENSES))
+    same = rng.random() < 0.5
+    sense1 = rng.randrange(2)
+    sense2 = sense1 if same else 1 - sense1
+    s1 = rng.choice(SENSES[word][sense1])
+    s2 = rng.choice([s for s in SENSES[word][sense2] if s != s1])
+    start1, start2 = s1.lower().index(word), s2.lower().index(word)
+    return {"word": word, "sentence1": s1, "sentence2": s2, "idx": idx, "label": same,
+            "start1": start1, "end1": start1 + len(word), "start2": start2, "end2": start2 + len(word),
+            "version": 1.1}
+
+
+# --- WSC: two people of different genders; the pronoun's gender picks the referent -----------
+
+WOMEN = ["Anna", "Dara", "Farah", "Hana", "Lena"]
+MEN = ["Ben", "Emil", "Goran", "Ivo", "Kemal"]
+WSC_TEMPLATES = [   # {a} {b}: the two people; {s}: subject pronoun, {o}: object pronoun
+    "{a} called {b} because {s} needed a ride to the station.",
+    "{a} lent {b} a book after {s} asked politely.",
+    "{a} waited for {b} at the gate, but {s} was late.",
+    "{a} met {b} at the market and gave the keys to {o}.",
+    "When {a} visited {b} in spring, {s} brought flowers.",
+]
+
+
+def wsc(rng: random.Random, idx: int) -> dict:
+    a, b = rng.choice(WOMEN), rng.choice(MEN)
+    if rng.random() < 0.5:
+        a, b = b, a
+    referent = rng.choice([a, b])
+    female = referent in WOMEN
+    template = rng.choice(WSC_TEMPLATES)
+    pronoun = ("she" if female else "he") if "{s}" in template else ("her" if female else "him")
+    text = template.format(a=a, b=b, s=pronoun, o=pronoun)
+    words = text.split(" ")
+    positive = rng.random() < 0.5
+    noun = referent if positive else (b if referent == a else a)
+    noun_index = next(i for i, w in enumerate(words) if w.rstrip(",.") == noun)
+    pronoun_index = next(i for i, w in enumerate(words) if w.rstrip(",.") == pronoun)
+    return {"text": text, "idx": idx, "label": positive,
+            "target": {"span1_index": noun_index, "span1_text": noun,
+                       "span2_index": pronoun_index, "span2_text": pronoun}}
+
+
 def main() -> None:
-    rng = random.Random(20261125)
-    out = Path(__file__).parent / "RTE"
-    out.mkdir(exist_ok=True)
-    for split, n in (("train", 160), ("val", 48)):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for i in range(n):
-                f.write(json.dumps(example(rng, i)) + "\n")
+    write("RTE", splits(rte, 20261125, {"train": 160, "val": 48}))
+    write("BoolQ", splits(boolq, 1))
+    write("CB", splits(cb, 2))
+    write("COPA", splits(copa, 3))
+    write("MultiRC", splits(multirc, 4))
+    write("ReCoRD", splits(record, 5))
+    write("WiC", splits(wic, 6))
+    write("WSC", splits(wsc, 7))
 
 
 if __name__ == "__main__":

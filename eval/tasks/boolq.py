@@ -1,5 +1,6 @@
-from eval.tasks.base import Task
+"""BoolQ: a yes/no question about a Wikipedia passage."""
+from eval.tasks.base import ClassificationTask
 
-BOOLQ = Task(name="boolq", dir_name="BoolQ", hub_config="boolq",
-             label_words=("False", "True"), official_labels=(False, True),
-             fields=("passage", "question"))
+BOOLQ = ClassificationTask(name="boolq", dir_name="BoolQ", hub_config="boolq",
+                           label_words=("False", "True"), official_labels=(False, True),
+                           fields=("passage", "question"))

@@ -1,6 +1,7 @@
-from eval.tasks.base import Task
+"""RTE: does the premise entail the hypothesis (two classes)."""
+from eval.tasks.base import ClassificationTask
 
-RTE = Task(name="rte", dir_name="RTE", hub_config="rte",
-           label_words=("entailment", "not_entailment"),
-           official_labels=("entailment", "not_entailment"),
-           fields=("hypothesis", "premise"))
+RTE = ClassificationTask(name="rte", dir_name="RTE", hub_config="rte",
+                         label_words=("entailment", "not_entailment"),
+                         official_labels=("entailment", "not_entailment"),
+                         fields=("hypothesis", "premise"))
