@@ -116,6 +116,10 @@ class PromptModule(nn.Module):
         # `ds_numel`: under ZeRO-3 a parameter holds only its shard and reports numel() == 0
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad)
 
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers worth logging during training (e.g. DPT's rank probe); none by default."""
+        return {}
+
     def num_kept_params(self) -> int:
         """What must be stored to serve the prompt after training: the dense P."""
         return self.output_length * self.embed_dim

@@ -23,6 +23,7 @@ class DPT(PromptModule):
         num_tokens: int,
         embed_dim: int,
         rank: int | None = None,
+        probe: bool = False,
         generator: torch.Generator | None = None,
     ):
         super().__init__(num_tokens, embed_dim)
@@ -33,9 +34,17 @@ class DPT(PromptModule):
         self.rank = rank
         self.a = nn.Parameter(uniform((num_tokens, rank), 0.5, generator))
         self.b = nn.Parameter(uniform((rank, embed_dim), 0.5, generator))
+        # DPT's rank probe: P = A·ReLU(Σ)·B with a trainable diagonal Σ (starting at 1); the count of
+        # positive entries over training estimates the rank the task needs.
+        self.sigma = nn.Parameter(torch.ones(rank)) if probe else None
 
     def forward(self) -> torch.Tensor:
-        return self.a @ self.b
+        if self.sigma is None:
+            return self.a @ self.b
+        return (self.a * torch.relu(self.sigma)) @ self.b
+
+    def diagnostics(self) -> dict[str, float]:
+        return {} if self.sigma is None else {"probe_positive_rank": int((self.sigma > 0).sum())}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}"
+        return f"{super().extra_repr()}, rank={self.rank}" + (", probe=True" if self.sigma is not None else "")

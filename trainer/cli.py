@@ -10,6 +10,9 @@ COMMANDS = {
     "train": "train a soft prompt on a frozen backbone (`lrpt train --help`)",
     "sweep": "tasks x methods x seeds (x few-shot K), then the table (`lrpt sweep --help`)",
     "table": "aggregate finished runs into the papers' table (`lrpt table --help`)",
+    "export": "write a run's prompt as a peft prompt-tuning adapter (`lrpt export --help`)",
+    "predict": "answer new inputs with a trained prompt (`lrpt predict --help`)",
+    "rank": "singular-value spectrum of trained prompts, with a plot (`lrpt rank --help`)",
 }
 
 
@@ -33,7 +36,26 @@ def table_command(argv: list[str]) -> int:
     return table(argv)
 
 
-HANDLERS = {"train": train_command, "sweep": sweep_command, "table": table_command}
+def export_command(argv: list[str]) -> int:
+    from trainer.export import main as export
+
+    return export(argv)
+
+
+def predict_command(argv: list[str]) -> int:
+    from trainer.predict import main as predict
+
+    return predict(argv)
+
+
+def rank_command(argv: list[str]) -> int:
+    from trainer.spectrum import main as rank
+
+    return rank(argv)
+
+
+HANDLERS = {"train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
+            "predict": predict_command, "rank": rank_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ class RunConfig:
     init: str | None = field(default=None, metadata={"help": "random | vocab | text (default: the method's)"})
     init_text: str | None = field(default=None, metadata={"help": "text whose embeddings initialise the prompt (init=text)"})
     activation: str | None = field(default=None, metadata={"help": "sigma in LoPT-2 (default elu)"})
+    rank_probe: bool = field(default=False, metadata={"help": "DPT only: P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries stay positive"})
     # optimisation (defaults: DPT's code: AdamW, lr 0.3, wd 1e-5, clip 1.0, linear schedule, 10% warm-up)
     learning_rate: float = 0.3
     weight_decay: float = 1e-5

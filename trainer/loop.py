@@ -48,7 +48,8 @@ def _quiet_libraries() -> None:
 
 def method_options(cfg: RunConfig) -> dict:
     """The method keywords the user set (None means: the method's own default)."""
-    return {"rank": cfg.rank, "bottleneck": cfg.bottleneck, "pool": cfg.pool, "activation": cfg.activation}
+    return {"rank": cfg.rank, "bottleneck": cfg.bottleneck, "pool": cfg.pool, "activation": cfg.activation,
+            "probe": cfg.rank_probe or None}
 
 
 def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
@@ -272,6 +273,10 @@ def fit(run: Session) -> TrainResult:
             meter.stop(samples, tokens, samples * prompt.output_length)
             state["step"] += 1
             state["loss_curve"].append(_mean_over_ranks(sum(losses) / len(losses)))
+            if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
+                diagnostics = prompt_diagnostics(prompt)
+                if diagnostics:
+                    state.setdefault("diagnostics", []).append({"step": state["step"], **diagnostics})
             bar.update(1)
             bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.3g}")
             if cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and state["step"] < total_steps:
@@ -308,6 +313,13 @@ def fit(run: Session) -> TrainResult:
     return TrainResult(report=report, model=run.model, engine=engine)
 
 
+def prompt_diagnostics(prompt: methods.PromptModule) -> dict:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(prompt.parameters())):  # every rank calls it: a collective
+        return prompt.diagnostics()
+
+
 def _resumed_step(resume: Path) -> int:
     return int(resume.name.split("-")[-1])
 
@@ -336,7 +348,8 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "selected_step": state.get("best", {}).get("step", state["step"]),
         "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
                   "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),
-                  "loss_curve": curve, "eval_history": state["eval_history"]},
+                  "loss_curve": curve, "eval_history": state["eval_history"],
+                  "diagnostics": state.get("diagnostics", [])},
         "throughput": throughput,
         "memory": {"peak_bytes": [r["memory"]["peak_bytes"] for r in per_rank],
                    "measured_by": per_rank[0]["memory"]["measured_by"],

@@ -1,0 +1,89 @@
+"""Using what was trained: export to peft, predict on new inputs, the prompt's spectrum."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from trainer.cli import main
+from trainer.config import RunConfig
+from trainer.loop import train
+from trainer.runs import load_run
+from trainer.spectrum import spectrum
+
+EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3})]
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+@pytest.mark.parametrize("method, options", EXPORT_CASES)
+def test_export_to_peft_gives_the_same_logits(method, options, arch, backbone_dirs, memorise_dir, tmp_path):
+    from peft import PeftModel
+
+    model_dir = backbone_dirs[arch]
+    run = tmp_path / "run"
+    trained = train(RunConfig(model=model_dir, data_dir=str(memorise_dir), output_dir=str(run), method=method,
+                              prompt_length=8, max_steps=3, per_device_train_batch_size=4, progress=False, **options))
+    assert main(["export", str(run), "--to", "peft", str(tmp_path / "adapter")]) == 0
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["num_virtual_tokens"] == trained.model.prompt.output_length  # LAMP: pooled length
+    assert config["num_transformer_submodules"] == 1
+
+    auto = AutoModelForSeq2SeqLM if arch == "t5" else AutoModelForCausalLM
+    peft_model = PeftModel.from_pretrained(auto.from_pretrained(model_dir), str(tmp_path / "adapter")).eval()
+    _, _, ours = load_run(run)
+    ids = torch.randint(3, 250, (2, 7))
+    mask = torch.ones_like(ids)
+    labels = torch.randint(3, 250, (2, 7 if arch == "llama" else 3))
+    with torch.no_grad():
+        expected = ours(ids, mask, labels=labels)
+        got = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir, tmp_path):
+    run = tmp_path / "run"
+    train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+                    prompt_length=8, max_steps=2, per_device_train_batch_size=4, progress=False, decoding="rank"))
+    rows = [{"premise": f"Premise number {i}.", "hypothesis": f"Hypothesis {i}.", "idx": 100 + i} for i in range(7)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["predict", str(run), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
+                 "--batch_size", "3"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(7))
+    assert [line["group"] for line in lines] == [str(100 + i) for i in range(7)]
+    assert all(line["prediction"] in ("entailment", "not_entailment") for line in lines)  # rank mode
+
+
+@pytest.mark.parametrize("r", [1, 3, 7])
+def test_spectrum_of_a_known_rank_r_prompt(r):
+    g = torch.Generator().manual_seed(r)
+    prompt = torch.randn(20, r, generator=g) @ torch.randn(r, 64, generator=g)
+    result = spectrum(prompt)
+    assert result["numerical_rank"] == r
+    assert result["energy"][r - 1] == pytest.approx(1.0, abs=1e-9)
+    assert result["rank_for_99"] <= r and 1 <= result["effective_rank"] <= r + 1e-3  # float32 residue
+    s = torch.linalg.svdvals(prompt.double())
+    assert result["singular_values"] == pytest.approx(s.tolist())
+
+
+def test_rank_command_with_dpt_probe(tiny_t5_dir, memorise_dir, tmp_path, capsys):
+    run = tmp_path / "probe"
+    result = train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+                             rank=6, rank_probe=True, prompt_length=8, max_steps=6, logging_steps=2,
+                             per_device_train_batch_size=4, progress=False))
+    prompt = result.model.prompt
+    assert result.report["trainable_params"] == 8 * 6 + 6 + 6 * 64  # A, Σ, B
+    history = result.report["train"]["diagnostics"]
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert history[-1]["probe_positive_rank"] == int((prompt.sigma > 0).sum())
+    assert main(["rank", str(run), "--output", str(tmp_path / "rank.png")]) == 0
+    numbers = json.loads((tmp_path / "rank.json").read_text())
+    (name,) = numbers["runs"]
+    assert numbers["runs"][name]["numerical_rank"] <= 6  # P = A·ReLU(Σ)·B has rank <= b
+    assert numbers["probes"][name] == history
+    assert (tmp_path / "rank.png").stat().st_size > 10_000
+    assert "effective" in capsys.readouterr().out

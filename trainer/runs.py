@@ -1,0 +1,46 @@
+"""Open a finished run directory again: its config, its backbone, its trained prompt."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import methods
+from trainer.backbone import Backbone, load_backbone
+from trainer.config import RunConfig, read_yaml
+from trainer.errors import LrptError
+from trainer.prompted import PromptedModel
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise LrptError(f"{run_dir} is not an lrpt run directory (no config.yaml)")
+    return RunConfig(**read_yaml(str(path)))
+
+
+def prompt_file(run_dir: str | Path, name: str = "prompt.safetensors") -> Path:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise LrptError(f"{path} does not exist: the run has not finished (its checkpoints are under checkpoints/)")
+    return path
+
+
+def dense_prompt(run_dir: str | Path) -> torch.Tensor:
+    """The trained prompt P (c' x e), whatever the method."""
+    return load_file(prompt_file(run_dir, "prompt_dense.safetensors"))["prompt"]
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, Backbone, PromptedModel]:
+    """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode."""
+    from trainer.loop import method_options
+
+    cfg = run_config(run_dir)
+    state = load_file(prompt_file(run_dir))
+    backbone = load_backbone(cfg.model, cfg.precision)
+    # shapes come from the config; the values from the file, so a random start is enough
+    init = "random" if "init" in methods.accepted_kwargs(cfg.method) else None
+    prompt = methods.build(cfg.method, cfg.prompt_length, backbone.embed_dim, init=init, **method_options(cfg))
+    prompt.load_state_dict(state)
+    return cfg, backbone, PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder).eval()
