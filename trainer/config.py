@@ -53,6 +53,7 @@ class RunConfig:
     # backbone
     precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (fp16 is refused for T5)"})
     gradient_checkpointing: bool = False
+    shared_prefix: bool = field(default=False, metadata={"help": "decoder-only: run the prompt once per step and share its key/value cache across the batch"})
     max_source_length: int = 256
     max_target_length: int = 16
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)

@@ -40,8 +40,8 @@ def sequence_log_likelihood(model: PromptedModel, batch: dict[str, torch.Tensor]
     """Sum of log p(label tokens) per row, teacher-forced, prompt included."""
     logits = model(**batch).logits.float()
     labels = batch["labels"]
-    if not model.is_encoder_decoder:  # logits cover [prompt, input]; position t predicts t + 1
-        logits = logits[:, model.prompt.output_length:-1]
+    if not model.is_encoder_decoder:  # position t predicts t + 1; logits may also cover the prompt
+        logits = logits[:, logits.shape[1] - labels.shape[1]:-1]
         labels = labels[:, 1:]
     mask = labels != -100
     picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)

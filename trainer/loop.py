@@ -64,12 +64,33 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
         raise LrptError(f"--precision fp16 with a {config.model_type} backbone: T5's activations overflow fp16 "
                         "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
     quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
+    check_shared_prefix(cfg, config)
     try:  # shapes and keywords, on a stand-in one-row vocabulary
         methods.build(cfg.method, cfg.prompt_length, config.hidden_size, init=cfg.init,
                       embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0], **method_options(cfg))
     except ValueError as exc:
         raise LrptError(str(exc)) from None
     return task, config
+
+
+def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> None:
+    """--shared_prefix is proven (tests/test_shared_prefix.py) for plain fp32/bf16 decoder-only runs
+    up to ZeRO-2; the rest is refused rather than assumed."""
+    if not cfg.shared_prefix:
+        return
+    refusals = [
+        (config.is_encoder_decoder, f"{config.model_type} is an encoder-decoder: its bidirectional encoder lets every "
+                                    "input token change the prompt's states, so there is nothing to share"),
+        (cfg.gradient_checkpointing, "gradient checkpointing recomputes blocks without their key/value cache; "
+                                     "drop --gradient_checkpointing or --shared_prefix"),
+        (zero_stage(read_ds_config(cfg.deepspeed)) == 3, "ZeRO-3 is not yet verified with the shared prefix (two "
+                                                         "gathered passes per step); use zero0/zero2 or drop --shared_prefix"),
+        (cfg.load_in_8bit or cfg.load_in_4bit,
+         "quantized backbones are not yet verified with the shared prefix; drop --shared_prefix"),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise LrptError(f"--shared_prefix: {why}")
 
 
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
@@ -179,7 +200,7 @@ def setup(cfg: RunConfig) -> Session:
         # int8 shard; after it, bnb's hidden `CB` copy would already hold the full matrix on every rank.
         quant.shard_8bit_for_zero3(backbone.model)
     prompt = build_prompt(cfg, backbone)
-    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder)
+    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder, shared_prefix=cfg.shared_prefix)
 
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
                          cfg.max_eval_samples)

@@ -9,6 +9,8 @@ and text and position ids follow the attention mask.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -17,11 +19,17 @@ from methods import PromptModule
 
 
 class PromptedModel(nn.Module):
-    def __init__(self, backbone: PreTrainedModel, prompt: PromptModule, is_encoder_decoder: bool):
+    def __init__(self, backbone: PreTrainedModel, prompt: PromptModule, is_encoder_decoder: bool,
+                 shared_prefix: bool = False):
         super().__init__()
+        if shared_prefix and is_encoder_decoder:
+            raise ValueError("shared_prefix needs a decoder-only backbone: in a bidirectional encoder every input "
+                             "token changes the prompt's hidden states, so there is nothing to share")
         self.backbone = backbone
         self.prompt = prompt
         self.is_encoder_decoder = is_encoder_decoder
+        self.shared_prefix = shared_prefix
+        self._cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
         """Only the prompt. The backbone is frozen and re-loaded from its own checkpoint; DeepSpeed's
@@ -39,11 +47,33 @@ class PromptedModel(nn.Module):
         return embeds, torch.cat([ones, attention_mask], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        if self.shared_prefix:
+            return self._forward_shared_prefix(input_ids, attention_mask, labels)
         embeds, mask = self._embed(input_ids, attention_mask)
         if not self.is_encoder_decoder:
             ignore = labels.new_full((labels.shape[0], self.prompt.output_length), -100)
             labels = torch.cat([ignore, labels], dim=1)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+
+    def _forward_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        """Causal backbones: prompt tokens attend only to each other, so their keys/values are the
+        same for every example. Run the prompt once (batch 1), broadcast its cache to the batch
+        (`expand`, a view), then run the inputs on top; gradients reach the prompt through the cache.
+        Logits cover the input positions only."""
+        if (labels[:, 0] != -100).any():
+            raise ValueError("shared_prefix: the first input token must not be a target (it would be predicted "
+                             "from the prompt's last position); lrpt's data always starts with the source")
+        tokens = self.backbone.get_input_embeddings()(input_ids)
+        prompt = self.prompt().to(tokens.dtype)
+        prefix = self.backbone.base_model(inputs_embeds=prompt.unsqueeze(0), use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        batch = input_ids.shape[0]
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(batch, -1, -1, -1)
+            layer.values = layer.values.expand(batch, -1, -1, -1)
+        mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1)
+        return self.backbone(inputs_embeds=tokens, attention_mask=mask, labels=labels, use_cache=True,
+                             **{self._cache_kw: cache})
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
