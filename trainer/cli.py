@@ -13,6 +13,7 @@ COMMANDS = {
     "export": "write a run's prompt as a peft prompt-tuning adapter (`lrpt export --help`)",
     "predict": "answer new inputs with a trained prompt (`lrpt predict --help`)",
     "rank": "singular-value spectrum of trained prompts, with a plot (`lrpt rank --help`)",
+    "bench": "throughput and memory of methods x prompt lengths, against peft (`lrpt bench --help`)",
 }
 
 
@@ -54,7 +55,13 @@ def rank_command(argv: list[str]) -> int:
     return rank(argv)
 
 
-HANDLERS = {"train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
+def bench_command(argv: list[str]) -> int:
+    from trainer.bench import main as bench
+
+    return bench(argv)
+
+
+HANDLERS = {"bench": bench_command, "train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
             "predict": predict_command, "rank": rank_command}
 
 

@@ -16,6 +16,7 @@ class StepMeter:
         self.warmup = warmup
         self.times: list[float] = []
         self.samples = self.input_tokens = self.prompt_tokens = 0
+        self.flops = 0.0
         self._seen = 0
         self._start = 0.0
 
@@ -24,7 +25,7 @@ class StepMeter:
             torch.cuda.synchronize()
         self._start = time.perf_counter()
 
-    def stop(self, samples: int, input_tokens: int, prompt_tokens: int) -> None:
+    def stop(self, samples: int, input_tokens: int, prompt_tokens: int, flops: float = 0.0) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - self._start
@@ -34,6 +35,7 @@ class StepMeter:
             self.samples += samples
             self.input_tokens += input_tokens
             self.prompt_tokens += prompt_tokens
+            self.flops += flops
 
     def summary(self) -> dict:
         """Per-rank figures; tokens/s counts prompt and input tokens, also shown apart."""
@@ -50,6 +52,7 @@ class StepMeter:
             "tokens_per_s": (self.input_tokens + self.prompt_tokens) / total,
             "input_tokens_per_s": self.input_tokens / total,
             "prompt_tokens_per_s": self.prompt_tokens / total,
+            "model_flops_per_s": self.flops / total,  # trainer/flops.py: 4·N·T + attention
         }
 
 

@@ -1,0 +1,64 @@
+"""Report fields are present and consistent; the FLOPs formula against a hand count; lrpt bench."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.config import RunConfig
+from trainer.flops import matmul_params, step_flops
+from trainer.loop import train
+from trainer.presets import build_preset
+
+
+def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):
+    report = train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(tmp_path), method="lopt1",
+                             prompt_length=8, max_steps=12, per_device_train_batch_size=4, progress=False)).report
+    n = report["trainable_params"]
+    tensors = 2  # U, V
+    assert report["optimizer_state_bytes"] == 2 * 4 * n + 4 * tensors  # Adam m, v (fp32) + step counters
+    thr, rank0 = report["throughput"], report["throughput"]["per_rank"][0]
+    assert rank0["steps_measured"] == 12 - rank0["warmup_steps"]
+    # tokens/s = tokens / time: the prompt and input parts add up, and samples/s matches the batch
+    assert thr["tokens_per_s"] == pytest.approx(thr["prompt_tokens_per_s"] + thr["input_tokens_per_s"])
+    seconds = rank0["steps_measured"] * rank0["step_time_s"]["mean"]
+    assert thr["samples_per_s"] == pytest.approx(4 * rank0["steps_measured"] / seconds, rel=1e-6)
+    assert thr["prompt_tokens_per_s"] == pytest.approx(4 * 8 * rank0["steps_measured"] / seconds, rel=1e-6)
+    assert thr["step_time_s"]["p50"] <= thr["step_time_s"]["p95"]
+    assert thr["model_flops_per_s"] > 0 and thr["mfu"] is None  # no known peak on CPU
+    mem = report["memory"]
+    assert mem["backbone_bytes_held"][0] == mem["backbone_bytes_total"] > 0  # one rank holds it all
+    assert "RSS" in mem["measured_by"] and mem["peak_bytes"][0] >= mem["load_peak_bytes"][0]
+
+
+def test_flops_formula_by_hand():
+    model, _ = build_preset("tiny-llama", width=64, layers=2)
+    params = matmul_params(model, False)
+    d, layers, vocab, ff = 64, 2, model.config.vocab_size, 128
+    kv = 2 * (64 // 4) * 2  # 2 kv heads of 16, for k and v
+    per_layer = d * d * 2 + d * kv + 3 * d * ff + 2 * d  # q, o, k+v, gate/up/down, 2 norms
+    assert params["decoder"] == layers * per_layer + d + vocab * d  # + final norm + lm_head
+    batch = {"input_ids": torch.zeros(3, 10, dtype=torch.long)}
+    t = 10 + 5
+    assert step_flops(model.config, params, batch, 5) == 4 * 3 * params["decoder"] * t + 12 * 3 * d * layers * t * t / 2
+
+
+def test_bench_writes_csv_and_plots(tiny_t5_dir, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", tiny_t5_dir, "--methods", "dpt,lamp", "--prompt_lengths", "4,8", "--batch", "2",
+                 "--seq_len", "16", "--steps", "2", "--lamp_pool", "2", "--output_dir", str(out)]) == 0
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert [(r["method"], r["prompt_length"]) for r in rows] == [
+        (m, c) for c in ("4", "8") for m in ("peft", "dpt", "lamp")]
+    for r in rows:
+        assert float(r["peak_bytes"]) > 0 and float(r["step_time_p50"]) > 0
+        assert float(r["step_time_ratio_vs_peft"]) == pytest.approx(
+            float(r["step_time_p50"]) / float(next(b for b in rows if b["method"] == "peft"
+                                                   and b["prompt_length"] == r["prompt_length"])["step_time_p50"]))
+    lamp = [r for r in rows if r["method"] == "lamp"]
+    assert [int(r["prompt_tokens"]) for r in lamp] == [2, 4]  # pooling: c/p tokens reach the backbone
+    for name in ("memory.png", "throughput.png"):
+        assert (out / name).stat().st_size > 10_000
