@@ -1,19 +1,17 @@
 """Start lrpt under the real deepspeed launcher, 2 CPU ranks (DS_ACCELERATOR=cpu)."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from trainer.distributed import env_without_launcher
+
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def clean_env() -> dict[str, str]:
     """The environment of a fresh shell: no launcher variables left by in-process runs."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = env_without_launcher()
     env["DS_ACCELERATOR"] = "cpu"
     return env
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from trainer.distributed import env_without_launcher
 
 
 def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: int, steps: int,
@@ -81,7 +80,7 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
 
 
 def run_isolated(args: argparse.Namespace, method: str, prompt_length: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = env_without_launcher()
     cmd = [sys.executable, "-m", "trainer.bench", "--worker", method, str(prompt_length), "--model", args.model,
            "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--steps", str(args.steps),
            "--precision", args.precision, "--lamp_pool", str(args.lamp_pool)]

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from trainer.distributed import env_without_launcher
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = env_without_launcher()
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(ROOT / "trainer" / "run.py"),
            "--model", model_dir, "--deepspeed", ds_config, "--output_dir", str(out),
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
