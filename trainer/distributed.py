@@ -15,6 +15,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def env_without_launcher() -> dict[str, str]:
+    """This process's environment minus the launcher's variables: for a child that must start
+    its own process group (a benchmark worker, a nested launcher)."""
+    return {k: v for k, v in os.environ.items() if k not in (*LAUNCHER_VARS, "LOCAL_RANK")}
+
+
 def launched() -> bool:
     """Whether a launcher (deepspeed, torchrun, srun via slurm/common.sh) set up this process."""
     return dist.is_initialized() or all(v in os.environ for v in LAUNCHER_VARS)
@@ -64,6 +70,18 @@ def broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (e.g. a signal only some ranks got)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return bool(flag)
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    box = torch.tensor([int(bool(flag))], device=get_accelerator().current_device_name())
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
 
 
 def gather(value) -> list:

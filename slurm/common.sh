@@ -1,0 +1,192 @@
+# shellcheck shell=bash
+# Sourced by every slurm/*.sh template; not a job on its own. See docs/slurm.md.
+#
+#  - rendezvous from Slurm's own variables: MASTER_ADDR is the job's first host
+#    (`scontrol show hostnames $SLURM_JOB_NODELIST`), MASTER_PORT is derived from the job id, and
+#    srun starts one task per GPU, whose RANK / LOCAL_RANK / WORLD_SIZE are SLURM_PROCID /
+#    SLURM_LOCALID / SLURM_NTASKS (slurm/task.sh);
+#  - the job's output goes to runs/slurm/<job name>-<job id>.log (LOG=path moves it, LOG=- keeps
+#    it in Slurm's own output file); a requeued job appends to the same log;
+#  - NCCL and thread defaults, each overridden by a value already in the environment;
+#  - lrpt_train: skips a finished run, runs the trainer under srun, forwards SIGUSR1 to it, and
+#    requeues the job when the trainer stopped on the signal (checkpoint written, exit status 75;
+#    a signal during loading kills the trainer before it listens: that job fails, unrequeued).
+#
+# Variables the templates read (all optional; a template sets its own defaults first):
+#   LRPT_ROOT    the lrpt checkout (default: the directory sbatch was run from)
+#   PYTHON       the interpreter that has lrpt installed (default: python3 on PATH at submit time)
+#   VENV         a virtual environment to activate on the node first
+#   MODEL METHOD TASK DATA_DIR DS_CONFIG OUTPUT_DIR SEED PRECISION PROMPT_LENGTH PROMPT_RANK POOL
+#   MAX_STEPS EPOCHS LEARNING_RATE BATCH_SIZE GRAD_ACCUM SAVE_STEPS EVAL_STEPS FEW_SHOT DECODING
+#   MAX_TRAIN_SAMPLES MAX_EVAL_SAMPLES PROGRESS CONFIG
+#                the trainer flag of the same meaning (PROMPT_RANK is --rank: RANK is the process rank)
+#   EXTRA_ARGS   any other trainer flags, split on spaces; the script's own arguments are added last
+#   SRUN_WAIT    seconds the other ranks get once one rank has ended, before srun ends them (300)
+
+if [[ -n ${VENV:-} ]]; then
+    # shellcheck source=/dev/null
+    source "$VENV/bin/activate"
+fi
+PYTHON=${PYTHON:-python3}
+PREEMPTED=75      # trainer/preempt.py EXIT_CODE: checkpoint written on SIGUSR1, run not finished
+KILLED_BY_USR1=138  # 128 + SIGUSR1: the signal came before the trainer listened for it (while loading)
+
+# ---- the job, its rendezvous, its log ---------------------------------------------------------
+if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then
+    JOB_TAG=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+else
+    JOB_TAG=${SLURM_JOB_ID:-}
+fi
+
+lrpt_in_slurm() {
+    [[ -n ${SLURM_JOB_ID:-} ]]
+}
+
+if lrpt_in_slurm; then
+    mapfile -t LRPT_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    export MASTER_ADDR=${LRPT_HOSTS[0]}
+    export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))  # below the ephemeral range; distinct per job
+    # since Slurm 22.05 srun does not inherit sbatch's --cpus-per-task; pass it on
+    if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+        export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
+    fi
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+    export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+    export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}  # a dead rank ends the job
+    # NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_DISABLE, ...: set them in the environment you submit from
+
+    LOG=${LOG:-runs/slurm/${SLURM_JOB_NAME}-${JOB_TAG}.log}
+    if [[ $LOG != - ]]; then
+        mkdir -p "$(dirname "$LOG")"
+        echo "lrpt: job $SLURM_JOB_ID (${JOB_TAG}) logs to $LOG"
+        exec >>"$LOG" 2>&1
+    fi
+    echo "==== $(date '+%F %T') job ${JOB_TAG} on ${SLURM_JOB_NODELIST}: ${SLURM_NTASKS:-?} ranks," \
+         "rendezvous ${MASTER_ADDR}:${MASTER_PORT}, restart ${SLURM_RESTART_COUNT:-0}"
+fi
+
+# ---- the trainer's flags from the environment ---------------------------------------------------
+LRPT_FLAG_VARS=(MODEL:model METHOD:method TASK:task DATA_DIR:data_dir DS_CONFIG:deepspeed
+                OUTPUT_DIR:output_dir SEED:seed PRECISION:precision PROMPT_LENGTH:prompt_length
+                PROMPT_RANK:rank POOL:pool MAX_STEPS:max_steps EPOCHS:num_train_epochs
+                LEARNING_RATE:learning_rate BATCH_SIZE:per_device_train_batch_size
+                GRAD_ACCUM:gradient_accumulation_steps SAVE_STEPS:save_steps EVAL_STEPS:eval_steps
+                FEW_SHOT:few_shot DECODING:decoding MAX_TRAIN_SAMPLES:max_train_samples
+                MAX_EVAL_SAMPLES:max_eval_samples PROGRESS:progress CONFIG:config)
+
+lrpt_flags() {  # fills the array LRPT_FLAGS
+    local pair var extra
+    LRPT_FLAGS=()
+    for pair in "${LRPT_FLAG_VARS[@]}"; do
+        var=${pair%%:*}
+        if [[ -n ${!var:-} ]]; then
+            LRPT_FLAGS+=("--${pair#*:}" "${!var}")
+        fi
+    done
+    read -ra extra <<<"${EXTRA_ARGS:-}"
+    LRPT_FLAGS+=("${extra[@]}")
+}
+
+# ---- one run: train, or stop on SIGUSR1 and requeue ---------------------------------------------
+lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
+    if ! lrpt_in_slurm; then
+        echo "lrpt: $0 is a Slurm batch script: submit it with sbatch (docs/slurm.md)" >&2
+        exit 2
+    fi
+    : "${OUTPUT_DIR:?OUTPUT_DIR must be set}"
+    if [[ -f $OUTPUT_DIR/report.json ]]; then
+        echo "lrpt: $OUTPUT_DIR is finished (report.json): nothing to run"
+        return 0
+    fi
+    lrpt_flags
+    LRPT_FLAGS+=("$@")
+    if [[ -f $OUTPUT_DIR/checkpoints/latest ]]; then
+        echo "lrpt: resuming $OUTPUT_DIR from checkpoints/$(cat "$OUTPUT_DIR/checkpoints/latest")"
+    fi
+    echo "lrpt: $PYTHON trainer/run.py ${LRPT_FLAGS[*]}"
+
+    # `scancel --signal=USR1 --batch` reaches this shell only: pass it on to the step (srun
+    # forwards it to every task). `--signal=USR1@N` signals the tasks directly.
+    local signaled=0 pid='' status=0
+    trap 'signaled=1; echo "lrpt: SIGUSR1: asking the trainer to checkpoint and stop"; [[ -z $pid ]] || kill -USR1 "$pid" 2>/dev/null || true' USR1
+    srun --kill-on-bad-exit=0 --wait="${SRUN_WAIT:-300}" \
+        "$LRPT_ROOT/slurm/task.sh" "$PYTHON" "$LRPT_ROOT/trainer/run.py" "${LRPT_FLAGS[@]}" &
+    pid=$!
+    if (( signaled )); then
+        kill -USR1 "$pid" 2>/dev/null || true
+    fi
+    while kill -0 "$pid" 2>/dev/null; do
+        wait "$pid" || true  # a trapped signal interrupts wait; wait again until srun has ended
+    done
+    wait "$pid" || status=$?
+    trap - USR1
+
+    if [[ -f $OUTPUT_DIR/report.json ]]; then
+        echo "lrpt: finished: $OUTPUT_DIR/report.json"
+        return 0
+    fi
+    if (( status == PREEMPTED )); then
+        lrpt_requeue
+    fi
+    if (( status == KILLED_BY_USR1 || (signaled && status != 0) )); then
+        # not requeued: it made no progress, and a job whose --time is shorter than its
+        # --signal=USR1@N lead would be signaled at every start and requeued forever
+        echo "lrpt: SIGUSR1 came before training began (is --time shorter than the --signal lead?);" \
+             "not requeued. Resubmit with OUTPUT_DIR=$OUTPUT_DIR to resume" >&2
+    fi
+    echo "lrpt: the trainer failed (exit status $status)" >&2
+    exit "$(( status ? status : 1 ))"
+}
+
+lrpt_requeue() {
+    echo "lrpt: preempted; requeueing job $SLURM_JOB_ID: it resumes from $OUTPUT_DIR/checkpoints"
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 0
+    fi
+    echo "lrpt: scontrol requeue failed; resubmit with OUTPUT_DIR=$OUTPUT_DIR to resume" >&2
+    exit "$PREEMPTED"
+}
+
+# ---- job arrays ---------------------------------------------------------------------------------
+lrpt_grid() {  # lrpt_grid INDEX "LIST" "LIST"...: the INDEX-th combination (first list slowest) in
+               # the array GRID_PICK, the number of combinations in GRID_SIZE
+    local index=$1 list stride
+    local -a words
+    shift
+    GRID_SIZE=1
+    for list in "$@"; do
+        read -ra words <<<"$list"
+        GRID_SIZE=$((GRID_SIZE * ${#words[@]}))
+    done
+    GRID_PICK=()
+    stride=$GRID_SIZE
+    for list in "$@"; do
+        read -ra words <<<"$list"
+        stride=$((stride / ${#words[@]}))
+        GRID_PICK+=("${words[index / stride % ${#words[@]}]}")
+    done
+}
+
+lrpt_check_array() {  # after lrpt_grid: the array must index the grid
+    if (( SLURM_ARRAY_TASK_ID >= GRID_SIZE )); then
+        echo "lrpt: array index $SLURM_ARRAY_TASK_ID is outside the grid of $GRID_SIZE runs:" \
+             "submit with sbatch --array=0-$((GRID_SIZE - 1))" >&2
+        exit 2
+    fi
+    if (( ${SLURM_ARRAY_TASK_MAX:-0} < GRID_SIZE - 1 )); then
+        echo "lrpt: warning: the array (up to ${SLURM_ARRAY_TASK_MAX:-?}) does not cover the grid of" \
+             "$GRID_SIZE runs (--array=0-$((GRID_SIZE - 1)))" >&2
+    fi
+}
+
+lrpt_table_if_complete() {  # lrpt_table_if_complete DIR RUN_NAME...: write DIR/table.{md,csv} once all ran
+    local dir=$1 name
+    shift
+    for name in "$@"; do
+        [[ -f $dir/$name/report.json ]] || return 0
+    done
+    echo "lrpt: every run of the grid is finished; writing $dir/table.md"
+    PYTHONPATH="$LRPT_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m trainer.cli table \
+        "${@/#/$dir/}" --output "$dir/table" || echo "lrpt: lrpt table failed (the runs are intact)" >&2
+}

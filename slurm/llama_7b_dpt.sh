@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# DPT on LLaMA-2-7B (meta-llama/Llama-2-7b-hf): ZeRO-3 over 1 node x 8 GPUs; checkpoints and requeues itself on preemption.
+#
+#   sbatch slurm/llama_7b_dpt.sh                                      # from the lrpt checkout
+#   TASK=cb SEED=1 DATA_DIR=/data/superglue sbatch slurm/llama_7b_dpt.sh
+#   sbatch --nodes=4 --time=48:00:00 slurm/llama_7b_dpt.sh --max_steps 30000   # sbatch flags; trainer flags
+#
+# Each setting below is a default: the same variable set in the environment you submit from wins
+# (the full list: slurm/common.sh; docs/slurm.md). The run directory is runs/<job name>-<job id>
+# unless OUTPUT_DIR is set; a requeued job keeps its id, finds its checkpoints there and resumes.
+#SBATCH --job-name=llama_7b_dpt
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --mem=0
+#SBATCH --time=12:00:00
+#SBATCH --signal=USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+
+LRPT_ROOT=${LRPT_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
+[[ -f $LRPT_ROOT/slurm/common.sh ]] || { echo "submit from the lrpt checkout, or set LRPT_ROOT" >&2; exit 2; }
+# shellcheck source=slurm/common.sh
+source "$LRPT_ROOT/slurm/common.sh"
+
+: "${MODEL:=meta-llama/Llama-2-7b-hf}"
+: "${METHOD:=dpt}"
+: "${TASK:=rte}"
+: "${DS_CONFIG:=$LRPT_ROOT/ds_configs/zero3.json}"
+: "${PRECISION:=bf16}"
+: "${BATCH_SIZE:=4}"
+: "${SAVE_STEPS:=500}"
+: "${OUTPUT_DIR:=runs/${SLURM_JOB_NAME:-llama_7b_dpt}-${SLURM_JOB_ID:-}}"
+
+lrpt_train "$@"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The SuperGLUE table as one job array: tasks x methods x seeds, one run (one GPU) per element.
+# The last element to finish writes OUTPUT_DIR/table.md and table.csv (`lrpt table`).
+#
+#   sbatch slurm/superglue_sweep.sh                       # 8 tasks x 3 methods x 3 seeds = 72 runs
+#   DATA_DIR=/data/superglue MODEL=google/t5-v1_1-base sbatch slurm/superglue_sweep.sh
+#   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" sbatch --array=0-7 slurm/superglue_sweep.sh
+#   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" bash slurm/superglue_sweep.sh   # prints the grid
+#                                                          # and the --array to submit it with
+# Another grid needs --array=0-(runs - 1). Every setting below is a default that the same
+# variable in your environment overrides (slurm/common.sh lists them). Runs land in
+# OUTPUT_DIR/<task>-<method>-seed<seed> (default OUTPUT_DIR: runs/superglue-<array job id>), the
+# names `lrpt sweep` uses; a requeued element keeps its ids and resumes from its checkpoints.
+#SBATCH --job-name=superglue
+#SBATCH --array=0-71
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --time=24:00:00
+#SBATCH --signal=USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+
+LRPT_ROOT=${LRPT_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
+[[ -f $LRPT_ROOT/slurm/common.sh ]] || { echo "submit from the lrpt checkout, or set LRPT_ROOT" >&2; exit 2; }
+# shellcheck source=slurm/common.sh
+source "$LRPT_ROOT/slurm/common.sh"
+
+: "${TASKS:=boolq cb copa multirc record rte wic wsc}"
+: "${METHODS:=pt dpt lamp}"
+: "${SEEDS:=0 1 2}"
+: "${MODEL:=google/t5-v1_1-large}"
+: "${PRECISION:=bf16}"
+: "${SAVE_STEPS:=1000}"
+: "${OUTPUT_DIR:=runs/superglue-${SLURM_ARRAY_JOB_ID:-}}"
+SWEEP_DIR=$OUTPUT_DIR
+
+lrpt_grid 0 "$TASKS" "$METHODS" "$SEEDS"
+if ! lrpt_in_slurm; then
+    echo "grid: $GRID_SIZE runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS)"
+    echo "submit: sbatch --array=0-$((GRID_SIZE - 1)) slurm/superglue_sweep.sh"
+    exit 0
+fi
+
+RUNS=()
+for ((i = 0; i < GRID_SIZE; i++)); do
+    lrpt_grid "$i" "$TASKS" "$METHODS" "$SEEDS"
+    RUNS+=("${GRID_PICK[0]}-${GRID_PICK[1]}-seed${GRID_PICK[2]}")
+done
+lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "$SEEDS"
+lrpt_check_array
+TASK=${GRID_PICK[0]} METHOD=${GRID_PICK[1]} SEED=${GRID_PICK[2]}
+OUTPUT_DIR=$SWEEP_DIR/${RUNS[SLURM_ARRAY_TASK_ID]}
+echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: $TASK $METHOD seed $SEED"
+
+lrpt_train "$@"
+lrpt_table_if_complete "$SWEEP_DIR" "${RUNS[@]}"

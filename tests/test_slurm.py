@@ -1,0 +1,290 @@
+"""slurm/*.sh on a real Slurm cluster (tests/slurm_cluster.sh: one node, CPU ranks): a ZeRO-3 job
+that completes, a SuperGLUE job array and its table, and preemption: SIGUSR1, checkpoint, requeue,
+resume to the same prompt as an uninterrupted run; a finished run is never trained again.
+
+The cluster tests skip only when `sbatch` is not on PATH; CI (.ci/run) installs and starts Slurm.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launch import ROOT, clean_env
+from trainer import checkpoint, preempt
+from trainer.config import RunConfig
+from trainer.loop import train
+
+SCRIPTS = sorted((ROOT / "slurm").glob("*.sh")) + [ROOT / "tests" / "slurm_cluster.sh"]
+needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None, reason="Slurm is not installed (no sbatch on PATH)")
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+        "PREEMPTED"}
+# What the templates read; the tests set them explicitly, so none may leak in from the caller.
+TEMPLATE_VARS = {"MODEL", "METHOD", "TASK", "DATA_DIR", "DS_CONFIG", "OUTPUT_DIR", "SEED", "PRECISION",
+                 "PROMPT_LENGTH", "PROMPT_RANK", "POOL", "MAX_STEPS", "EPOCHS", "LEARNING_RATE", "BATCH_SIZE",
+                 "GRAD_ACCUM", "SAVE_STEPS", "EVAL_STEPS", "FEW_SHOT", "DECODING", "MAX_TRAIN_SAMPLES",
+                 "MAX_EVAL_SAMPLES", "PROGRESS", "CONFIG", "EXTRA_ARGS", "TASKS", "METHODS", "SEEDS", "SHOTS",
+                 "LOG", "VENV", "SRUN_WAIT"}
+# tiny T5, 2 CPU ranks on one node, ZeRO-3 (the template's own DS_CONFIG)
+TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "BATCH_SIZE": "2", "MAX_STEPS": "60", "SAVE_STEPS": "5",
+        "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
+CPU_JOB = ["--nodes=1", "--gpus-per-node=0", "--time=30"]  # > the templates' USR1@600 lead
+
+
+# ---- static checks -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse(script):
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck_is_clean():
+    done = subprocess.run(["shellcheck", "-x", *[str(p.relative_to(ROOT)) for p in SCRIPTS]], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_templates_ask_for_gpus_per_node_only_and_for_requeue():
+    for script in (ROOT / "slurm").glob("*.sh"):
+        text = script.read_text()
+        if "#SBATCH" not in text:
+            continue
+        assert "#SBATCH --gpus-per-node=" in text and "#SBATCH --requeue" in text, script.name
+        assert re.search(r"#SBATCH --signal=USR1@\d+", text), script.name
+        assert not re.search(r"#SBATCH --(gres|gpus|gpus-per-task|cpus-per-gpu|mem-per-gpu)[= ]", text), script.name
+
+
+def grid_plan(script: str, env: dict) -> str:
+    """What a sweep prints when run outside Slurm: its grid and the sbatch --array that covers it."""
+    return subprocess.run(["bash", str(ROOT / "slurm" / script)], env={**job_env(), **env}, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_sweeps_print_their_grid_outside_slurm():
+    env = {"TASKS": "cb rte", "METHODS": "pt dpt", "SEEDS": "0 1 2"}
+    assert "grid: 12 runs" in grid_plan("superglue_sweep.sh", env)
+    assert "sbatch --array=0-11 slurm/superglue_sweep.sh" in grid_plan("superglue_sweep.sh", env)
+    assert "grid: 72 runs" in grid_plan("fewshot_sweep.sh", {})  # 8 tasks x lamp x K in {8,16,32} x 3 seeds
+    # every index names a different combination, first list slowest
+    script = f'source "{ROOT}/slurm/common.sh"; for i in $(seq 0 11); do lrpt_grid "$i" "a b" "x y z" "0 1"; ' \
+             'echo "${GRID_PICK[*]}"; done; echo "$GRID_SIZE"'
+    lines = subprocess.run(["bash", "-c", script], env=job_env(), capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    assert lines[:12] == [f"{a} {x} {s}" for a in "ab" for x in "xyz" for s in "01"] and lines[12] == "12"
+
+
+# ---- the trainer's side of preemption, no Slurm needed ---------------------------------------------
+
+def test_sigusr1_checkpoints_exits_75_and_resumes_to_the_same_prompt(tiny_t5_dir, memorise_dir, tmp_path,
+                                                                    monkeypatch):
+    def cfg(out):
+        return RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(out), method="lamp",
+                         prompt_length=8, per_device_train_batch_size=2, max_steps=8, save_steps=0,
+                         warmup_ratio=0.25, progress=False, seed=3)
+
+    straight = train(cfg(tmp_path / "straight")).report
+    real, calls = preempt.stop_requested, []
+
+    def signal_at_step_5():  # the signal arrives during step 5, as Slurm's would
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real()
+
+    monkeypatch.setattr(preempt, "stop_requested", signal_at_step_5)
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg(tmp_path / "preempted"))
+    assert stopped.value.code == preempt.EXIT_CODE == 75
+    assert checkpoint.latest(tmp_path / "preempted").name == "step-000005"
+    assert not (tmp_path / "preempted" / "report.json").exists()
+    monkeypatch.setattr(preempt, "stop_requested", real)
+
+    resumed = train(cfg(tmp_path / "preempted")).report
+    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
+    assert_same_prompt(tmp_path / "preempted", tmp_path / "straight")
+
+
+def assert_same_prompt(run: Path, reference: Path) -> None:
+    got, want = load_file(run / "prompt.safetensors"), load_file(reference / "prompt.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+# ---- on the cluster ---------------------------------------------------------------------------------
+
+def job_env() -> dict[str, str]:
+    env = {k: v for k, v in clean_env().items()
+           if k not in TEMPLATE_VARS and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env.update(LRPT_ROOT=str(ROOT), PYTHON=sys.executable)
+    return env
+
+
+class Cluster:
+    def __init__(self):
+        self.submitted: list[str] = []
+
+    def sbatch(self, script: str, cwd: Path, env: dict, flags: list[str], args: list[str] = ()) -> str:
+        done = subprocess.run(["sbatch", "--parsable", f"--output={cwd}/slurm-%j.out", *flags,
+                               str(ROOT / "slurm" / script), *args],
+                              cwd=cwd, env={**job_env(), **env}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.strip().split(";")[0]
+        self.submitted.append(job)
+        return job
+
+    @staticmethod
+    def jobs(job: str) -> list[dict[str, str]]:
+        """`scontrol show job` as dicts: one per job, or per element of an array."""
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=True)
+        return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in shown.stdout.splitlines() if line.strip()]
+
+    def wait(self, job: str, timeout: float = 480, count: int = 1) -> list[dict[str, str]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            jobs = self.jobs(job)
+            if len(jobs) == count and all(j["JobState"] in DONE for j in jobs):
+                return jobs
+            time.sleep(1)
+        raise AssertionError(f"job {job} did not end in {timeout} s: {self.jobs(job)}")
+
+
+def log_of(cwd: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((cwd / "runs" / "slurm").glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("sbatch") is None:
+        pytest.skip("Slurm is not installed (no sbatch on PATH)")
+    if subprocess.run(["sinfo"], capture_output=True).returncode != 0:  # no controller answers: start ours
+        started = subprocess.run(["bash", str(ROOT / "tests" / "slurm_cluster.sh")], capture_output=True, text=True)
+        assert started.returncode == 0, started.stdout + started.stderr
+    c = Cluster()
+    yield c
+    if c.submitted:
+        subprocess.run(["scancel", *c.submitted], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def lamp_job(cluster, tiny_t5_dir, tmp_path_factory):
+    """`sbatch slurm/t5_11b_lamp.sh`, overridden: tiny T5, 2 ranks on 1 node, CPU, ZeRO-3; runs straight through."""
+    cwd = tmp_path_factory.mktemp("lamp")
+    job = cluster.sbatch("t5_11b_lamp.sh", cwd, {**TINY, "MODEL": tiny_t5_dir}, [*CPU_JOB, "--ntasks-per-node=2"])
+    (state,) = cluster.wait(job)
+    return job, cwd, state
+
+
+@needs_slurm
+def test_t5_11b_lamp_job_completes_with_a_report(lamp_job):
+    job, cwd, state = lamp_job
+    assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log_of(cwd)[-4000:]
+    run = cwd / "runs" / f"t5_11b_lamp-{job}"  # the template's default OUTPUT_DIR
+    report = json.loads((run / "report.json").read_text())
+    assert report["method"] == "lamp" and report["world_size"] == 2 and report["zero_stage"] == 3
+    assert report["train"]["steps"] == 60
+    log = log_of(cwd)
+    assert f"rendezvous {state['BatchHost']}:" in log and "2 ranks" in log
+
+
+@needs_slurm
+def test_requeue_of_a_finished_job_trains_nothing(cluster, lamp_job):
+    job, cwd, _ = lamp_job
+    report = cwd / "runs" / f"t5_11b_lamp-{job}" / "report.json"
+    before = report.stat().st_mtime_ns
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    deadline = time.time() + 120
+    while "nothing to run" not in log_of(cwd) and time.time() < deadline:
+        time.sleep(1)
+    (state,) = cluster.wait(job)
+    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) >= 1, state
+    assert "is finished (report.json): nothing to run" in log_of(cwd)
+    assert report.stat().st_mtime_ns == before
+
+
+def wait_for(condition, what: str, cwd: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.1)
+    assert condition(), f"{what}, in {timeout} s:\n" + log_of(cwd)[-4000:]
+
+
+@needs_slurm
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_prompt(cluster, lamp_job, tiny_t5_dir, tmp_path):
+    """Interrupted three times: the batch shell gets SIGUSR1 (`scancel --signal=USR1 --batch`) and
+    forwards it; then the ranks get it directly, as from the templates' `--signal=USR1@600`; then
+    `scontrol requeue` kills the job outright (SIGTERM, as a preemption without the signal does),
+    and it resumes from its last periodic checkpoint."""
+    reference_job, reference_cwd, _ = lamp_job
+    job = cluster.sbatch("t5_11b_lamp.sh", tmp_path, {**TINY, "MODEL": tiny_t5_dir},
+                         [*CPU_JOB, "--ntasks-per-node=2"])
+    run = tmp_path / "runs" / f"t5_11b_lamp-{job}"
+    latest = run / "checkpoints" / "latest"
+
+    def saved_step() -> int:
+        return int(latest.read_text().split("-")[-1]) if latest.exists() else -1
+
+    wait_for(lambda: saved_step() > 0, "no checkpoint", tmp_path)  # training is under way
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    wait_for(lambda: "resumed from" in log_of(tmp_path), "not resumed", tmp_path)
+    first_stop = int(re.search(r"resumed from \S+ at step (\d+)", log_of(tmp_path)).group(1))
+    wait_for(lambda: saved_step() > first_stop, "no checkpoint after resuming", tmp_path)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # the job's steps, not its batch shell
+    wait_for(lambda: log_of(tmp_path).count("resumed from") == 2, "not resumed twice", tmp_path)
+    second_stop = int(re.findall(r"resumed from \S+ at step (\d+)", log_of(tmp_path))[-1])
+    wait_for(lambda: saved_step() > second_stop, "no checkpoint after resuming twice", tmp_path)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+
+    (state,) = cluster.wait(job)
+    log = log_of(tmp_path)
+    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) == 3, (state, log[-4000:])
+    stops = [int(n) for n in re.findall(r"SIGUSR1: checkpoint of step (\d+) written", log)]
+    resumes = [int(n) for n in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert len(stops) == 2 and resumes[:2] == stops and 0 < stops[0] < stops[1], log[-4000:]
+    assert len(resumes) == 3 and stops[1] < resumes[2] < 60 and resumes[2] % 5 == 0, log[-4000:]
+    assert log.count("requeueing job") == 2
+
+    reference = reference_cwd / "runs" / f"t5_11b_lamp-{reference_job}"
+    got, want = (json.loads((d / "report.json").read_text()) for d in (run, reference))
+    torch.testing.assert_close(got["train"]["loss_curve"], want["train"]["loss_curve"], rtol=1e-5, atol=1e-5)
+    assert got["metrics"] == want["metrics"]
+    assert_same_prompt(run, reference)
+
+
+@needs_slurm
+def test_superglue_array_leaves_a_report_per_element_and_a_table(cluster, tiny_t5_dir, tmp_path):
+    env = {"TASKS": "cb rte", "METHODS": "dpt", "SEEDS": "0 1", "MODEL": tiny_t5_dir, "PRECISION": "fp32",
+           "PROMPT_LENGTH": "4", "MAX_STEPS": "2", "BATCH_SIZE": "4", "MAX_EVAL_SAMPLES": "6", "DECODING": "rank",
+           "PROGRESS": "false"}
+    # one rank per element, so that two elements share the two CPUs
+    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3"])
+    states = cluster.wait(job, count=4)
+    sweep = tmp_path / "runs" / f"superglue-{job}"
+    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(tmp_path)[-4000:])
+    names = sorted(f"{t}-dpt-seed{s}" for t in ("cb", "rte") for s in (0, 1))
+    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == names
+    for name in names:
+        report = json.loads((sweep / name / "report.json").read_text())
+        task, _, seed = name.split("-")
+        assert report["config"]["task"] == task and report["config"]["seed"] == int(seed[4:])
+
+    lrpt = Path(sys.executable).parent / "lrpt"
+    table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in names]], capture_output=True, text=True,
+                           check=True).stdout
+    header = next(line for line in table.splitlines() if line.startswith("|"))
+    assert "cb" in header.lower() and "rte" in header.lower() and "avg" in header.lower()
+    assert any(line.split("|")[1].strip().startswith("dpt") for line in table.splitlines() if line.startswith("|"))
+    # the last element to finish wrote the same table
+    assert (sweep / "table.md").read_text().strip() == table.strip()
