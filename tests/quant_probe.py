@@ -14,6 +14,7 @@ Each builds lrpt's own engine with `trainer.loop.setup` and writes, per rank r:
 - OUT_DIR/<name>/shards<r>.pt: each quantized layer's ZeRO shard (`ds_tensor`) and its replicated
   statistics (8-bit row scale SCB; 4-bit absmax), to compare with the unsharded reference.
 Then the shards are restored and `fit` runs the usual loop (report.json in OUT_DIR/<name>/run).
+A session whose name ends in "bnb_native" skips lrpt's 8-bit conversion (a negative control).
 """
 import gc
 import json
@@ -30,8 +31,13 @@ def full_copies_alive(weights) -> int:
 
     sizes = {(w.dtype, getattr(w, "ds_numel", w.numel())) for w in weights}
     gc.collect()
-    return sum(1 for o in gc.get_objects()
-               if isinstance(o, torch.Tensor) and (o.dtype, o.numel()) in sizes and o.untyped_storage().nbytes() > 0)
+    live = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    # ZeRO parameters and their shards are not hidden copies (a big layer's half may have a small
+    # layer's size; a parameter ZeRO keeps gathered is counted apart, as "still_gathered")
+    params = [o for o in live if getattr(o, "ds_tensor", None) is not None]
+    shards = {t.untyped_storage().data_ptr() for p in params for t in (p.ds_tensor, p.data) if t.numel()}
+    return sum(1 for o in live if (o.dtype, o.numel()) in sizes and o.untyped_storage().nbytes() > 0
+               and o.untyped_storage().data_ptr() not in shards)
 
 
 def probe(out: Path, flags: list[str]) -> None:
@@ -56,7 +62,10 @@ def probe(out: Path, flags: list[str]) -> None:
     grads = {n: safe_get_full_grad(p).tolist() for n, p in run.prompt.named_parameters()}
     run.engine.step()
     held = {"quantized_layers": held_bytes(layers.values()), "backbone": held_bytes(backbone.modules()),
-            "quant_state": quant.quant_state_bytes(backbone)}
+            "quant_state": quant.quant_state_bytes(backbone),
+            # quantized weights ZeRO still keeps gathered (its reuse cache) when held bytes are measured
+            "still_gathered": sum(w.untyped_storage().nbytes() for w in weights.values()
+                                  if hasattr(w, "ds_tensor") and w.numel() > 0)}
     sharded = [w for w in weights.values() if hasattr(w, "ds_tensor") and w.ds_tensor.numel() < w.ds_numel]
     copies = full_copies_alive(sharded) if sharded else None
     steps = [loss.item()]
@@ -97,13 +106,20 @@ def probe(out: Path, flags: list[str]) -> None:
               "batch": {k: v.tolist() for k, v in batch.items()}}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     fit(run)
+    run.engine.destroy()  # the next session starts clean
 
 
 def main() -> None:
     split = sys.argv.index("--")
     mine = [a for a in sys.argv[1:split] if not a.startswith("--local_rank")]  # the launcher adds it
     out, sessions, flags = Path(mine[0]), json.loads(mine[1]), sys.argv[split + 1:]
+    from trainer import quant
+
+    convert = quant.prepare_for_zero3
     for name, extra in sessions.items():
+        # a session named "*bnb_native" leaves bitsandbytes' own layers in place under ZeRO-3: the
+        # control showing that the checks above catch the hidden full copies
+        quant.prepare_for_zero3 = (lambda model: {}) if name.endswith("bnb_native") else convert
         probe(out / name, [*flags, *extra])
         gc.collect()
 

@@ -34,27 +34,50 @@ QUANT_FLAGS = {"8bit": ["--load_in_8bit"], "4bit": ["--load_in_4bit"]}
 NF4_DQ = ["--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]
 
 
-def ds(stage: str) -> list[str]:
+def ds(stage: str, **zero) -> list[str]:
+    """--deepspeed ds_configs/<stage>.json, or a copy with zero_optimization overrides (written by `probes`)."""
+    if zero:
+        return ["--deepspeed", "@" + json.dumps([stage, zero])]
     return ["--deepspeed", str(ROOT / "ds_configs" / f"{stage}.json")]
+
+
+def resolve_ds_flags(flags: list[str], directory) -> list[str]:
+    out = []
+    for flag in flags:
+        if flag.startswith("@"):
+            stage, zero = json.loads(flag[1:])
+            config = json.loads((ROOT / "ds_configs" / f"{stage}.json").read_text())
+            config["zero_optimization"].update(zero)
+            path = directory / f"{stage}-{abs(hash(flag[1:]))}.json"
+            path.write_text(json.dumps(config))
+            flag = str(path)
+        out.append(flag)
+    return out
 
 
 # (arch, quant) -> session -> extra flags: one launch runs all sessions of a row
 SESSIONS = {
     ("t5", "8bit"): {"zero3": ds("zero3"), "zero3_offload": ds("zero3_offload"), "zero2": ds("zero2")},
-    ("llama", "8bit"): {"zero3": ds("zero3"), "zero3_offload": ds("zero3_offload"), "zero2": ds("zero2")},
+    ("llama", "8bit"): {"zero3": ds("zero3"), "zero3_offload": ds("zero3_offload"), "zero2": ds("zero2"),
+                        # control: bitsandbytes' own layer under ZeRO-3, without lrpt's conversion
+                        "zero3_bnb_native": ds("zero3")},
     ("t5", "4bit"): {"zero3": ds("zero3") + NF4_DQ, "zero3_offload": ds("zero3_offload") + NF4_DQ,
                      "zero2": ds("zero2") + NF4_DQ},
     ("llama", "4bit"): {
-        # fp4, double quant, packed into bf16 storage (fp32 run: DeepSpeed casts nothing)
-        "zero3": ds("zero3") + ["--bnb_4bit_use_double_quant", "--bnb_4bit_quant_storage", "bf16"],
+        # fp4, double quant, packed into bf16 storage (fp32 run: DeepSpeed casts nothing). DeepSpeed's
+        # persistence threshold (10 x hidden = 640 stored elements) counts bf16 elements of 4 weights
+        # each: the tiny k/v projections (512 elements) would stay whole on every rank; lower it here
+        "zero3": ds("zero3", stage3_param_persistence_threshold=256)
+                 + ["--bnb_4bit_use_double_quant", "--bnb_4bit_quant_storage", "bf16"],
         "zero3_offload": ds("zero3_offload") + NF4_DQ,
         "zero2": ds("zero2") + ["--bnb_4bit_quant_type", "nf4"],
         # no double quant: fp32 absmax per 64 weights is replicated (1/8 of the packed bytes)
         "zero3_single": ds("zero3") + ["--bnb_4bit_quant_type", "nf4"],
+        # control: bitsandbytes' own 4-bit forward under ZeRO-3 (MatMul4Bit keeps the gathered weight)
+        "zero3_bnb_native": ds("zero3") + NF4_DQ,
     },
 }
 CELLS = [(arch, q, s) for (arch, q), sessions in SESSIONS.items() for s in sessions]
-SHARDED = ("zero3", "zero3_offload", "zero3_single")
 PROBE_FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5",
                "--warmup_ratio", "0", "--max_steps", "3", "--progress", "false"]
 
@@ -111,7 +134,8 @@ def probes(backbone_dirs, memorise_dir, tmp_path_factory):
         if (arch, q) not in done:
             out = tmp_path_factory.mktemp(f"probe-{arch}-{q}")
             flags = [*PROBE_FLAGS, "--model", backbone_dirs[arch], "--data_dir", str(memorise_dir), *QUANT_FLAGS[q]]
-            launch("tests/quant_probe.py", [str(out), json.dumps(SESSIONS[(arch, q)]), "--", *flags])
+            sessions = {name: resolve_ds_flags(extra, out) for name, extra in SESSIONS[(arch, q)].items()}
+            launch("tests/quant_probe.py", [str(out), json.dumps(sessions), "--", *flags])
             done[(arch, q)] = out
         return done[(arch, q)]
 
@@ -127,7 +151,9 @@ def test_two_ranks_match_the_unsharded_quantized_model(arch, q, session, probes,
     batches = [{k: torch.tensor(v) for k, v in r["batch"].items()} for r in ranks]
     model, layers, losses, grads, ref_held = reference(backbone_dirs[arch], kw, batches)
     stage = 2 if session == "zero2" else 3
-    expect_type = {"8bit": "ZeroLinear8bit" if stage == 3 else "Linear8bitLt", "4bit": "Linear4bit"}[q]
+    native = session.endswith("bnb_native")
+    zero = "Zero" if stage == 3 and not native else ""
+    expect_type = {"8bit": f"{zero}Linear8bitLt" if not zero else "ZeroLinear8bit", "4bit": f"{zero}Linear4bit"}[q]
 
     for r, result in enumerate(ranks):
         assert result["stage"] == stage and result["world_size"] == 2
@@ -142,6 +168,15 @@ def test_two_ranks_match_the_unsharded_quantized_model(arch, q, session, probes,
         for result in ranks:
             assert result["sharded_quantized_weights"] == 0
             assert result["held_after_first_step"]["quantized_layers"] == ref_held
+        return
+
+    if native:  # right numbers, but the checks below catch the full copies bitsandbytes keeps
+        for result in ranks:
+            # 8-bit: state.CB, the whole int8 matrix; 4-bit: MatMul4Bit's saved view of the gathered weight
+            assert result["full_copies_alive"] >= len(layers)
+            if q == "8bit":
+                assert result["held_after_first_step"]["quantized_layers"] > ref_held  # shard + full copy
+                assert result["loss_after_rank1_zeroed"] == result["loss_before_corruption"]  # shards unused
         return
 
     for r, (result, shard) in enumerate(zip(ranks, shards)):
@@ -163,12 +198,14 @@ def test_two_ranks_match_the_unsharded_quantized_model(arch, q, session, probes,
         held = result["held_after_first_step"]
         shard_bytes = sum(s["shard"].numel() * s["shard"].element_size() for s in shard.values())
         stats = (sum(s["scb"].numel() * 4 for s in shard.values()) if q == "8bit" else held["quant_state"])
-        assert held["quantized_layers"] == shard_bytes + stats
+        assert held["quantized_layers"] == shard_bytes + stats + held["still_gathered"]
+        assert held["still_gathered"] == 0
         assert result["full_copies_alive"] == 0
         ratio = held["quantized_layers"] / ref_held
         if session == "zero3_single":
-            # replicated fp32 absmax (1/8 of the packed bytes) puts the floor at (1/2 + 1/8) / (1 + 1/8) = 55.6 %
-            assert ratio <= 0.58, ratio
+            # replicated fp32 absmax (1/8 of the packed bytes) puts the floor at (1/2 + 1/8) / (1 + 1/8) = 55.6 %;
+            # double quantization (the other 4-bit sessions) brings the replicated part to ~1/32
+            assert ratio <= 0.557, ratio
         else:
             assert ratio <= SHARDED_LIMIT, ratio
         # corrupting rank 1's shards of the quantized layers changes every rank's loss: they compute from them
@@ -251,14 +288,26 @@ def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise
     # the report's memory: attribute-aware held bytes, the unquantized size
     mem = report["memory"]
     assert mem["backbone_bytes_unquantized"] == 4 * sum(quant.logical_numel(p) for p in fresh.parameters())
-    assert mem["backbone_bytes_held_all"] == [held_bytes(backbone.modules())]
+    # measured after the first step; evaluation may add bnb's small outlier caches (8-bit eval kernel)
+    held_now = held_bytes(backbone.modules())
+    assert mem["backbone_bytes_held_all"][0] <= held_now <= 1.01 * mem["backbone_bytes_held_all"][0]
+    assert mem["backbone_bytes_held_all"][0] > mem["backbone_bytes_held"][0]  # + SCB / quant_state
     assert mem["backbone_bytes_held_all"][0] < 0.6 * mem["backbone_bytes_unquantized"]
     assert (mem["quant_state_bytes"][0] > 0) == ("load_in_4bit" in kw)
 
 
 def test_quantized_preset_loads_through_from_pretrained():
+    """Presets are written out and loaded with from_pretrained - also once torch.distributed is up,
+    where transformers' save_pretrained writes on rank 0 only (each rank needs its own copy)."""
+    from trainer import distributed
+    from trainer.presets import build_preset
+
+    distributed.init_process_group()  # the one-process group `train` makes
     backbone = load_backbone("tiny-llama", quantization=quant.bnb_config(RunConfig(load_in_8bit=True)))
     assert len(quant.quantized_layers(backbone.model)) == 14
+    preset, _ = build_preset("tiny-llama")
+    torch.testing.assert_close(backbone.model.get_input_embeddings().weight, preset.get_input_embeddings().weight,
+                               rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- refusals, before any weight loads

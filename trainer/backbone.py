@@ -10,7 +10,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
 from trainer.errors import LrptError
-from trainer.presets import PRESETS, build_preset, preset_config, save_preset
+from trainer.presets import PRESETS, build_preset, preset_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,11 +60,13 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
         model, tokenizer = build_preset(name, dtype=dtype)
     elif name in PRESETS:  # quantization_config needs from_pretrained: write the preset out first
         with tempfile.TemporaryDirectory() as tmp:
-            model, tokenizer = _from_pretrained(save_preset(name, tmp), name, config, dtype, quantization)
+            model, tokenizer = _from_pretrained(_write_preset(name, tmp), name, config, dtype, quantization)
     else:
         model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization)
     if quantization is not None:
-        _keep_training_layout(model)
+        from trainer.quant import prepare_loaded
+
+        prepare_loaded(model)  # training layout, shared lookup tables (trainer/quant.py)
     if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
@@ -73,6 +75,18 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return Backbone(model=model, tokenizer=tokenizer, is_encoder_decoder=config.is_encoder_decoder)
+
+
+def _write_preset(name: str, directory: str) -> str:
+    """A preset written where this rank can read it. `save_pretrained` writes on rank 0 only once
+    torch.distributed is up, and each rank needs its own copy (a node-local temporary directory)."""
+    from safetensors.torch import save_model
+
+    model, tokenizer = build_preset(name)
+    model.config.save_pretrained(directory)
+    save_model(model, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})  # tied tensors once
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torch.dtype, quantization=None):
@@ -85,12 +99,3 @@ def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torc
         raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0]) from None
     return model, tokenizer
 
-
-def _keep_training_layout(model: PreTrainedModel) -> None:
-    """bitsandbytes' CPU 4-bit layer repacks `weight.data` in place for an AVX512-BF16 inference
-    kernel the first time it runs in eval mode: that breaks training after a mid-run evaluation
-    (the packed kernel has no backward) and, under ZeRO-3, the repacked data is the gathered
-    weight that ZeRO then drops. Keep the training layout."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False

@@ -15,13 +15,14 @@ from transformers import PretrainedConfig
 
 import methods
 from eval.tasks import Task, get_task
-from trainer import checkpoint, distributed
+from trainer import checkpoint, distributed, preempt
 from trainer.backbone import Backbone, load_backbone, resolve_config
 from trainer.config import RunConfig
 from trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
 from trainer.evaluate import evaluate
 from trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from trainer.errors import LrptError
+from trainer.flops import device_peak_flops, matmul_params, step_flops
 from trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
 from trainer.prompted import PromptedModel
 from trainer import quant
@@ -194,11 +195,11 @@ def setup(cfg: RunConfig) -> Session:
     backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
     if ds_stage == 3 and quantized:
         keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
-    if ds_stage == 3 and cfg.load_in_8bit:
+    if ds_stage == 3 and quantized:
         # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
-        # and hooks the layers, so the layer it must see is the one that computes from the gathered
-        # int8 shard; after it, bnb's hidden `CB` copy would already hold the full matrix on every rank.
-        quant.shard_8bit_for_zero3(backbone.model)
+        # and hooks the layers, so the layers it must see are the ones that compute from the gathered
+        # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
+        quant.prepare_for_zero3(backbone.model)
     prompt = build_prompt(cfg, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder, shared_prefix=cfg.shared_prefix)
 
@@ -236,6 +237,7 @@ def train(cfg: RunConfig) -> TrainResult:
 def fit(run: Session) -> TrainResult:
     """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report."""
     cfg, engine, prompt = run.cfg, run.engine, run.prompt
+    preempt.install()  # SIGUSR1 (Slurm, before the time limit or a preemption): checkpoint, then exit
     out = Path(cfg.output_dir)
     world = distributed.world_size()
     state = {"step": 0, "loss_curve": [], "eval_history": []}
@@ -269,6 +271,7 @@ def fit(run: Session) -> TrainResult:
     log(f"{cfg.method}: {prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
         f"{len(run.eval_rows)} eval examples; {total_steps} steps of {run.ds_config['train_batch_size']} examples")
     meter = StepMeter(warmup=min(2, total_steps // 5))
+    matmul = matmul_params(run.backbone.model, run.backbone.is_encoder_decoder)
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
@@ -278,7 +281,7 @@ def fit(run: Session) -> TrainResult:
         micro = run.batches(epoch, skip=done * accum)
         for i, batch in enumerate(itertools.islice(micro, (steps_per_epoch - done) * accum)):
             if i % accum == 0:
-                losses, samples, tokens = [], 0, 0
+                losses, samples, tokens, flops = [], 0, 0, 0.0
                 meter.start()
             torch.manual_seed(cfg.seed + 1_000_003 * state["step"] + i % accum)  # dropout replays on resume
             loss = engine(**batch).loss
@@ -289,9 +292,10 @@ def fit(run: Session) -> TrainResult:
             losses.append(loss.item())
             samples += batch["input_ids"].shape[0]
             tokens += _tokens(batch, run.backbone.is_encoder_decoder)
+            flops += step_flops(run.backbone.model.config, matmul, batch, prompt.output_length)
             if (i + 1) % accum:
                 continue
-            meter.stop(samples, tokens, samples * prompt.output_length)
+            meter.stop(samples, tokens, samples * prompt.output_length, flops)
             state["step"] += 1
             state["loss_curve"].append(_mean_over_ranks(sum(losses) / len(losses)))
             if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
@@ -307,8 +311,14 @@ def fit(run: Session) -> TrainResult:
                     metrics = evaluate_now(run.eval_rows)
                     state["eval_history"].append({"step": state["step"], "split": "val", **metrics})
                     log(f"step {state['step']}: {metrics}")
-            if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps:
+            stop = preempt.stop_requested()  # collective, every step: all ranks agree
+            if stop or (cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps):
                 save_checkpoint()
+            if stop:
+                bar.close()
+                log(f"SIGUSR1: checkpoint of step {state['step']} written; exiting with {preempt.EXIT_CODE} "
+                    "(to be requeued: the same --output_dir resumes from it)")
+                raise SystemExit(preempt.EXIT_CODE)
             if state["step"] >= total_steps:
                 break
     bar.close()
@@ -353,9 +363,11 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
     throughput = {"per_rank": [r["throughput"] for r in per_rank]}
     measured = [t for t in throughput["per_rank"] if t.get("steps_measured")]
     if measured:
-        for key in ("samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s"):
+        for key in ("samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s", "model_flops_per_s"):
             throughput[key] = sum(t[key] for t in measured)  # ranks work in parallel: rates add up
         throughput["step_time_s"] = {k: max(t["step_time_s"][k] for t in measured) for k in ("mean", "p50", "p95")}
+        peak = device_peak_flops(cfg.precision)
+        throughput["mfu"] = throughput["model_flops_per_s"] / (peak * world) if peak else None
     opt_bytes = [r["optimizer_state_bytes"] for r in per_rank]
     return {
         "method": cfg.method,

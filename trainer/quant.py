@@ -3,17 +3,20 @@
 - `bnb_config`: the run's `BitsAndBytesConfig` (transformers' own class and defaults).
 - `check_support`: the support matrix (docs/quantization.md); everything refused here is refused
   before a weight is loaded, with the supported alternative in the message.
-- `ZeroLinear8bit` / `shard_8bit_for_zero3`: the 8-bit layer ZeRO-3 can really shard. bitsandbytes'
-  `Linear8bitLt` keeps the full int8 matrix as `weight.CB` / `state.CB` and computes from that
-  copy whenever it is set, ignoring the shard DeepSpeed gathers; dropping `CB` alone is silently
-  wrong (bnb re-quantizes the int8 values as if they were floats and the true row scale is lost).
+- `prepare_for_zero3` (before `deepspeed.initialize`) / `ZeroLinear8bit`: the 8-bit layer ZeRO-3
+  can really shard. bitsandbytes' `Linear8bitLt` keeps the full int8 matrix as `weight.CB` /
+  `state.CB` and computes from that copy whenever it is set, ignoring the shard DeepSpeed gathers;
+  dropping `CB` alone is silently wrong (bnb re-quantizes the int8 values as if they were floats and the true row scale is lost).
   So each layer is replaced by one that holds the int8 matrix only as its ZeRO parameter, keeps
   the per-row scale `SCB` as a small replicated buffer, and dequantizes the *gathered* weight
   (int8 x SCB / 127) on the fly - the same arithmetic as bitsandbytes' own training path on CPU
   (`MatMul8bitFp`), so the numbers equal an unsharded 8-bit model's.
-- 4-bit needs no replacement: `Linear4bit` computes from `self.weight`, the tensor ZeRO gathers,
-  with `weight.quant_state` (absmax, code) as a replicated attribute (`quant_state_bytes`).
-- `quantized_layers` / `unquantized_bytes`: what the report's memory section needs.
+- 4-bit: `Linear4bit` computes from `self.weight`, the tensor ZeRO gathers, with
+  `weight.quant_state` (absmax, code) as a replicated attribute (`quant_state_bytes`); but its
+  autograd function keeps a view of the gathered weight until backward, so under ZeRO-3 the layer
+  gets a forward whose context holds the parameter object instead (`prepare_for_zero3`).
+- `prepare_loaded`: after any quantized load (training layout on CPU, shared lookup tables).
+- `backbone_memory`: the report's attribute-aware held bytes, unquantized size, quant_state bytes.
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ from torch import nn
 
 from trainer.errors import LrptError
 
-QUANT_TYPES = ("nf4", "fp4")
 # flag spelling -> torch dtype; both lrpt's short names and torch's long ones are accepted
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                "fp16": torch.float16, "float16": torch.float16}
@@ -185,6 +187,107 @@ def shard_8bit_for_zero3(model: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return len(targets)
+
+
+def _records_no_graph(x: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+class DequantLinear4bit(torch.autograd.Function):
+    """y = x W^T + b with W the 4-bit weight ZeRO has gathered, through bitsandbytes' own kernels.
+
+    bitsandbytes' `MatMul4Bit` keeps a view of the weight in its context for backward: under ZeRO-3
+    that view keeps every layer's full gathered packed weight alive from forward to backward (and
+    for as long as the loss tensor lives), so the whole 4-bit model is materialized during a step.
+    Here the context holds the parameter object, and backward dequantizes what ZeRO has gathered
+    then - the same arithmetic as `MatMul4Bit` (forward: `gemm_4bit`; backward: grad x dequantized W)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        import bitsandbytes as bnb
+
+        ctx.weight = weight
+        return bnb.matmul_4bit(x, weight, quant_state=weight.quant_state, bias=bias)  # no grad here: no context
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from bitsandbytes.functional import dequantize_4bit
+
+        weight = ctx.weight
+        gathered_here = _gathered(weight)
+        try:
+            grad_x = torch.matmul(grad_out, dequantize_4bit(weight.view(-1, 1), weight.quant_state).to(grad_out.dtype))
+        finally:
+            if gathered_here:
+                weight.partition()
+        ctx.weight = None
+        return grad_x, None, None
+
+
+def _zero3_linear4bit_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """`Linear4bit.forward` whose autograd context holds the parameter, not the gathered data."""
+    if _records_no_graph(x):  # no graph is recorded: bitsandbytes' own forward keeps nothing
+        return type(self).__mro__[1].forward(self, x)
+    if not self.compute_type_is_set:
+        self.set_compute_type(x)
+        self.compute_type_is_set = True
+    inp_dtype = x.dtype
+    if self.compute_dtype is not None:
+        x = x.to(self.compute_dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return DequantLinear4bit.apply(x, self.weight, bias).to(inp_dtype)
+
+
+_ZERO3_4BIT_CLASSES: dict[type, type] = {}
+
+
+def _zero3_class(cls: type) -> type:
+    """A subclass of a bitsandbytes 4-bit layer class with the ZeRO-3 forward (one per class)."""
+    if cls not in _ZERO3_4BIT_CLASSES:
+        _ZERO3_4BIT_CLASSES[cls] = type(f"Zero{cls.__name__}", (cls,), {"forward": _zero3_linear4bit_forward,
+                                                                         "__module__": __name__})
+    return _ZERO3_4BIT_CLASSES[cls]
+
+
+def prepare_for_zero3(model: nn.Module) -> dict[str, int]:
+    """Make every quantized layer compute from the weight ZeRO-3 gathers, holding nothing else of
+    the full matrix: 8-bit layers become `ZeroLinear8bit`; 4-bit layers keep their parameters and
+    `quant_state` and get a forward whose autograd context holds the parameter object (their class
+    becomes a `Zero<Linear4bit>` subclass, so isinstance checks still hold). Call before
+    `deepspeed.initialize`. Returns how many layers of each kind were changed."""
+    from bitsandbytes.nn import Linear4bit
+
+    eight = shard_8bit_for_zero3(model)
+    four = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and type(module) not in _ZERO3_4BIT_CLASSES.values():
+            module.__class__ = _zero3_class(type(module))
+            four += 1
+    return {"8bit": eight, "4bit": four}
+
+
+def prepare_loaded(model: nn.Module) -> None:
+    """Right after a quantized load, on every stage:
+    - bitsandbytes' CPU 4-bit layer repacks `weight.data` in place for an AVX512-BF16 inference
+      kernel the first time it runs in eval mode: that breaks training after a mid-run evaluation
+      (the packed kernel has no backward) and, under ZeRO-3, the repacked data is the gathered
+      weight that ZeRO then drops. Keep the training layout.
+    - each 4-bit layer's `quant_state` carries its own copy of constant lookup tables (the 16-value
+      nf4/fp4 code; with double quantization the 256-value dynamic map): identical in every layer
+      and only read. One shared copy each keeps the replicated statistics small."""
+    shared: dict = {}
+
+    def share(table: torch.Tensor) -> torch.Tensor:
+        key = (table.dtype, table.device, tuple(table.shape), table.cpu().numpy().tobytes())
+        return shared.setdefault(key, table)
+
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        while state is not None and getattr(state, "code", None) is not None:
+            state.code = share(state.code)
+            state = getattr(state, "state2", None)
 
 
 # ---------------------------------------------------------------- what the report counts
