@@ -214,9 +214,10 @@ def test_two_ranks_match_the_unsharded_quantized_model(arch, q, session, probes,
         assert result["loss_after_restore"] == result["loss_before_corruption"]
 
 
-@pytest.mark.parametrize("arch, q", [("llama", "8bit"), ("t5", "4bit")])
+@pytest.mark.parametrize("arch, q", list(SESSIONS))
 def test_two_rank_report_memory(arch, q, probes):
-    """`fit`'s report under ZeRO-3: attribute-aware held bytes per rank, the unquantized size, load peak."""
+    """`fit` to the end (evaluation included) under ZeRO-3, and its report: attribute-aware held bytes
+    per rank, the unquantized size, the load peak."""
     out = probes(arch, q) / "zero3"
     report = json.loads((out / "run" / "report.json").read_text())
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
