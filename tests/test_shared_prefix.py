@@ -50,12 +50,15 @@ def test_shared_prefix_equals_standard_path(method, left, tiny_llama_dir):
 
 
 def test_training_with_shared_prefix_follows_the_same_curve(tiny_llama_dir, memorise_dir, tmp_path):
-    curves = []
-    for shared in (False, True):
+    curves, paths = [], []
+    for shared in ("false", "auto"):  # auto takes the shared path on a plain decoder-only run
         cfg = RunConfig(model=tiny_llama_dir, data_dir=str(memorise_dir), output_dir=str(tmp_path / str(shared)),
                         method="dpt", prompt_length=8, max_steps=8, per_device_train_batch_size=4,
                         progress=False, shared_prefix=shared)
-        curves.append(train(cfg).report["train"]["loss_curve"])
+        report = train(cfg).report
+        curves.append(report["train"]["loss_curve"])
+        paths.append(report["shared_prefix"])
+    assert paths == [False, True]
     # the first steps agree to fp32 noise; Adam at lr 0.3 then amplifies that noise a little
     torch.testing.assert_close(curves[1][:3], curves[0][:3], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(curves[1], curves[0], rtol=1e-2, atol=1e-3)
@@ -71,3 +74,28 @@ def test_shared_prefix_refusals(flags, message):
     cfg = RunConfig(**{"model": "tiny-llama", "shared_prefix": True, **flags})
     with pytest.raises(LrptError, match=message):
         check_run(cfg)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({}, True),
+    ({"shared_prefix": "false"}, False),
+    ({"model": "tiny-t5"}, False),
+    ({"gradient_checkpointing": True}, False),
+    ({"deepspeed": "ds_configs/zero3.json"}, False),
+    ({"load_in_8bit": True}, False),
+    ({"deepspeed": "ds_configs/zero2.json"}, True),
+])
+def test_shared_prefix_auto_takes_it_where_proven(flags, expected):
+    from trainer.backbone import resolve_config
+    from trainer.loop import check_shared_prefix
+
+    cfg = RunConfig(**{"model": "tiny-llama", **flags})
+    assert cfg.shared_prefix == flags.get("shared_prefix", "auto")
+    assert check_shared_prefix(cfg, resolve_config(cfg.model)) is expected
+
+
+@pytest.mark.parametrize("value, expected", [(True, "true"), (False, "false"), ("on", "true"), ("AUTO", "auto")])
+def test_shared_prefix_spellings(value, expected):
+    assert RunConfig(shared_prefix=value).shared_prefix == expected
+    with pytest.raises(LrptError, match="auto, true or false"):
+        RunConfig(shared_prefix="sometimes")

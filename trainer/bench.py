@@ -4,6 +4,9 @@ Each configuration runs in a fresh process, so its peak memory is its own (on CP
 of a process can only grow). Every configuration trains the prompt with a plain loop (forward,
 backward, AdamW) on a fixed random batch; the baseline is peft's PromptTuningConfig (c virtual
 tokens, encoder only for T5) on the same backbone, batch and precision, with the same loop.
+On a decoder-only backbone every lrpt method is also measured with `--shared_prefix` (the prompt
+run once per step, its keys/values shared by the batch): those rows have path "shared_prefix"
+and the ratio shared/standard in `throughput_ratio_vs_standard`.
 Writes bench.csv (with lrpt/peft ratios per row), memory.png and throughput.png.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from trainer.distributed import env_without_launcher
 
 
 def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: int, steps: int,
-            precision: str, lamp_pool: int) -> dict:
+            precision: str, lamp_pool: int, path: str = "standard") -> dict:
     """One configuration, in this process: seconds per step (after 2 warm-up steps) and peak memory."""
     import methods
     from trainer.backbone import load_backbone
@@ -55,7 +58,7 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
         options = {"pool": lamp_pool} if method == "lamp" else {}
         init = "random" if "init" in methods.accepted_kwargs(method) else None
         prompt = methods.build(method, prompt_length, backbone.embed_dim, init=init, **options)
-        model_ = PromptedModel(net, prompt, backbone.is_encoder_decoder)
+        model_ = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
         output_length = prompt.output_length
 
@@ -74,19 +77,20 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
             times.append(time.perf_counter() - start)
     p50 = statistics.median(times)
     tokens = batch * (seq_len + output_length + (labels.shape[1] if backbone.is_encoder_decoder else 0))
-    return {"method": method, "prompt_length": prompt_length, "prompt_tokens": output_length,
+    return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": prompt_length,
+            "prompt_tokens": output_length,
             "trainable_params": sum(p.numel() for p in params), "step_time_p50": p50,
             "samples_per_s": batch / p50, "tokens_per_s": tokens / p50, **peak_memory()}
 
 
-def run_isolated(args: argparse.Namespace, method: str, prompt_length: int) -> dict:
+def run_isolated(args: argparse.Namespace, method: str, prompt_length: int, path: str) -> dict:
     env = env_without_launcher()
-    cmd = [sys.executable, "-m", "trainer.bench", "--worker", method, str(prompt_length), "--model", args.model,
+    cmd = [sys.executable, "-m", "trainer.bench", "--worker", method, str(prompt_length), path, "--model", args.model,
            "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--steps", str(args.steps),
            "--precision", args.precision, "--lamp_pool", str(args.lamp_pool)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"bench worker {method} c={prompt_length} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"bench worker {method} c={prompt_length} ({path}) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -98,11 +102,12 @@ def plot(rows: list[dict], out: Path) -> None:
     for key, ylabel, name in (("peak_bytes", "peak memory (MiB)", "memory.png"),
                               ("tokens_per_s", "tokens/s (prompt + input)", "throughput.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in dict.fromkeys(r["method"] for r in rows):
-            mine = [r for r in rows if r["method"] == method]
+        for method, path in dict.fromkeys((r["method"], r["path"]) for r in rows):
+            mine = [r for r in rows if r["method"] == method and r["path"] == path]
             scale = 2 ** 20 if key == "peak_bytes" else 1
             ax.plot([r["prompt_length"] for r in mine], [r[key] / scale for r in mine], marker="o",
-                    linestyle="--" if method == "peft" else "-", label=method)
+                    linestyle={"peft": "--", "shared_prefix": ":"}.get(path, "-"),
+                    label=method if path != "shared_prefix" else f"{method} (shared prefix)")
         ax.set(xlabel="prompt length c", ylabel=ylabel, title=f"{ylabel} vs prompt length")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -121,30 +126,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--lamp_pool", "--lamp-pool", type=int, default=2, help="LAMP's pooling block p in the sweep")
+    p.add_argument("--shared_prefix", "--shared-prefix", default="auto", choices=("auto", "off"),
+                   help="decoder-only backbones: also measure each method with --shared_prefix (auto) or not (off)")
     p.add_argument("--output_dir", "--output-dir", default="bench")
-    p.add_argument("--worker", nargs=2, metavar=("METHOD", "C"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("METHOD", "C", "PATH"), help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.worker:
-        method, c = args.worker
+        method, c, path = args.worker
         print(json.dumps(measure(args.model, method, int(c), args.batch, args.seq_len, args.steps, args.precision,
-                                 args.lamp_pool)))
+                                 args.lamp_pool, path)))
         return 0
     from tqdm.auto import tqdm
 
+    from trainer.backbone import resolve_config
+
     lengths = [int(x) for x in args.prompt_lengths.split(",")]
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    plan = [(m, c) for c in lengths for m in ["peft", *names]]
-    rows = [run_isolated(args, m, c) for m, c in tqdm(plan, desc="bench", unit="config")]
+    paths = ["standard"]
+    if args.shared_prefix == "auto" and not resolve_config(args.model).is_encoder_decoder:
+        paths.append("shared_prefix")
+    plan = [("peft", c, "standard") for c in lengths] + [(m, c, p) for c in lengths for m in names for p in paths]
+    plan.sort(key=lambda item: item[1])  # one prompt length after the other
+    rows = [run_isolated(args, *item) for item in tqdm(plan, desc="bench", unit="config")]
     baseline = {r["prompt_length"]: r for r in rows if r["method"] == "peft"}
+    standard = {(r["method"], r["prompt_length"]): r for r in rows if r["path"] != "shared_prefix"}
     for r in rows:
         base = baseline[r["prompt_length"]]
         r["peak_ratio_vs_peft"] = r["peak_bytes"] / base["peak_bytes"]
         r["throughput_ratio_vs_peft"] = r["tokens_per_s"] / base["tokens_per_s"]
         r["step_time_ratio_vs_peft"] = r["step_time_p50"] / base["step_time_p50"]
+        # the same work in both paths, so the throughput ratio is the inverse step-time ratio
+        r["throughput_ratio_vs_standard"] = standard[r["method"], r["prompt_length"]]["step_time_p50"] / r["step_time_p50"]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "bench.csv").open("w", newline="") as f:
@@ -153,12 +169,14 @@ def main(argv: list[str]) -> int:
         writer.writerows(rows)
     plot(rows, out)
     print(f"{args.model}, batch {args.batch} x {args.seq_len}, {args.precision}, peak measured by: {rows[0]['measured_by']}")
-    print("| method | c | prompt tokens | trainable | s/step | tokens/s | peak MiB | time/peft | peak/peft |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | path | c | prompt tokens | trainable | s/step | tokens/s | peak MiB | time/peft | peak/peft "
+          "| throughput vs peft | vs standard |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['prompt_length']} | {r['prompt_tokens']} | {r['trainable_params']:,} | "
+        print(f"| {r['method']} | {r['path']} | {r['prompt_length']} | {r['prompt_tokens']} | {r['trainable_params']:,} | "
               f"{r['step_time_p50']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
-              f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} |")
+              f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} | "
+              f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} |")
     print(f"wrote {out / 'bench.csv'}, {out / 'memory.png'}, {out / 'throughput.png'}")
     return 0
 

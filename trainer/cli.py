@@ -14,6 +14,7 @@ COMMANDS = {
     "predict": "answer new inputs with a trained prompt (`lrpt predict --help`)",
     "rank": "singular-value spectrum of trained prompts, with a plot (`lrpt rank --help`)",
     "bench": "throughput and memory of methods x prompt lengths, against peft (`lrpt bench --help`)",
+    "plan": "predict per-rank GPU memory of a run before submitting it (`lrpt plan --help`)",
 }
 
 
@@ -61,7 +62,13 @@ def bench_command(argv: list[str]) -> int:
     return bench(argv)
 
 
-HANDLERS = {"bench": bench_command, "train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
+def plan_command(argv: list[str]) -> int:
+    from trainer.memory_plan import main as plan
+
+    return plan(argv)
+
+
+HANDLERS = {"bench": bench_command, "plan": plan_command, "train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
             "predict": predict_command, "rank": rank_command}
 
 

@@ -53,7 +53,11 @@ class RunConfig:
     # backbone
     precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (fp16 is refused for T5)"})
     gradient_checkpointing: bool = False
-    shared_prefix: bool = field(default=False, metadata={"help": "decoder-only: run the prompt once per step and share its key/value cache across the batch"})
+    shared_prefix: str = field(default="auto", metadata={
+        "const": "true",
+        "help": "decoder-only: run the prompt once per step and share its key/value cache across the batch. "
+                "auto: on where proven (decoder-only, ZeRO-0/1/2, unquantized, no gradient checkpointing), "
+                "otherwise off; true: on, or an error saying why not; false: off"})
     max_source_length: int = 256
     max_target_length: int = 16
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)
@@ -80,6 +84,9 @@ class RunConfig:
     few_shot: int | None = field(default=None, metadata={"help": "train on K training rows sampled by (task, K, seed) alone"})
     dev_size: float = field(default=0, metadata={"help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.shared_prefix = _tristate(self.shared_prefix, "--shared_prefix")  # YAML may give a bool
 
     def validate(self) -> None:
         """Checks that need no model; anything wrong is reported before loading weights."""
@@ -140,6 +147,18 @@ def _field_type(f: dataclasses.Field) -> type:
     return tp
 
 
+def _tristate(value: Any, flag: str) -> str:
+    """'auto', 'true' or 'false' from a YAML bool or any spelling _parse_bool accepts."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if str(value).lower() == "auto":
+        return "auto"
+    try:
+        return str(_parse_bool(str(value))).lower()
+    except argparse.ArgumentTypeError:
+        raise LrptError(f"{flag} must be auto, true or false, got {value!r}") from None
+
+
 def _parse_bool(text: str) -> bool:
     low = text.lower()
     if low in ("1", "true", "yes", "on"):
@@ -168,6 +187,8 @@ def build_parser(prog: str = "lrpt train") -> argparse.ArgumentParser:
         help_text = f.metadata.get("help", "") + f" (default: {default})"
         if tp is bool:
             parser.add_argument(*names, dest=f.name, type=_parse_bool, nargs="?", const=True, help=help_text)
+        elif "const" in f.metadata:  # a bare flag means its `const` (--shared_prefix = --shared_prefix true)
+            parser.add_argument(*names, dest=f.name, type=tp, nargs="?", const=f.metadata["const"], help=help_text)
         else:
             convert = _optional(tp) if default is None or f.name == "resume_from_checkpoint" else tp
             parser.add_argument(*names, dest=f.name, type=convert, help=help_text)

@@ -74,11 +74,12 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
     return task, config
 
 
-def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> None:
-    """--shared_prefix is proven (tests/test_shared_prefix.py) for plain fp32/bf16 decoder-only runs
-    up to ZeRO-2; the rest is refused rather than assumed."""
-    if not cfg.shared_prefix:
-        return
+def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
+    """Whether this run computes the prompt once per step. It is proven (tests/test_shared_prefix.py)
+    for plain fp32/bf16 decoder-only runs up to ZeRO-2: `auto` takes it there and the standard path
+    elsewhere; `true` where it is not proven is an error rather than an assumption."""
+    if cfg.shared_prefix == "false":
+        return False
     refusals = [
         (config.is_encoder_decoder, f"{config.model_type} is an encoder-decoder: its bidirectional encoder lets every "
                                     "input token change the prompt's states, so there is nothing to share"),
@@ -89,9 +90,10 @@ def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> None:
         (cfg.load_in_8bit or cfg.load_in_4bit,
          "quantized backbones are not yet verified with the shared prefix; drop --shared_prefix"),
     ]
-    for refused, why in refusals:
-        if refused:
-            raise LrptError(f"--shared_prefix: {why}")
+    reasons = [why for refused, why in refusals if refused]
+    if reasons and cfg.shared_prefix == "true":
+        raise LrptError(f"--shared_prefix: {reasons[0]}")
+    return not reasons
 
 
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
@@ -201,7 +203,8 @@ def setup(cfg: RunConfig) -> Session:
         # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
         quant.prepare_for_zero3(backbone.model)
     prompt = build_prompt(cfg, backbone)
-    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder, shared_prefix=cfg.shared_prefix)
+    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
+                          shared_prefix=check_shared_prefix(cfg, backbone_config))
 
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
                          cfg.max_eval_samples)
@@ -337,7 +340,8 @@ def fit(run: Session) -> TrainResult:
                                    "load_peak_bytes": run.load_peak_bytes,
                                    "backbone_memory": backbone_memory or quant.backbone_memory(run.backbone.model, cfg.precision),
                                    "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
-    report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config)
+    report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config,
+                          run.model.shared_prefix)
     if distributed.is_main():
         write(report, out)
         print(format_table(report), flush=True)
@@ -355,7 +359,8 @@ def _resumed_step(resume: Path) -> int:
     return int(resume.name.split("-")[-1])
 
 
-def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config) -> dict:
+def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config,
+                 shared_prefix: bool = False) -> dict:
     import deepspeed
     import transformers
 
@@ -375,6 +380,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "kept_params": prompt.num_kept_params(),
         "prompt_length": prompt.num_tokens,
         "prompt_output_length": prompt.output_length,
+        "shared_prefix": shared_prefix,  # the path this run took (--shared_prefix auto resolves per run)
         "optimizer_state_bytes": sum(opt_bytes),
         "optimizer_state_bytes_per_rank": opt_bytes,
         "metrics": metrics,

@@ -1,0 +1,138 @@
+"""`lrpt plan`: preset sizes, a hand-computed case, the activation formulas against autograd's saved
+tensors, and the predicted peak against the peak measured in a real run (CPU allocator)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.memory_plan import ARCHITECTURES, PlanSpec, _norm, activations, meta_model, plan
+
+
+def t5_params(d: int, ff: int, inner: int, heads: int, layers: int, vocab: int = 32128) -> int:
+    encoder_layer = 4 * d * inner + 2 * d * ff + 2 * d          # q k v o, wi wo, 2 norms
+    decoder_layer = 8 * d * inner + 2 * d * ff + 3 * d          # + cross-attention, 3 norms
+    return vocab * d + layers * (encoder_layer + decoder_layer) + 2 * 32 * heads + 2 * d  # tied head, bias tables, final norms
+
+
+def llama_params(d: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int = 32000) -> int:
+    kv = d // heads * kv_heads
+    return layers * (2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d) + 2 * vocab * d + d
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("t5-small", t5_params(512, 2048, 512, 8, 6)),          # 60.5M
+    ("t5-base", t5_params(768, 3072, 768, 12, 12)),         # 223M
+    ("t5-large", t5_params(1024, 4096, 1024, 16, 24)),      # 738M
+    ("t5-3b", t5_params(1024, 16384, 4096, 32, 24)),        # 2.85B
+    ("t5-11b", t5_params(1024, 65536, 16384, 128, 24)),     # 11.3B
+    ("llama-7b", llama_params(4096, 11008, 32, 32, 32)),    # 6.74B
+    ("llama-13b", llama_params(5120, 13824, 40, 40, 40)),   # 13.0B
+    ("llama-70b", llama_params(8192, 28672, 80, 64, 8)),    # 69.0B
+])
+def test_presets_have_the_published_sizes(name, expected):
+    model = meta_model(ARCHITECTURES[name])
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert plan(PlanSpec(model=name, zero=0, gpus=1, batch=1, seq_len=8)).backbone_params == expected
+
+
+def test_hand_computed_llama_7b_zero3():
+    """LLaMA-7B, bf16, ZeRO-3 on 2 nodes x 4 GPUs, vanilla prompt tuning c=100, micro batch 2 x 412."""
+    p = plan(PlanSpec(model="llama-7b", zero=3, gpus=4, nodes=2, method="pt", prompt_length=100, batch=2,
+                      seq_len=412, precision="bf16", gpu_memory_gib=80))
+    world, d, ff, v, layers, t = 8, 4096, 11008, 32000, 32, 512
+    # weights: norms (4096 elements <= persistence threshold 10 * 4096) stay whole, the rest is 1/8 per rank
+    norms = (2 * layers + 1) * d
+    sharded = 6_738_415_616 - norms
+    assert p.per_rank["weights"] == 2 * norms + math.ceil(2 * sharded / world)
+    # prompt 100 x 4096: bf16 parameter + bf16 gradient + fp32 master + 2 fp32 moments
+    assert p.trainable_params == 409_600 and p.per_rank["prompt_and_optimizer"] == 409_600 * (2 + 2 + 4 + 8)
+    # reduce bucket: hidden^2 elements of the (bf16) gradient
+    assert p.per_rank["deepspeed_reduce_bucket"] == d * d * 2
+    # activations per token per layer: 2 RMSNorms (fp32 input copy + rsqrt); q, k, v (repeated to all
+    # 32 heads) and attention output in bf16; fp32 log-sum-exp per head; the layer's padding mask
+    # (t x t, bf16); SwiGLU's gate, up and silu(gate) in bf16
+    per_token_layer = 2 * (4 * d + 4) + 2 * 4 * d + 4 * 32 + 2 * t + 3 * 2 * ff
+    stack = 4 * d + 4 + 2 * 2 * 128                     # final norm; rotary cos and sin
+    assert p.per_rank["activations_saved"] == 2 * t * (layers * per_token_layer + stack)
+    # head: the fp32 log-softmax output, its gradient and its input's gradient (12 bytes per logit)
+    # outweigh the forward's end (bf16 logits + fp32 copy + log-softmax output: 10 bytes)
+    assert p.per_rank["backward_transient"] == 2 * t * v * 12
+    # ZeRO-3 keeps the last 5e8 elements gathered (reuse distance 1e9), plus one block and a prefetch bucket
+    assert 5e8 * 2 < p.per_rank["zero3_gathered"] < (5e8 + 3 * 202_383_360 + 0.9 * d * d) * 2
+    assert p.train_peak == sum(p.per_rank.values()) and p.fits
+
+
+def saved_bytes(model, **inputs) -> int:
+    """Bytes autograd saves for backward outside the parameters, each storage once (as the planner
+    counts them), less the loss's log-softmax output, which the planner counts in the head transient."""
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    seen: dict[int, torch.Tensor] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**inputs)
+    vocab = model.config.vocab_size
+    return sum(t.untyped_storage().nbytes() for t in seen.values() if t.dim() != 2 or t.shape[-1] != vocab)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_activation_formulas_match_autograd(family, precision):
+    """The per-layer arithmetic against what torch saves for a frozen model on a padded batch (LLaMA
+    with grouped-query attention). Dropout is off: on CPU torch saves a float noise tensor per
+    dropout and falls back to the math attention kernel, where CUDA saves a bool mask and keeps
+    the fused kernel; the planner counts the CUDA way (`_t5_layer`)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, T5Config
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    batch, tokens, target = 2, 40, 6
+    if family == "llama":
+        config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        labels = torch.randint(0, 64, (batch, tokens))
+    else:
+        config = T5Config(vocab_size=64, d_model=64, d_ff=96, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2,
+                          dropout_rate=0.0, pad_token_id=0, decoder_start_token_id=0)
+        model = AutoModelForSeq2SeqLM.from_config(config, dtype=dtype)
+        labels = torch.randint(0, 64, (batch, target))
+    model.requires_grad_(False).train()
+    embeds = torch.randn(batch, tokens, 64, dtype=dtype, requires_grad=True)
+    mask = torch.ones(batch, tokens, dtype=torch.long)
+    mask[1, -5:] = 0
+    got = saved_bytes(model, inputs_embeds=embeds, attention_mask=mask, labels=labels)
+    spec = PlanSpec(batch=batch, seq_len=tokens, target_len=target, precision=precision, prompt_length=1)
+    assert got == pytest.approx(activations(config, spec, prompt_tokens=0)["saved"], rel=0.05)
+    assert _norm(10, 8, 4, True) == _norm(10, 8, 4, False) == 4 * 10 * 8 + 40
+
+
+def test_plan_cli_json_and_exit_status(capsys):
+    assert main(["plan", "--model", "t5-small", "--zero", "0", "--gpus", "1", "--batch", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] and out["needed"] == out["peak"] + 2**30
+    assert main(["plan", "--model", "llama-70b", "--zero", "0", "--gpus", "8", "--precision", "bf16"]) == 1
+    assert "does NOT fit" in capsys.readouterr().out
+    assert main(["plan", "--model", "llama-70b", "--zero", "3", "--gpus", "8", "--batch", "1"]) in (0, 1)
+    assert main(["plan", "--model", "t5-small", "--prompt_length", "0"]) == 2
+
+
+def test_predicted_peak_within_20_percent_of_measured(tiny_t5_dir, tmp_path):
+    """One process, ZeRO-0: the planner's training peak against the CPU allocator's measured peak."""
+    from trainer.bench_plan import worker
+
+    worker(tmp_path, ["--model", tiny_t5_dir, "--output_dir", str(tmp_path / "run"), "--method", "dpt",
+                      "--prompt_length", "20", "--per_device_train_batch_size", "8", "--progress", "false"],
+           batch=8, seq_len=96, target_len=16, steps=3)
+    measured = json.loads((tmp_path / "rank0.json").read_text())
+    predicted = plan(PlanSpec(model=tiny_t5_dir, zero=0, gpus=1, method="dpt", prompt_length=20, batch=8,
+                              seq_len=96, target_len=16, precision="fp32"))
+    assert predicted.train_peak == pytest.approx(measured["measured_peak"], rel=0.2)
+    assert predicted.load_peak == pytest.approx(measured["measured_load_peak"], rel=0.2)

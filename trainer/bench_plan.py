@@ -1,0 +1,183 @@
+"""Benchmark: `lrpt plan`'s predicted per-rank peak against the peak measured in a real run, in one go.
+
+    python -m trainer.bench_plan                      # tiny and ~100M T5 and LLaMA, ZeRO-0 x1 and ZeRO-3 x2
+
+Each case saves a random backbone, launches `deepspeed --num_gpus N trainer/bench_plan.py` (the
+trainer's own `setup`: backbone load, ZeRO-3 partitioning, deepspeed.initialize) and trains a few
+steps on a fixed random batch of the planned shape. The measured peak is what PyTorch's allocator
+handed out, from torch.profiler's allocation events (live bytes over time, max): on CPU the
+same quantity `torch.cuda.max_memory_allocated` reports on a GPU, which is what the planner
+predicts. On a GPU the worker reads max_memory_allocated directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class AllocationPeak:
+    """Peak of live bytes handed out by PyTorch's CPU allocator while the context is open, before
+    `mark()` (the load) and after it (training) - from the profiler's allocation events."""
+
+    def __enter__(self):
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        self._mark_ns: int | None = None
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        self._torch = torch
+        return self
+
+    def mark(self) -> None:
+        import time
+
+        self._mark_ns = time.time_ns()
+
+    def __exit__(self, *exc) -> None:
+        self._prof.__exit__(*exc)
+        events = []
+        stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
+        allocation = self._torch._C._profiler._EventType.Allocation
+        while stack:
+            event = stack.pop()
+            if event.tag == allocation:
+                events.append((event.start_time_ns, event.extra_fields.alloc_size))
+            stack.extend(event.children)
+        events.sort()
+        live = self.peak = self.before_mark = self.after_mark = 0
+        for t, size in events:  # event times are epoch nanoseconds, as time.time_ns()
+            live += size
+            self.peak = max(self.peak, live)
+            if self._mark_ns is None or t <= self._mark_ns:
+                self.before_mark = max(self.before_mark, live)
+            else:
+                self.after_mark = max(self.after_mark, live)
+
+
+def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int) -> None:
+    import torch
+
+    import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+    from trainer import distributed
+    from trainer.config import load_config
+    from trainer.loop import setup
+
+    cuda = torch.cuda.is_available()
+    with AllocationPeak() as peak:
+        run = setup(load_config(flags))
+        load = torch.cuda.max_memory_allocated() if cuda else None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        peak.mark()
+        vocab = run.backbone.model.config.vocab_size
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, min(250, vocab), (batch, seq_len), generator=gen)
+        if run.backbone.is_encoder_decoder:
+            labels = torch.randint(3, min(250, vocab), (batch, target_len), generator=gen)
+        else:
+            labels = ids.clone()
+            labels[:, : seq_len // 2] = -100
+        mask = torch.ones_like(ids)
+        mask[-1, -seq_len // 4:] = 0  # a padded batch, as real ones are
+        device = run.engine.device
+        batch_ = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        run.engine.train()
+        for _ in range(steps):
+            run.engine.backward(run.engine(**batch_).loss)
+            run.engine.step()
+    rank = distributed.rank()
+    result = {"rank": rank, "world_size": distributed.world_size(),
+              "measured_peak": torch.cuda.max_memory_allocated() if cuda else peak.after_mark,
+              "measured_load_peak": load if cuda else peak.before_mark,
+              "measured_by": "torch.cuda.max_memory_allocated" if cuda else "torch.profiler allocation events (CPU allocator)"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+CASES = [  # name, preset, sizes
+    ("tiny-t5", "tiny-t5", {}),
+    ("tiny-llama", "tiny-llama", {}),
+    ("t5-95M", "tiny-t5", {"width": 768, "layers": 8}),
+    ("llama-95M", "tiny-llama", {"width": 1024, "layers": 10}),
+]
+
+
+def ds_config_file(zero: int, efficient_linear: bool, out: Path) -> str:
+    """lrpt's zero<N>.json, or a copy with DeepSpeed's memory_efficient_linear back on (its default)."""
+    path = ROOT / "ds_configs" / f"zero{zero}.json"
+    if not efficient_linear:
+        return str(path)
+    config = json.loads(path.read_text())
+    config["zero_optimization"]["memory_efficient_linear"] = True
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ds.json").write_text(json.dumps(config))
+    return str(out / "ds.json")
+
+
+def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list[dict]:
+    from trainer.distributed import env_without_launcher
+
+    flags = ["--model", model_dir, "--deepspeed", ds_config,
+             "--output_dir", str(out / "run"), "--per_device_train_batch_size", str(args.batch),
+             "--method", args.method, "--prompt_length", str(args.prompt_length), "--progress", "false"]
+    env = env_without_launcher()
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(Path(__file__).resolve()),
+           "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
+           "--target_len", str(args.target_len), "--steps", str(args.steps), "--", *flags]
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default=",".join(c[0] for c in CASES))
+    p.add_argument("--setups", default="0x1,3x2", help="ZeRO stage x ranks, comma separated; a trailing "
+                   "'+mel' turns DeepSpeed's memory_efficient_linear back on (3x2+mel)")
+    p.add_argument("--method", default="dpt")
+    p.add_argument("--prompt_length", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--target_len", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        flags = rest[rest.index("--") + 1:] if "--" in rest else rest
+        worker(Path(args.worker), [f for f in flags if not f.startswith("--local_rank")], args.batch, args.seq_len,
+               args.target_len, args.steps)
+        return 0
+
+    from trainer.memory_plan import PlanSpec, plan
+    from trainer.presets import save_preset
+
+    print("| backbone | setup | ranks | rank | predicted peak | measured peak | predicted/measured | "
+          "predicted load | measured load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, preset, sizes in (c for c in CASES if c[0] in args.cases.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = save_preset(preset, str(Path(tmp) / name), **sizes)
+            for setup in args.setups.split(","):
+                zero, ranks = (int(x) for x in setup.removesuffix("+mel").split("x"))
+                out = Path(tmp) / setup
+                ds_config = ds_config_file(zero, setup.endswith("+mel"), out)
+                predicted = plan(PlanSpec(model=model_dir, zero=zero, gpus=ranks, method=args.method,
+                                          prompt_length=args.prompt_length, batch=args.batch, seq_len=args.seq_len,
+                                          target_len=args.target_len, precision="fp32", ds_config=ds_config))
+                for r in measure(model_dir, ranks, ds_config, args, out):
+                    print(f"| {name} | {setup} | {ranks} | {r['rank']} | {predicted.train_peak / 2**20:.1f} MiB | "
+                          f"{r['measured_peak'] / 2**20:.1f} MiB | {predicted.train_peak / r['measured_peak']:.3f} | "
+                          f"{predicted.load_peak / 2**20:.1f} MiB | {r['measured_load_peak'] / 2**20:.1f} MiB |",
+                          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
