@@ -136,3 +136,19 @@ def test_predicted_peak_within_20_percent_of_measured(tiny_t5_dir, tmp_path):
                               seq_len=96, target_len=16, precision="fp32"))
     assert predicted.train_peak == pytest.approx(measured["measured_peak"], rel=0.2)
     assert predicted.load_peak == pytest.approx(measured["measured_load_peak"], rel=0.2)
+
+
+def test_predicted_zero3_peak_within_20_percent_on_two_ranks(tiny_llama_dir, tmp_path):
+    """ZeRO-3 through the real launcher, 2 CPU ranks: shards, gathered working set, reduce bucket."""
+    import argparse
+
+    from trainer.bench_plan import ds_config_file, measure
+
+    args = argparse.Namespace(batch=4, seq_len=64, target_len=8, steps=2, method="dpt", prompt_length=10)
+    ds_config = ds_config_file(3, [], tmp_path)
+    predicted = plan(PlanSpec(model=tiny_llama_dir, zero=3, gpus=2, method="dpt", prompt_length=10, batch=4,
+                              seq_len=64, precision="fp32", ds_config=ds_config))
+    ranks = measure(tiny_llama_dir, 2, ds_config, args, tmp_path)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert predicted.train_peak == pytest.approx(r["measured_peak"], rel=0.2)

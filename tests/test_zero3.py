@@ -119,3 +119,38 @@ def test_zero3_without_a_launcher_is_refused(tmp_path):
                            "--output_dir", str(tmp_path)], env=clean_env(), capture_output=True, text=True)
     assert done.returncode == 2 and "a ZeRO-3 config needs a launcher" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_frozen_aware_linear_saves_no_input_and_keeps_gradients():
+    """ZeRO-3's linear as lrpt installs it: a frozen weight keeps no input (DeepSpeed's keeps it,
+    torch's keeps a view of the gathered weight); input and weight gradients unchanged."""
+    import torch.nn.functional as F
+    from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+    from trainer import zero3_linear
+
+    weight, bias = torch.randn(8, 16), torch.randn(8)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+
+    def saved_shapes(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            out = fn(x, weight, bias)
+        return saved, torch.autograd.grad(out.square().sum(), x)[0]
+
+    ds_saved, ds_grad = saved_shapes(zero3_linear_wrap)
+    saved, grad = saved_shapes(zero3_linear.frozen_aware_linear)
+    assert (3, 5, 16) in ds_saved and saved == [(8, 16), (8,)]
+    torch.testing.assert_close(grad, ds_grad)
+    weight.requires_grad_(True)  # a trainable weight still gets its gradient (the input is saved then)
+    out = zero3_linear.frozen_aware_linear(x, weight, bias)
+    torch.testing.assert_close(torch.autograd.grad(out.square().sum(), weight)[0],
+                               torch.autograd.grad(F.linear(x, weight, bias).square().sum(), weight)[0])
+    original = F.linear
+    try:
+        assert not zero3_linear.install()           # DeepSpeed's wrapper is not in place: nothing changes
+        assert F.linear is original
+        F.linear = zero3_linear_wrap
+        assert zero3_linear.install() and F.linear is zero3_linear.frozen_aware_linear
+    finally:
+        F.linear = original

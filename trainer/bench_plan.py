@@ -109,13 +109,19 @@ CASES = [  # name, preset, sizes
 ]
 
 
-def ds_config_file(zero: int, efficient_linear: bool, out: Path) -> str:
-    """lrpt's zero<N>.json, or a copy with DeepSpeed's memory_efficient_linear back on (its default)."""
+VARIANTS = {"noreuse": ("stage3_max_reuse_distance", 0),   # release every gathered layer after use
+            "torchlinear": ("memory_efficient_linear", False)}  # torch's linear instead of ZeRO-3's
+
+
+def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
+    """lrpt's zero<N>.json, or a copy with the named VARIANTS applied to its zero_optimization."""
     path = ROOT / "ds_configs" / f"zero{zero}.json"
-    if not efficient_linear:
+    if not variants:
         return str(path)
     config = json.loads(path.read_text())
-    config["zero_optimization"]["memory_efficient_linear"] = True
+    for name in variants:
+        key, value = VARIANTS[name]
+        config["zero_optimization"][key] = value
     out.mkdir(parents=True, exist_ok=True)
     (out / "ds.json").write_text(json.dumps(config))
     return str(out / "ds.json")
@@ -139,8 +145,9 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default=",".join(c[0] for c in CASES))
-    p.add_argument("--setups", default="0x1,3x2", help="ZeRO stage x ranks, comma separated; a trailing "
-                   "'+mel' turns DeepSpeed's memory_efficient_linear back on (3x2+mel)")
+    p.add_argument("--setups", default="0x1,3x2", help="ZeRO stage x ranks, comma separated, with "
+                   "variants of the DeepSpeed config: 3x2+noreuse (stage3_max_reuse_distance 0), 3x2+torchlinear "
+                   "(memory_efficient_linear off)")
     p.add_argument("--method", default="dpt")
     p.add_argument("--prompt_length", type=int, default=20)
     p.add_argument("--batch", type=int, default=4)
@@ -165,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = save_preset(preset, str(Path(tmp) / name), **sizes)
             for setup in args.setups.split(","):
-                zero, ranks = (int(x) for x in setup.removesuffix("+mel").split("x"))
+                shape, *variants = setup.split("+")
+                zero, ranks = (int(x) for x in shape.split("x"))
                 out = Path(tmp) / setup
-                ds_config = ds_config_file(zero, setup.endswith("+mel"), out)
+                ds_config = ds_config_file(zero, variants, out)
                 predicted = plan(PlanSpec(model=model_dir, zero=zero, gpus=ranks, method=args.method,
                                           prompt_length=args.prompt_length, batch=args.batch, seq_len=args.seq_len,
                                           target_len=args.target_len, precision="fp32", ds_config=ds_config))

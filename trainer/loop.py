@@ -227,6 +227,10 @@ def setup(cfg: RunConfig) -> Session:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+    if ds_stage == 3:
+        from trainer import zero3_linear
+
+        zero3_linear.install()  # frozen weights: linear layers save no input (trainer/zero3_linear.py)
     return Session(cfg=cfg, task=task, backbone=backbone, encoder=encoder, model=model, engine=engine, optimizer=optimizer,
                    scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows, dev_rows=dev_rows,
                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive,

@@ -222,25 +222,7 @@ def _t5_layer(c: PretrainedConfig, tokens: int, s: int, cross_tokens: int = 0) -
     return total
 
 
-def _linear_inputs(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) -> tuple[list[int], int]:
-    """What DeepSpeed's `memory_efficient_linear` (ZeRO-3, on by default; off in lrpt's configs) adds:
-    its linear saves its input whether or not the weight needs a gradient. Per layer and per stack,
-    bytes per example; inputs shared by several linears (q/k/v, gate/up) are one tensor."""
-    s = BYTES[spec.precision]
-    if config.is_encoder_decoder:
-        te, tt, h, inner = prompt_tokens + spec.seq_len, spec.target_len, config.d_model, config.num_heads * config.d_kv
-        ff = config.d_ff if config.dropout_rate > 0 else 0  # wo's input is relu's output unless dropout sits between
-        layers = [s * te * (2 * h + inner + ff)] * config.num_layers
-        layers += [s * tt * (3 * h + 2 * inner + ff)] * config.num_decoder_layers
-        layers[config.num_layers] -= s * tt * (h + inner)  # the first self-attention carries no gradient
-        return layers, s * te * h + s * tt * h             # encoder output (cross-attention k/v), lm_head input
-    t, h = prompt_tokens + spec.seq_len, config.hidden_size
-    q = config.num_attention_heads * (h // config.num_attention_heads)
-    return [s * t * (2 * h + q + config.intermediate_size)] * config.num_hidden_layers, s * t * h
-
-
-def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int,
-                saves_linear_inputs: bool = False) -> dict[str, int]:
+def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) -> dict[str, int]:
     """Saved-for-backward bytes per rank (`saved`) and the backward's transient peak (`transient`)."""
     s, b = BYTES[spec.precision], spec.batch
     v = config.vocab_size
@@ -265,10 +247,6 @@ def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int,
         head_tokens, loss_bytes = t, 4       # causal-LM loss upcasts logits to fp32
         inputs = [t] * config.num_hidden_layers
         shared = 0
-    if saves_linear_inputs:
-        extra_layers, extra_stack = _linear_inputs(config, spec, prompt_tokens)
-        layers = [a + e for a, e in zip(layers, extra_layers)]
-        stack += extra_stack
     # the head, all (tokens x vocab): the forward ends holding the logits, their upcast copy and the
     # log-softmax output; the backward then holds that output, its gradient and its input's gradient
     forward_end = s + (loss_bytes if loss_bytes != s else 0) + loss_bytes
@@ -343,6 +321,10 @@ def plan(spec: PlanSpec) -> Plan:
         largest = max(b for _, b in order)
         per_element = shardable / max(1, sum(n for n, _ in order))
         gathered = min(shardable, kept + largest + prefetch * per_element)
+        if not zero.get("memory_efficient_linear", True):
+            gathered = shardable  # torch's own linear saves a view of each gathered weight until backward
+            notes.append("memory_efficient_linear is off: torch's linear keeps every gathered weight alive in the "
+                         "autograd graph until the backward; leave it on (lrpt then saves no linear inputs)")
         per_rank["zero3_gathered"] = int(gathered)
         if gathered > 0.5 * shardable and world > 1:
             notes.append(f"ZeRO-3 keeps {gathered / GiB:.2f} GiB gathered between forward and backward "
@@ -354,11 +336,7 @@ def plan(spec: PlanSpec) -> Plan:
     if stage >= 1 and zero.get("contiguous_gradients", True):
         grad_bytes = s if stage == 3 else 4
         per_rank["deepspeed_reduce_bucket"] = int(zero.get("reduce_bucket_size", 500_000_000)) * grad_bytes
-    linear_inputs = stage == 3 and bool(zero.get("memory_efficient_linear", True))
-    if linear_inputs:
-        notes.append("memory_efficient_linear is on (DeepSpeed's default): every linear layer keeps its input for a "
-                     "weight gradient a frozen backbone never needs; lrpt's ds_configs turn it off")
-    acts = activations(config, spec, prompt_tokens, linear_inputs)
+    acts = activations(config, spec, prompt_tokens)
     per_rank["activations_saved"] = acts["saved"]
     transient = acts["transient"]
     quantized = [t for t in tensors if t.quantized]
