@@ -61,3 +61,15 @@ def test_bench_writes_csv_and_plots(tiny_t5_dir, tmp_path):
     assert [int(r["prompt_tokens"]) for r in lamp] == [2, 4]  # pooling: c/p tokens reach the backbone
     for name in ("memory.png", "throughput.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+def test_bench_measures_the_shared_prefix_on_a_decoder_only_backbone(tiny_llama_dir, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", tiny_llama_dir, "--methods", "pt", "--prompt_lengths", "8", "--batch", "2",
+                 "--seq_len", "16", "--steps", "2", "--output_dir", str(out)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader((out / "bench.csv").open())}
+    assert set(rows) == {"peft", "standard", "shared_prefix"}
+    shared, standard = rows["shared_prefix"], rows["standard"]
+    assert float(shared["throughput_ratio_vs_standard"]) == pytest.approx(
+        float(standard["step_time_p50"]) / float(shared["step_time_p50"]))
+    assert float(standard["throughput_ratio_vs_standard"]) == 1.0

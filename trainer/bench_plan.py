@@ -61,7 +61,8 @@ class AllocationPeak:
                 self.after_mark = max(self.after_mark, live)
 
 
-def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int) -> None:
+def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int,
+           deepspeed_linear: bool = False) -> None:
     import torch
 
     import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
@@ -72,6 +73,10 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
     cuda = torch.cuda.is_available()
     with AllocationPeak() as peak:
         run = setup(load_config(flags))
+        if deepspeed_linear and run.stage == 3:  # for comparison: DeepSpeed's linear, which saves inputs
+            from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+            torch.nn.functional.linear = zero3_linear_wrap
         load = torch.cuda.max_memory_allocated() if cuda else None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -137,7 +142,8 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
     env.setdefault("DS_ACCELERATOR", "cpu")
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(Path(__file__).resolve()),
            "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
-           "--target_len", str(args.target_len), "--steps", str(args.steps), "--", *flags]
+           "--target_len", str(args.target_len), "--steps", str(args.steps),
+           *(["--deepspeed_linear"] if getattr(args, "deepspeed_linear", False) else []), "--", *flags]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(c[0] for c in CASES))
     p.add_argument("--setups", default="0x1,3x2", help="ZeRO stage x ranks, comma separated, with "
                    "variants of the DeepSpeed config: 3x2+noreuse (stage3_max_reuse_distance 0), 3x2+torchlinear "
-                   "(memory_efficient_linear off)")
+                   "(memory_efficient_linear off), 3x2+dslinear (DeepSpeed's linear, which saves every input)")
     p.add_argument("--method", default="dpt")
     p.add_argument("--prompt_length", type=int, default=20)
     p.add_argument("--batch", type=int, default=4)
@@ -155,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target_len", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--deepspeed_linear", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
         worker(Path(args.worker), [f for f in flags if not f.startswith("--local_rank")], args.batch, args.seq_len,
-               args.target_len, args.steps)
+               args.target_len, args.steps, args.deepspeed_linear)
         return 0
 
     from trainer.memory_plan import PlanSpec, plan
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 shape, *variants = setup.split("+")
                 zero, ranks = (int(x) for x in shape.split("x"))
                 out = Path(tmp) / setup
-                ds_config = ds_config_file(zero, variants, out)
+                args.deepspeed_linear = "dslinear" in variants
+                ds_config = ds_config_file(zero, [v for v in variants if v != "dslinear"], out)
                 predicted = plan(PlanSpec(model=model_dir, zero=zero, gpus=ranks, method=args.method,
                                           prompt_length=args.prompt_length, batch=args.batch, seq_len=args.seq_len,
                                           target_len=args.target_len, precision="fp32", ds_config=ds_config))

@@ -266,8 +266,8 @@ def plan(spec: PlanSpec) -> Plan:
     import methods
     from trainer.errors import LrptError
 
-    if spec.zero not in (0, 1, 2, 3):
-        raise LrptError(f"--zero {spec.zero}: ZeRO stages are 0, 1, 2, 3")
+    if spec.zero not in (0, 2, 3) and spec.ds_config is None:
+        raise LrptError(f"--zero {spec.zero}: lrpt ships ds_configs/zero0, zero2 and zero3; pass --deepspeed for others")
     if spec.quant not in ("none", "8bit", "4bit"):
         raise LrptError(f"--quant {spec.quant!r}: choose none, 8bit or 4bit")
     if spec.precision not in BYTES:
@@ -409,7 +409,7 @@ def parser():
     a = argparse.ArgumentParser(prog="lrpt plan", description="Predict per-rank GPU memory of a run before submitting it.")
     a.add_argument("--model", default=d.model,
                    help=f"an architecture preset ({', '.join(ARCHITECTURES)}), a local path or a hub name (config only)")
-    a.add_argument("--zero", type=int, default=d.zero, choices=(0, 1, 2, 3))
+    a.add_argument("--zero", type=int, default=d.zero, choices=(0, 2, 3), help="ds_configs/zero<N>.json")
     a.add_argument("--gpus", type=int, default=d.gpus, help="GPUs (ranks) per node")
     a.add_argument("--nodes", type=int, default=d.nodes)
     a.add_argument("--quant", default=d.quant, choices=("none", "8bit", "4bit"))
