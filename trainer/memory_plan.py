@@ -123,7 +123,7 @@ def meta_model(config: PretrainedConfig) -> torch.nn.Module:
 
 
 @dataclass
-class Tensor:
+class ParamInfo:
     name: str
     numel: int
     rows: int            # output features of a quantized weight (8-bit scales are per row)
@@ -132,7 +132,7 @@ class Tensor:
     block: str           # the module run as one unit: "encoder.block.3", "lm_head", ...
 
 
-def backbone_tensors(model: torch.nn.Module, quant: str) -> list[Tensor]:
+def backbone_tensors(model: torch.nn.Module, quant: str) -> list[ParamInfo]:
     """Every distinct parameter with what loading does to it; tied tensors once."""
     from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -151,11 +151,11 @@ def backbone_tensors(model: torch.nn.Module, quant: str) -> list[Tensor]:
             parts = module_name.split(".")
             block = ".".join(parts[:3]) if len(parts) > 2 and parts[2].isdigit() else module_name
             block = ".".join(parts[:4]) if len(parts) > 3 and parts[3].isdigit() else block
-            out.append(Tensor(f"{module_name}.{pname}", p.numel(), p.shape[0], quantized, fp32, block))
+            out.append(ParamInfo(f"{module_name}.{pname}", p.numel(), p.shape[0], quantized, fp32, block))
     return out
 
 
-def stored_bytes(t: Tensor, quant: str, precision: str, double_quant: bool) -> tuple[float, float]:
+def stored_bytes(t: ParamInfo, quant: str, precision: str, double_quant: bool) -> tuple[float, float]:
     """(bytes ZeRO can shard, bytes that stay replicated) of one parameter as loaded."""
     if not t.quantized:
         return t.numel * (4 if t.fp32 else BYTES[precision]), 0.0
@@ -326,10 +326,10 @@ def plan(spec: PlanSpec) -> Plan:
             notes.append("memory_efficient_linear is off: torch's linear keeps every gathered weight alive in the "
                          "autograd graph until the backward; leave it on (lrpt then saves no linear inputs)")
         per_rank["zero3_gathered"] = int(gathered)
-        if gathered > 0.5 * shardable and world > 1:
-            notes.append(f"ZeRO-3 keeps {gathered / GiB:.2f} GiB gathered between forward and backward "
-                         f"(stage3_max_reuse_distance={reuse:.0e}); lower it in the DeepSpeed config to trade "
-                         f"memory for all-gathers")
+        if gathered >= shardable and world > 1:
+            notes.append(f"the whole backbone is within stage3_max_reuse_distance ({reuse:.0e} elements), so ZeRO-3 "
+                         f"keeps all of it gathered ({gathered / GiB:.2f} GiB) from forward to backward: at this size "
+                         f"ZeRO-0/2 need less per rank")
 
     # prompt, its gradient, AdamW's moments (+ fp32 master weights in bf16)
     per_rank["prompt_and_optimizer"] = n_prompt * (2 * s + 8 + (4 if s != 4 else 0))
