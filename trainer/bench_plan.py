@@ -135,7 +135,9 @@ def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
 def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list[dict]:
     from trainer.distributed import env_without_launcher
 
-    flags = ["--model", model_dir, "--deepspeed", ds_config,
+    extra = (["--gradient_checkpointing", "true"] if getattr(args, "grad_ckpt", False) else []) + (
+        [f"--load_in_{args.quant}", "true"] if getattr(args, "quant", "none") != "none" else [])
+    flags = [*extra, "--model", model_dir, "--deepspeed", ds_config,
              "--output_dir", str(out / "run"), "--per_device_train_batch_size", str(args.batch),
              "--method", args.method, "--prompt_length", str(args.prompt_length), "--progress", "false"]
     env = env_without_launcher()
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--target_len", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--grad_ckpt", action="store_true", help="gradient checkpointing in every case")
+    p.add_argument("--quant", default="none", choices=("none", "8bit", "4bit"), help="quantized backbones")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--deepspeed_linear", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 ds_config = ds_config_file(zero, [v for v in variants if v != "dslinear"], out)
                 predicted = plan(PlanSpec(model=model_dir, zero=zero, gpus=ranks, method=args.method,
                                           prompt_length=args.prompt_length, batch=args.batch, seq_len=args.seq_len,
-                                          target_len=args.target_len, precision="fp32", ds_config=ds_config))
+                                          target_len=args.target_len, precision="fp32", ds_config=ds_config,
+                                          grad_ckpt=args.grad_ckpt, quant=args.quant))
                 for r in measure(model_dir, ranks, ds_config, args, out):
                     print(f"| {name} | {setup} | {ranks} | {r['rank']} | {predicted.train_peak / 2**20:.1f} MiB | "
                           f"{r['measured_peak'] / 2**20:.1f} MiB | {predicted.train_peak / r['measured_peak']:.3f} | "

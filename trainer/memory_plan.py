@@ -222,7 +222,24 @@ def _t5_layer(c: PretrainedConfig, tokens: int, s: int, cross_tokens: int = 0) -
     return total
 
 
-def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) -> dict[str, int]:
+def _int8_inputs(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) -> tuple[list[int], int]:
+    """bitsandbytes' own 8-bit layer (without ZeRO-3) keeps each quantized linear's input for its
+    backward, and on a GPU an int8 copy of it too: (s + 1) bytes per element. Per layer and per
+    stack, bytes per example; an input shared by several linears (q/k/v, gate/up) is one tensor.
+    T5's `wo` and every output head stay unquantized (transformers' rules) and keep nothing."""
+    b = BYTES[spec.precision] + 1
+    if config.is_encoder_decoder:
+        te, tt, h, inner = prompt_tokens + spec.seq_len, spec.target_len, config.d_model, config.num_heads * config.d_kv
+        layers = [b * te * (2 * h + inner)] * config.num_layers
+        layers += [b * tt * (3 * h + 2 * inner)] * config.num_decoder_layers
+        layers[config.num_layers] -= b * tt * (h + inner)  # the first self-attention carries no gradient
+        return layers, b * te * h                          # the encoder output, cross-attention's k/v input
+    t, h = prompt_tokens + spec.seq_len, config.hidden_size
+    q = config.num_attention_heads * (h // config.num_attention_heads)
+    return [b * t * (2 * h + q + config.intermediate_size)] * config.num_hidden_layers, 0
+
+
+def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int, int8_inputs: bool = False) -> dict[str, int]:
     """Saved-for-backward bytes per rank (`saved`) and the backward's transient peak (`transient`)."""
     s, b = BYTES[spec.precision], spec.batch
     v = config.vocab_size
@@ -247,13 +264,19 @@ def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) ->
         head_tokens, loss_bytes = t, 4       # causal-LM loss upcasts logits to fp32
         inputs = [t] * config.num_hidden_layers
         shared = 0
+    if int8_inputs:
+        extra_layers, extra_stack = _int8_inputs(config, spec, prompt_tokens)
+        layers = [a + e for a, e in zip(layers, extra_layers)]
+        stack += extra_stack
     # the head, all (tokens x vocab): the forward ends holding the logits, their upcast copy and the
     # log-softmax output; the backward then holds that output, its gradient and its input's gradient
     forward_end = s + (loss_bytes if loss_bytes != s else 0) + loss_bytes
     head = head_tokens * v * max(forward_end, 3 * loss_bytes)
-    if spec.grad_ckpt:  # each block keeps only its input; one block is recomputed at a time
+    if spec.grad_ckpt:  # each block keeps only its input; one block is recomputed at a time, with
+        # its backward's gradients (hidden in and out, two feed-forward-wide tensors) on top
+        ff = config.d_ff if config.is_encoder_decoder else config.intermediate_size
         saved = sum(s * n * h for n in inputs) + stack
-        transient = max(head, max(layers))
+        transient = max(head, max(layer + s * n * (2 * h + 2 * ff) for layer, n in zip(layers, inputs)))
     else:
         saved = sum(layers) + stack
         transient = head
@@ -336,7 +359,7 @@ def plan(spec: PlanSpec) -> Plan:
     if stage >= 1 and zero.get("contiguous_gradients", True):
         grad_bytes = s if stage == 3 else 4
         per_rank["deepspeed_reduce_bucket"] = int(zero.get("reduce_bucket_size", 500_000_000)) * grad_bytes
-    acts = activations(config, spec, prompt_tokens)
+    acts = activations(config, spec, prompt_tokens, int8_inputs=spec.quant == "8bit" and stage != 3)
     per_rank["activations_saved"] = acts["saved"]
     transient = acts["transient"]
     quantized = [t for t in tensors if t.quantized]
