@@ -11,13 +11,15 @@ arithmetic written out below and in docs/benchmarks.md ("Memory planner"):
 - ZeRO-3 gathered working set: DeepSpeed keeps a gathered parameter alive when it is used again
   within `stage3_max_reuse_distance` elements of the module trace (forward then backward), so at
   the turn from forward to backward the last D/2 elements of the model are gathered, plus one
-  prefetch bucket;
+  prefetch bucket (measured right where the whole model is within D/2; with a smaller D,
+  DeepSpeed 0.19.8 kept more than this, so the figure is a lower bound there);
 - prompt + optimizer: parameter, gradient, Adam's two fp32 moments (and the fp32 master copy in
   bf16);
 - DeepSpeed's gradient reduce bucket (ZeRO-1/2/3 with contiguous gradients);
 - activations saved for backward. The backbone is frozen, so a linear layer saves nothing for its
-  input gradient but its weight; what is saved is listed per layer in `_llama_layer`/`_t5_layer`
-  (checked against torch's saved-tensor hooks in tests/test_plan.py);
+  input gradient but its weight (under ZeRO-3 too: trainer/zero3_linear.py; bitsandbytes' own
+  8-bit layer is the exception, `_int8_inputs`); what is saved is listed per layer in
+  `_llama_layer`/`_t5_layer` (checked against torch's saved-tensor hooks in tests/test_plan.py);
 - the transient peak of the backward: the output head's logits, log-softmax and their gradients,
   or one layer's recomputation under gradient checkpointing, or one dequantized weight.
 
