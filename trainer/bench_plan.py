@@ -141,7 +141,10 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
              "--output_dir", str(out / "run"), "--per_device_train_batch_size", str(args.batch),
              "--method", args.method, "--prompt_length", str(args.prompt_length), "--progress", "false"]
     env = env_without_launcher()
-    env.setdefault("DS_ACCELERATOR", "cpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(Path(__file__).resolve()),
            "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
            "--target_len", str(args.target_len), "--steps", str(args.steps),
