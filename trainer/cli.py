@@ -26,50 +26,18 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
-def sweep_command(argv: list[str]) -> int:
-    from trainer.sweep import main as sweep
-
-    return sweep(argv)
-
-
-def table_command(argv: list[str]) -> int:
-    from eval.aggregate import main as table
-
-    return table(argv)
+# every other command is its module's `main(argv)`, imported only when it runs
+MODULES = {"sweep": "trainer.sweep", "table": "eval.aggregate", "export": "trainer.export",
+           "predict": "trainer.predict", "rank": "trainer.spectrum", "bench": "trainer.bench",
+           "plan": "trainer.memory_plan"}
 
 
-def export_command(argv: list[str]) -> int:
-    from trainer.export import main as export
+def run_command(name: str, argv: list[str]) -> int:
+    if name == "train":
+        return train_command(argv)
+    import importlib
 
-    return export(argv)
-
-
-def predict_command(argv: list[str]) -> int:
-    from trainer.predict import main as predict
-
-    return predict(argv)
-
-
-def rank_command(argv: list[str]) -> int:
-    from trainer.spectrum import main as rank
-
-    return rank(argv)
-
-
-def bench_command(argv: list[str]) -> int:
-    from trainer.bench import main as bench
-
-    return bench(argv)
-
-
-def plan_command(argv: list[str]) -> int:
-    from trainer.memory_plan import main as plan
-
-    return plan(argv)
-
-
-HANDLERS = {"bench": bench_command, "plan": plan_command, "train": train_command, "sweep": sweep_command, "table": table_command, "export": export_command,
-            "predict": predict_command, "rank": rank_command}
+    return importlib.import_module(MODULES[name]).main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     args, rest = parser.parse_known_args(argv[:1])
     try:
-        return HANDLERS[args.command](argv[1:])
+        return run_command(args.command, argv[1:])
     except LrptError as exc:
         print(f"lrpt {args.command}: error: {exc}", file=sys.stderr)
         return 2

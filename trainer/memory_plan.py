@@ -28,6 +28,7 @@ Load-time peak: a quantized model is loaded whole on every rank before ZeRO-3 sh
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -132,6 +133,13 @@ class ParamInfo:
     quantized: bool
     fp32: bool           # kept in fp32 whatever the precision (quantized T5: `_keep_in_fp32_modules`)
     block: str           # the module run as one unit: "encoder.block.3", "lm_head", ...
+
+
+@functools.lru_cache(maxsize=8)
+def model_tensors(name: str, quant: str) -> tuple[ParamInfo, ...]:
+    """`backbone_tensors` of a preset, path or hub name, built once per process: `smallest_world`
+    plans the same backbone at several sizes."""
+    return tuple(backbone_tensors(meta_model(model_config(name)), quant))
 
 
 def backbone_tensors(model: torch.nn.Module, quant: str) -> list[ParamInfo]:
@@ -300,7 +308,6 @@ def plan(spec: PlanSpec) -> Plan:
     if min(spec.gpus, spec.nodes, spec.batch, spec.seq_len, spec.prompt_length) < 1:
         raise LrptError("--gpus, --nodes, --batch, --seq_len and --prompt_length must be at least 1")
     config = model_config(spec.model)
-    model = meta_model(config)
     world = spec.gpus * spec.nodes
     hidden = config.d_model if config.is_encoder_decoder else config.hidden_size
     ds = resolved_ds_config(spec, hidden, world)
@@ -316,7 +323,7 @@ def plan(spec: PlanSpec) -> Plan:
     n_prompt, prompt_tokens = prompt.num_trainable_params(), prompt.output_length
 
     # weights
-    tensors = backbone_tensors(model, spec.quant)
+    tensors = model_tensors(spec.model, spec.quant)
     persist = int(zero.get("stage3_param_persistence_threshold", 100_000)) if stage == 3 else 0
     shardable = replicated = whole = 0.0
     blocks: dict[str, list] = {}  # block -> [elements, bytes] ZeRO-3 shards, in the order the model runs them
