@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from eval.tasks import TASKS, get_task
+from lrpt.eval.tasks import TASKS, get_task
 
 FULL = "full"   # the K column's value for runs on the whole training set
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import datasets
 
-from eval.tasks import EXAMPLE_KEYS, Task
+from lrpt.eval.tasks import EXAMPLE_KEYS, Task
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 HUB_DATASET = "aps/super_glue"          # the parquet copy of `super_glue` (no loading script)

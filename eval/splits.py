@@ -11,7 +11,7 @@ import random
 
 import datasets
 
-from eval.fewshot import stable_seed
+from lrpt.eval.fewshot import stable_seed
 
 
 def carve_dev(rows: datasets.Dataset, size: int | float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

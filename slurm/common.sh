@@ -187,6 +187,6 @@ lrpt_table_if_complete() {  # lrpt_table_if_complete DIR RUN_NAME...: write DIR/
         [[ -f $dir/$name/report.json ]] || return 0
     done
     echo "lrpt: every run of the grid is finished; writing $dir/table.md"
-    PYTHONPATH="$LRPT_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m trainer.cli table \
+    PYTHONPATH="$LRPT_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m lrpt.trainer.cli table \
         "${@/#/$dir/}" --output "$dir/table" || echo "lrpt: lrpt table failed (the runs are intact)" >&2
 }

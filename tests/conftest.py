@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import trainer  # noqa: F401  (sets DS_ACCELERATOR before anything imports deepspeed)
-from trainer.presets import save_preset
+import lrpt.trainer  # noqa: F401  (sets DS_ACCELERATOR before anything imports deepspeed)
+from lrpt.trainer.presets import save_preset
 
 # Four RTE rows to memorise: a prompt alone must be able to push the loss down on these.
 MEMORISE = [

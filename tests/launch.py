@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.distributed import env_without_launcher
+from lrpt.trainer.distributed import env_without_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 def clean_env() -> dict[str, str]:

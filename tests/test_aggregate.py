@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.aggregate import collect, main, table
+from lrpt.eval.aggregate import collect, main, table
 
 PARAMS = {"pt": 76_800, "dpt": 9_600}
 # (method, task, seed) -> the task's metrics; table score: rte accuracy, cb mean(accuracy, macro_f1)

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from trainer import checkpoint
-from trainer.config import RunConfig
-from trainer.loop import train
+from lrpt.trainer import checkpoint
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.loop import train
 
 
 class Crash(Exception):
@@ -70,7 +70,7 @@ def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path
 
 
 def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path):
-    from trainer.presets import save_preset
+    from lrpt.trainer.presets import save_preset
 
     sizes, backbones = {}, {}
     for layers in (1, 4):

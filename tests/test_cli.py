@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from launch import clean_env
-from trainer.cli import main
+from lrpt.trainer.cli import main
 
 REPORT_FIELDS = {"method", "trainable_params", "optimizer_state_bytes", "metrics", "throughput", "memory", "config"}
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from trainer.config import RunConfig, load_config
-from trainer.ds_config import resolve_ds_config
-from trainer.errors import LrptError
+from lrpt.trainer.config import RunConfig, load_config
+from lrpt.trainer.ds_config import resolve_ds_config
+from lrpt.trainer.errors import LrptError
 
 
 def test_yaml_then_flags_override(tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
-from trainer.backbone import load_backbone
-from trainer.data import Encoder, collate
-from trainer.evaluate import rank_classify, sequence_log_likelihood
-from trainer.prompted import PromptedModel
+from lrpt import methods
+from lrpt.trainer.backbone import load_backbone
+from lrpt.trainer.data import Encoder, collate
+from lrpt.trainer.evaluate import rank_classify, sequence_log_likelihood
+from lrpt.trainer.prompted import PromptedModel
 
 
 def prompted(model_dir: str) -> tuple[PromptedModel, Encoder]:

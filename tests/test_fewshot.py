@@ -9,10 +9,10 @@ import sys
 import datasets
 import pytest
 
-from eval.data import load_split
-from eval.fewshot import sample_few_shot
-from eval.splits import carve_dev
-from eval.tasks import get_task
+from lrpt.eval.data import load_split
+from lrpt.eval.fewshot import sample_few_shot
+from lrpt.eval.splits import carve_dev
+from lrpt.eval.tasks import get_task
 
 
 def rows(n: int = 50) -> datasets.Dataset:

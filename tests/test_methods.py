@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import methods
-from methods import build, count_trainable, initial_prompt
+from lrpt import methods
+from lrpt.methods import build, count_trainable, initial_prompt
 
 ALL = ["dpt", "lamp", "lopt1", "lopt2", "pt", "residual"]
 USES_EMBEDDING = {"pt", "lamp", "residual"}  # methods that start from vocabulary/text rows

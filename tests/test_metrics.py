@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from eval.metrics import accuracy, binary_f1, group_exact_match, macro_f1, normalize_answer, token_f1
-from eval.tasks import get_task
-from eval.tasks.wsc import names_referent
+from lrpt.eval.metrics import accuracy, binary_f1, group_exact_match, macro_f1, normalize_answer, token_f1
+from lrpt.eval.tasks import get_task
+from lrpt.eval.tasks.wsc import names_referent
 
 
 def labeled(answer: str, candidates: list[str], group: str = "0") -> dict:

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from trainer.cli import main
-from trainer.memory_plan import ARCHITECTURES, PlanSpec, _norm, activations, meta_model, plan
+from lrpt.trainer.cli import main
+from lrpt.trainer.memory_plan import ARCHITECTURES, PlanSpec, _norm, activations, meta_model, plan
 
 
 def t5_params(d: int, ff: int, inner: int, heads: int, layers: int, vocab: int = 32128) -> int:
@@ -132,7 +132,7 @@ def test_plan_cli_json_and_exit_status(capsys):
 def test_predicted_peak_within_20_percent_of_measured(backbone, options, request, tmp_path):
     """One process, ZeRO-0: the planner's training peak against the CPU allocator's measured peak,
     plain, with gradient checkpointing, and with bitsandbytes' 8-bit layers."""
-    from trainer.bench_plan import worker
+    from lrpt.trainer.bench.planner import worker
 
     model = request.getfixturevalue(backbone)
     flags = ["--model", model, "--output_dir", str(tmp_path / "run"), "--method", "dpt", "--prompt_length", "20",
@@ -152,7 +152,7 @@ def test_predicted_zero3_peak_within_20_percent_on_two_ranks(tiny_llama_dir, tmp
     """ZeRO-3 through the real launcher, 2 CPU ranks: shards, gathered working set, reduce bucket."""
     import argparse
 
-    from trainer.bench_plan import ds_config_file, measure
+    from lrpt.trainer.bench.planner import ds_config_file, measure
 
     args = argparse.Namespace(batch=4, seq_len=64, target_len=8, steps=2, method="dpt", prompt_length=10)
     ds_config = ds_config_file(3, [], tmp_path)

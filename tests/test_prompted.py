@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
-from trainer.backbone import load_backbone
-from trainer.prompted import PromptedModel, pads_first
+from lrpt import methods
+from lrpt.trainer.backbone import load_backbone
+from lrpt.trainer.prompted import PromptedModel, pads_first
 
 
 def prompted(model_dir: str, c: int = 5, **kw) -> PromptedModel:

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from launch import ROOT, clean_env, launch
-from trainer import quant
-from trainer.backbone import load_backbone
-from trainer.config import RunConfig
-from trainer.errors import LrptError
-from trainer.loop import build_prompt, check_run, setup, train
-from trainer.meter import held_bytes
-from trainer.presets import preset_config
-from trainer.prompted import PromptedModel
+from lrpt.trainer import quant
+from lrpt.trainer.backbone import load_backbone
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.loop import build_prompt, check_run, setup, train
+from lrpt.trainer.meter import held_bytes
+from lrpt.trainer.presets import preset_config
+from lrpt.trainer.prompted import PromptedModel
 
 # Tolerances against the one-process unsharded quantized reference (fp32; gloo averages the
 # two ranks' prompt gradients, so the last bits of the gradient may differ).
@@ -300,8 +300,8 @@ def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise
 def test_quantized_preset_loads_through_from_pretrained():
     """Presets are written out and loaded with from_pretrained - also once torch.distributed is up,
     where transformers' save_pretrained writes on rank 0 only (each rank needs its own copy)."""
-    from trainer import distributed
-    from trainer.presets import build_preset
+    from lrpt.trainer import distributed
+    from lrpt.trainer.presets import build_preset
 
     distributed.init_process_group()  # the one-process group `train` makes
     backbone = load_backbone("tiny-llama", quantization=quant.bnb_config(RunConfig(load_in_8bit=True)))
@@ -364,8 +364,8 @@ def test_refused_before_weights_load(arch, kw, stage, message, config_only_dirs,
     def no_loading(*args, **kwargs):
         raise AssertionError("a weight was about to load")
 
-    monkeypatch.setattr("trainer.loop.load_backbone", no_loading)
-    monkeypatch.setattr("trainer.loop.distributed.init_process_group", no_loading)
+    monkeypatch.setattr("lrpt.trainer.loop.load_backbone", no_loading)
+    monkeypatch.setattr("lrpt.trainer.loop.distributed.init_process_group", no_loading)
     with pytest.raises(LrptError):
         setup(cfg)
 

@@ -6,11 +6,11 @@ import csv
 import pytest
 import torch
 
-from trainer.cli import main
-from trainer.config import RunConfig
-from trainer.flops import matmul_params, step_flops
-from trainer.loop import train
-from trainer.presets import build_preset
+from lrpt.trainer.cli import main
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.flops import matmul_params, step_flops
+from lrpt.trainer.loop import train
+from lrpt.trainer.presets import build_preset
 
 
 def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):

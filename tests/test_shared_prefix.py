@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
-from trainer.backbone import load_backbone
-from trainer.config import RunConfig
-from trainer.errors import LrptError
-from trainer.loop import check_run, train
-from trainer.prompted import PromptedModel
+from lrpt import methods
+from lrpt.trainer.backbone import load_backbone
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.loop import check_run, train
+from lrpt.trainer.prompted import PromptedModel
 
 METHODS = ["pt", "dpt", "lopt1", "lopt2", "lamp", "residual"]
 OPTIONS = {"lamp": {"rank": 4, "pool": 2}, "residual": {"bottleneck": 16}}
@@ -86,8 +86,8 @@ def test_shared_prefix_refusals(flags, message):
     ({"deepspeed": "ds_configs/zero2.json"}, True),
 ])
 def test_shared_prefix_auto_takes_it_where_proven(flags, expected):
-    from trainer.backbone import resolve_config
-    from trainer.loop import check_shared_prefix
+    from lrpt.trainer.backbone import resolve_config
+    from lrpt.trainer.loop import check_shared_prefix
 
     cfg = RunConfig(**{"model": "tiny-llama", **flags})
     assert cfg.shared_prefix == flags.get("shared_prefix", "auto")

@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from launch import ROOT, clean_env
-from trainer import checkpoint, preempt
-from trainer.config import RunConfig
-from trainer.loop import train
+from lrpt.trainer import checkpoint, preempt
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.loop import train
 
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sh")) + [ROOT / "tests" / "slurm_cluster.sh"]
 needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None, reason="Slurm is not installed (no sbatch on PATH)")

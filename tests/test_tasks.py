@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from eval.data import load_formatted, load_split
-from eval.tasks import EXAMPLE_KEYS, TASKS, get_task
+from lrpt.eval.data import load_formatted, load_split
+from lrpt.eval.tasks import EXAMPLE_KEYS, TASKS, get_task
 
 
 def one(task: str, row: dict, train: bool = False) -> dict:
@@ -112,7 +112,7 @@ def test_record_one_example_per_query():
 
 def test_record_passage_highlights_follow_t5():
     """After . ? ! " ' the marker becomes a space; otherwise ". "."""
-    from eval.tasks.record import passage_sentences
+    from lrpt.eval.tasks.record import passage_sentences
     assert passage_sentences("Intro.\n@highlight\nA\n@highlight\nB?\n@highlight\nC") == "Intro. A. B? C"
 
 

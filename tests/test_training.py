@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-import methods
-from trainer.config import RunConfig
-from trainer.loop import train
+from lrpt import methods
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.loop import train
 
 METHODS = ["pt", "dpt", "lopt1", "lopt2", "lamp", "residual"]
 
@@ -63,8 +63,8 @@ def test_method_trains_prompt_only(method, arch, backbone_dirs, memorise_dir, tm
 
 
 def test_only_prompt_receives_gradients(tiny_t5_dir):
-    from trainer.backbone import load_backbone
-    from trainer.prompted import PromptedModel
+    from lrpt.trainer.backbone import load_backbone
+    from lrpt.trainer.prompted import PromptedModel
 
     backbone = load_backbone(tiny_t5_dir)
     model = PromptedModel(backbone.model, methods.build("dpt", 6, backbone.embed_dim), True)
@@ -76,7 +76,7 @@ def test_only_prompt_receives_gradients(tiny_t5_dir):
 
 
 def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_path):
-    from trainer.meter import optimizer_state_tensors
+    from lrpt.trainer.meter import optimizer_state_tensors
 
     result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16", max_steps=20))
     curve = result.report["train"]["loss_curve"]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from trainer.cli import main
-from trainer.config import RunConfig
-from trainer.loop import train
-from trainer.runs import load_run
-from trainer.spectrum import spectrum
+from lrpt.trainer.cli import main
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.loop import train
+from lrpt.trainer.runs import load_run
+from lrpt.trainer.spectrum import spectrum
 
 EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3})]
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from launch import ROOT, clean_env, deepspeed_command, launch
-from trainer.backbone import load_backbone
-from trainer.config import RunConfig
-from trainer.loop import build_prompt
-from trainer.prompted import PromptedModel
+from lrpt.trainer.backbone import load_backbone
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.loop import build_prompt
+from lrpt.trainer.prompted import PromptedModel
 
 FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5",
          "--progress", "false"]
@@ -127,7 +127,7 @@ def test_frozen_aware_linear_saves_no_input_and_keeps_gradients():
     import torch.nn.functional as F
     from deepspeed.runtime.zero.linear import zero3_linear_wrap
 
-    from trainer import zero3_linear
+    from lrpt.trainer import zero3_linear
 
     weight, bias = torch.randn(8, 16), torch.randn(8)
     x = torch.randn(3, 5, 16, requires_grad=True)

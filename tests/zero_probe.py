@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
 
 
 def main() -> None:
@@ -21,9 +21,9 @@ def main() -> None:
     import torch
     from deepspeed.utils import safe_get_full_grad
 
-    from trainer import distributed
-    from trainer.config import load_config
-    from trainer.loop import setup
+    from lrpt.trainer import distributed
+    from lrpt.trainer.config import load_config
+    from lrpt.trainer.loop import setup
 
     run = setup(load_config(flags))
     rank = distributed.rank()

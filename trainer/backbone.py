@@ -9,8 +9,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
-from trainer.errors import LrptError
-from trainer.presets import PRESETS, build_preset, preset_config
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.presets import PRESETS, build_preset, preset_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,7 +64,7 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
     else:
         model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization)
     if quantization is not None:
-        from trainer.quant import prepare_loaded
+        from lrpt.trainer.quant import prepare_loaded
 
         prepare_loaded(model)  # training layout, shared lookup tables (trainer/quant.py)
     if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway

@@ -17,8 +17,8 @@ import deepspeed
 import torch
 from safetensors.torch import load_file, save_file
 
-from methods import PromptModule
-from trainer import distributed
+from lrpt.methods import PromptModule
+from lrpt.trainer import distributed
 
 STAGING = ".staging"
 

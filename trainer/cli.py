@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.errors import LrptError
+from lrpt.trainer.errors import LrptError
 
 COMMANDS = {
     "train": "train a soft prompt on a frozen backbone (`lrpt train --help`)",
@@ -19,17 +19,17 @@ COMMANDS = {
 
 
 def train_command(argv: list[str]) -> int:
-    from trainer.config import load_config
-    from trainer.loop import train
+    from lrpt.trainer.config import load_config
+    from lrpt.trainer.loop import train
 
     train(load_config(argv))
     return 0
 
 
 # every other command is its module's `main(argv)`, imported only when it runs
-MODULES = {"sweep": "trainer.sweep", "table": "eval.aggregate", "export": "trainer.export",
-           "predict": "trainer.predict", "rank": "trainer.spectrum", "bench": "trainer.bench",
-           "plan": "trainer.memory_plan"}
+MODULES = {"sweep": "lrpt.trainer.sweep", "table": "lrpt.eval.aggregate", "export": "lrpt.trainer.export",
+           "predict": "lrpt.trainer.predict", "rank": "lrpt.trainer.spectrum", "bench": "lrpt.trainer.bench.throughput",
+           "plan": "lrpt.trainer.memory_plan"}
 
 
 def run_command(name: str, argv: list[str]) -> int:

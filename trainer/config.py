@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import LrptError
+from lrpt.trainer.errors import LrptError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
@@ -90,7 +90,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Checks that need no model; anything wrong is reported before loading weights."""
-        from methods import available
+        from lrpt.methods import available
 
         if self.method not in available():
             raise LrptError(f"unknown method {self.method!r}; known methods: {', '.join(available())}")

@@ -12,10 +12,10 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from eval.data import format_rows, load_split
-from eval.fewshot import sample_few_shot
-from eval.splits import carve_dev
-from eval.tasks import Task
+from lrpt.eval.data import format_rows, load_split
+from lrpt.eval.fewshot import sample_few_shot
+from lrpt.eval.splits import carve_dev
+from lrpt.eval.tasks import Task
 
 
 @dataclass

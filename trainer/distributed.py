@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -13,6 +14,10 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# what `deepspeed trainer/run.py` launches, wherever lrpt is installed
+TRAIN_SCRIPT = Path(__file__).resolve().with_name("run.py")
 
 
 def env_without_launcher() -> dict[str, str]:

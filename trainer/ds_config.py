@@ -6,10 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
-from trainer.errors import LrptError
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.errors import LrptError
 
 DEFAULT = {"zero_optimization": {"stage": 0}}
+SHIPPED = ("zero0", "zero2", "zero3", "zero3_offload")
+
+
+def shipped(name: str) -> str:
+    """The path of a config lrpt ships (ds_configs/<name>.json), in a checkout or any install."""
+    from importlib.resources import files
+
+    if name not in SHIPPED:
+        raise LrptError(f"lrpt ships no DeepSpeed config {name!r}; shipped: {', '.join(SHIPPED)}")
+    return str(files("lrpt.ds_configs") / f"{name}.json")
 
 
 def read_ds_config(path: str | None) -> dict[str, Any]:

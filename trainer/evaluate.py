@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.tasks import Task
-from trainer import distributed
-from trainer.data import Encoder, collate, eval_batches
-from trainer.prompted import PromptedModel
+from lrpt.eval.tasks import Task
+from lrpt.trainer import distributed
+from lrpt.trainer.data import Encoder, collate, eval_batches
+from lrpt.trainer.prompted import PromptedModel
 
 DECODING = ("generate", "rank")
 

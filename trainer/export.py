@@ -12,9 +12,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from trainer.backbone import resolve_config
-from trainer.errors import LrptError
-from trainer.runs import dense_prompt, run_config
+from lrpt.trainer.backbone import resolve_config
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.runs import dense_prompt, run_config
 
 FORMATS = ("peft",)
 

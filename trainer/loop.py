@@ -13,20 +13,20 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
-import methods
-from eval.tasks import Task, get_task
-from trainer import checkpoint, distributed, preempt
-from trainer.backbone import Backbone, load_backbone, resolve_config
-from trainer.config import RunConfig
-from trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
-from trainer.evaluate import evaluate
-from trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
-from trainer.errors import LrptError
-from trainer.flops import device_peak_flops, matmul_params, step_flops
-from trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
-from trainer.prompted import PromptedModel
-from trainer import quant
-from trainer.report import format_table, write
+from lrpt import methods
+from lrpt.eval.tasks import Task, get_task
+from lrpt.trainer import checkpoint, distributed, preempt
+from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
+from lrpt.trainer.evaluate import evaluate
+from lrpt.trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.flops import device_peak_flops, matmul_params, step_flops
+from lrpt.trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
+from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer import quant
+from lrpt.trainer.report import format_table, write
 
 FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
@@ -228,7 +228,7 @@ def setup(cfg: RunConfig) -> Session:
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
     if ds_stage == 3:
-        from trainer import zero3_linear
+        from lrpt.trainer import zero3_linear
 
         zero3_linear.install()  # frozen weights: linear layers save no input (trainer/zero3_linear.py)
     return Session(cfg=cfg, task=task, backbone=backbone, encoder=encoder, model=model, engine=engine, optimizer=optimizer,

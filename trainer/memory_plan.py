@@ -111,7 +111,7 @@ class Plan:
 def model_config(name: str) -> PretrainedConfig:
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    from trainer.backbone import resolve_config
+    from lrpt.trainer.backbone import resolve_config
 
     return resolve_config(name)
 
@@ -179,10 +179,10 @@ def stored_bytes(t: ParamInfo, quant: str, precision: str, double_quant: bool) -
 def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:
     from pathlib import Path
 
-    from trainer.config import RunConfig
-    from trainer.ds_config import resolve_ds_config
+    from lrpt.trainer.config import RunConfig
+    from lrpt.trainer.ds_config import resolve_ds_config, shipped
 
-    path = spec.ds_config or str(Path(__file__).resolve().parents[1] / "ds_configs" / f"zero{spec.zero}.json")
+    path = spec.ds_config or shipped(f"zero{spec.zero}")
     cfg = RunConfig(deepspeed=path, per_device_train_batch_size=spec.batch, precision=spec.precision)
     return resolve_ds_config(cfg, world, hidden)
 
@@ -296,8 +296,8 @@ def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int, in
 # ---------------------------------------------------------------- the plan
 
 def plan(spec: PlanSpec) -> Plan:
-    import methods
-    from trainer.errors import LrptError
+    from lrpt import methods
+    from lrpt.trainer.errors import LrptError
 
     if spec.zero not in (0, 2, 3) and spec.ds_config is None:
         raise LrptError(f"--zero {spec.zero}: lrpt ships ds_configs/zero0, zero2 and zero3; pass --deepspeed for others")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import datasets
 
-from eval.data import check_jsonl, format_rows
-from eval.tasks import get_task
-from trainer.data import Encoder, tokenize
-from trainer.errors import LrptError
-from trainer.evaluate import DECODING, generate, rank_classify
-from trainer.runs import load_run
+from lrpt.eval.data import check_jsonl, format_rows
+from lrpt.eval.tasks import get_task
+from lrpt.trainer.data import Encoder, tokenize
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.evaluate import DECODING, generate, rank_classify
+from lrpt.trainer.runs import load_run
 
 
 def predict(run_dir: str, input_path: str, output_path: str, decoding: str | None = None,

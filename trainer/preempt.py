@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from trainer import distributed
+from lrpt.trainer import distributed
 
 SIGNAL = signal.SIGUSR1
 EXIT_CODE = 75  # EX_TEMPFAIL, "try again later": checkpoint written, the run is not finished

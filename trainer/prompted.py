@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from methods import PromptModule
+from lrpt.methods import PromptModule
 
 
 class PromptedModel(nn.Module):

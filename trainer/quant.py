@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from trainer.errors import LrptError
+from lrpt.trainer.errors import LrptError
 
 # flag spelling -> torch dtype; both lrpt's short names and torch's long ones are accepted
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -305,7 +305,7 @@ def quantized_layers(model: nn.Module) -> list[nn.Module]:
 def quant_state_bytes(model: nn.Module) -> int:
     """Bytes of the 4-bit layers' `quant_state` tensors (absmax, code, nested statistics): each rank
     holds all of them (replicated under ZeRO-3). Shared tensors count once. 0 without 4-bit layers."""
-    from trainer.meter import tensor_bytes, tensors_in
+    from lrpt.trainer.meter import tensor_bytes, tensors_in
 
     tensors = []
     for module in quantized_layers(model):
@@ -340,7 +340,7 @@ def backbone_memory(model: nn.Module, precision: str) -> dict:
     alive (parameters or their ZeRO shards, buffers, tensors hung on them as attributes; once per
     storage); `unquantized`, the same model unquantized and unsharded at --precision;
     `quant_state`, the replicated 4-bit statistics included in `held_all`."""
-    from trainer.meter import held_bytes
+    from lrpt.trainer.meter import held_bytes
 
     return {"held_all": held_bytes(model.modules()), "unquantized": unquantized_bytes(model, precision),
             "quant_state": quant_state_bytes(model)}

@@ -1,5 +1,5 @@
 """Entry point for launchers: `deepspeed trainer/run.py ...`, `torchrun trainer/run.py ...`,
-`srun python trainer/run.py ...` and `python -m trainer.run ...` all land here."""
+`srun python trainer/run.py ...` and `python -m lrpt.trainer.run ...` all land here."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,13 @@ if __name__ == "__main__" and not __package__:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.cli import main as cli_main
+    try:
+        from lrpt.trainer.cli import main as cli_main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("lrpt", "lrpt.trainer"):
+            raise
+        sys.exit(f"{sys.executable} has no lrpt installed: `pip install -e .` in the lrpt checkout, or launch the "
+                 "interpreter of the environment that has it")
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 

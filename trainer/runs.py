@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-import methods
-from trainer.backbone import Backbone, load_backbone
-from trainer.config import RunConfig, read_yaml
-from trainer.errors import LrptError
-from trainer.prompted import PromptedModel
+from lrpt import methods
+from lrpt.trainer.backbone import Backbone, load_backbone
+from lrpt.trainer.config import RunConfig, read_yaml
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.prompted import PromptedModel
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -34,7 +34,7 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Backbone, PromptedModel]:
     """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode."""
-    from trainer.loop import method_options
+    from lrpt.trainer.loop import method_options
 
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))

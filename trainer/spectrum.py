@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.runs import dense_prompt, run_config
+from lrpt.trainer.runs import dense_prompt, run_config
 
 
 def spectrum(prompt: torch.Tensor) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.config import load_config
-from trainer.errors import LrptError
+from lrpt.trainer.config import load_config
+from lrpt.trainer.errors import LrptError
 
 
 def _ints(text: str) -> list[int]:
@@ -37,8 +37,8 @@ def run_name(task: str, method: str, seed: int, k: int | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from eval.aggregate import collect, table
-    from trainer.loop import train
+    from lrpt.eval.aggregate import collect, table
+    from lrpt.trainer.loop import train
 
     args, rest = parse(argv)
     for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot"):
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
             continue
         print(f"[lrpt sweep] {i}/{len(configs)} {Path(cfg.output_dir).name}", flush=True)
         train(cfg)
-    from trainer import distributed
+    from lrpt.trainer import distributed
     if distributed.is_main():
         markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]))
         (out / "table.md").write_text(markdown)

@@ -1,6 +1,6 @@
 """Benchmark: what each rank holds of a quantized frozen backbone under ZeRO-3, 1 vs 2 ranks, in one run.
 
-    python -m trainer.bench_quant                       # tiny-t5 and tiny-llama presets, CPU
+    python -m lrpt.trainer.bench.quant                       # tiny-t5 and tiny-llama presets, CPU
 
 For each backbone x quantization (none, 8-bit, 4-bit nf4, 4-bit nf4 + double quant) x DeepSpeed
 config (ZeRO-3, ZeRO-3 with parameter offload) x ranks (1, 2) it runs `deepspeed --num_gpus N
@@ -23,7 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from lrpt.trainer.distributed import TRAIN_SCRIPT
+from lrpt.trainer.ds_config import shipped
+
 QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "4bit-nf4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]}
 
@@ -37,8 +39,8 @@ def free_port() -> int:
 def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-           str(ROOT / "trainer" / "run.py"),
-           "--model", model, "--deepspeed", str(ROOT / "ds_configs" / f"{ds_config}.json"), "--output_dir", str(out),
+           str(TRAIN_SCRIPT),
+           "--model", model, "--deepspeed", shipped(ds_config), "--output_dir", str(out),
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
            "--max_eval_samples", "8", "--progress", "false", *quant]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)

@@ -1,8 +1,8 @@
 """Benchmark: `lrpt plan`'s predicted per-rank peak against the peak measured in a real run, in one go.
 
-    python -m trainer.bench_plan                      # tiny and ~100M T5 and LLaMA, ZeRO-0 x1 and ZeRO-3 x2
+    python -m lrpt.trainer.bench.planner                      # tiny and ~100M T5 and LLaMA, ZeRO-0 x1 and ZeRO-3 x2
 
-Each case saves a random backbone, launches `deepspeed --num_gpus N trainer/bench_plan.py` (the
+Each case saves a random backbone, launches `deepspeed --num_gpus N --module lrpt.trainer.bench.planner` (the
 trainer's own `setup`: backbone load, ZeRO-3 partitioning, deepspeed.initialize) and trains a few
 steps on a fixed random batch of the planned shape. The measured peak is what PyTorch's allocator
 handed out, from torch.profiler's allocation events (live bytes over time, max): on CPU the
@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from lrpt.trainer.ds_config import shipped
+
 
 
 class AllocationPeak:
@@ -65,10 +66,10 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
            deepspeed_linear: bool = False) -> None:
     import torch
 
-    import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
-    from trainer import distributed
-    from trainer.config import load_config
-    from trainer.loop import setup
+    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+    from lrpt.trainer import distributed
+    from lrpt.trainer.config import load_config
+    from lrpt.trainer.loop import setup
 
     cuda = torch.cuda.is_available()
     with AllocationPeak() as peak:
@@ -120,7 +121,7 @@ VARIANTS = {"noreuse": ("stage3_max_reuse_distance", 0),   # release every gathe
 
 def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
     """lrpt's zero<N>.json, or a copy with the named VARIANTS applied to its zero_optimization."""
-    path = ROOT / "ds_configs" / f"zero{zero}.json"
+    path = Path(shipped(f"zero{zero}"))
     if not variants:
         return str(path)
     config = json.loads(path.read_text())
@@ -133,7 +134,7 @@ def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
 
 
 def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list[dict]:
-    from trainer.distributed import env_without_launcher
+    from lrpt.trainer.distributed import env_without_launcher
 
     extra = (["--gradient_checkpointing", "true"] if getattr(args, "grad_ckpt", False) else []) + (
         [f"--load_in_{args.quant}", "true"] if getattr(args, "quant", "none") != "none" else [])
@@ -145,11 +146,11 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
 
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(Path(__file__).resolve()),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--module", "lrpt.trainer.bench.planner",
            "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
            "--target_len", str(args.target_len), "--steps", str(args.steps),
            *(["--deepspeed_linear"] if getattr(args, "deepspeed_linear", False) else []), "--", *flags]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path.cwd())
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                args.target_len, args.steps, args.deepspeed_linear)
         return 0
 
-    from trainer.memory_plan import PlanSpec, plan
-    from trainer.presets import save_preset
+    from lrpt.trainer.memory_plan import PlanSpec, plan
+    from lrpt.trainer.presets import save_preset
 
     print("| backbone | setup | ranks | rank | predicted peak | measured peak | predicted/measured | "
           "predicted load | measured load |")

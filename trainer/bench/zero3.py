@@ -1,6 +1,6 @@
 """Benchmark: per-rank backbone bytes and peak memory, 1 rank vs 2 ranks under ZeRO-3, in one run.
 
-    python -m trainer.bench_zero3 --width 768 --layers 8      # a ~100M-parameter T5, CPU
+    python -m lrpt.trainer.bench.zero3 --width 768 --layers 8      # a ~100M-parameter T5, CPU
 
 Saves a random T5 of the given size, trains a few DPT steps with `deepspeed --num_gpus N
 trainer/run.py --deepspeed ds_configs/zero3.json` for N = 1 and 2, and prints each rank's figures
@@ -15,14 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.distributed import env_without_launcher
+from lrpt.trainer.distributed import TRAIN_SCRIPT, env_without_launcher
+from lrpt.trainer.ds_config import shipped
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:
     env = env_without_launcher()
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(ROOT / "trainer" / "run.py"),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(TRAIN_SCRIPT),
            "--model", model_dir, "--deepspeed", ds_config, "--output_dir", str(out),
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
            "--max_eval_samples", "8", "--progress", "false"]
@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--ds_config", default=str(ROOT / "ds_configs" / "zero3.json"))
+    parser.add_argument("--ds_config", default=shipped("zero3"))
     args = parser.parse_args()
 
-    from trainer.presets import save_preset
+    from lrpt.trainer.presets import save_preset
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_preset("tiny-t5", f"{tmp}/model", width=args.width, layers=args.layers)

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
-from trainer.distributed import env_without_launcher
+from lrpt.trainer.distributed import env_without_launcher
 
 
 def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: int, steps: int,
             precision: str, lamp_pool: int, path: str = "standard") -> dict:
     """One configuration, in this process: seconds per step (after 2 warm-up steps) and peak memory."""
-    import methods
-    from trainer.backbone import load_backbone
-    from trainer.meter import peak_memory
-    from trainer.prompted import PromptedModel
+    from lrpt import methods
+    from lrpt.trainer.backbone import load_backbone
+    from lrpt.trainer.meter import peak_memory
+    from lrpt.trainer.prompted import PromptedModel
 
     torch.manual_seed(0)
     backbone = load_backbone(model, precision)
@@ -85,7 +85,7 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
 
 def run_isolated(args: argparse.Namespace, method: str, prompt_length: int, path: str) -> dict:
     env = env_without_launcher()
-    cmd = [sys.executable, "-m", "trainer.bench", "--worker", method, str(prompt_length), path, "--model", args.model,
+    cmd = [sys.executable, "-m", "lrpt.trainer.bench.throughput", "--worker", method, str(prompt_length), path, "--model", args.model,
            "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--steps", str(args.steps),
            "--precision", args.precision, "--lamp_pool", str(args.lamp_pool)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
         return 0
     from tqdm.auto import tqdm
 
-    from trainer.backbone import resolve_config
+    from lrpt.trainer.backbone import resolve_config
 
     lengths = [int(x) for x in args.prompt_lengths.split(",")]
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
