@@ -6,12 +6,46 @@ backbone's input embeddings and never needs to know which method produced it.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 INITS = ("random", "vocab", "text")
+
+
+def option(default: Any, help: str) -> Any:
+    """A method option: a dataclass field whose help text reaches `lrpt train --help`."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MethodConfig:
+    """A method's own options, as peft's tuners each have a config. Every field becomes a RunConfig
+    field, a flag of `lrpt train/plan/bench/sweep`, a YAML key and a Slurm variable; a field reaches the
+    method's constructor under its own name. Defaults are "unset" (None, or False for a switch): the
+    constructor then applies the paper's default, so several methods can share one option name."""
+
+    def validate(self) -> None:
+        """Raise ValueError (one line, naming the fix) for option values that cannot work together."""
+
+
+@dataclass
+class VocabInitConfig(MethodConfig):
+    """For methods whose prompt starts from token embeddings. `init_text` is the one option the
+    trainer turns into something else first: the backbone's tokenizer makes it `init_token_ids`."""
+    init: str | None = option(None, "random | vocab | text: where the prompt starts (default vocab)")
+    init_text: str | None = option(None, "text whose token embeddings initialise the prompt (--init text)")
+
+    def validate(self) -> None:
+        if self.init not in (None, *INITS):
+            raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init == "text" and not self.init_text:
+            raise ValueError("--init text needs --init_text 'some words'")
+        if self.init_text and self.init != "text":
+            raise ValueError("--init_text is read only with --init text; add --init text or drop --init_text")
 
 
 def check_positive(value: int, what: str) -> None:
@@ -91,6 +125,7 @@ class PromptModule(nn.Module):
     """Base class: holds c and e, validates them, and derives export and counting from forward()."""
 
     name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig  # the method's options
 
     def __init__(self, num_tokens: int, embed_dim: int):
         super().__init__()

@@ -5,25 +5,34 @@ U(-0.5, 0.5) as in DPT's released code (the paper says Gaussian).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .base import PromptModule, check_range, uniform
+from .base import MethodConfig, PromptModule, check_range, option, uniform
 
 DEFAULT_RANK = 10
+
+
+@dataclass
+class DPTConfig(MethodConfig):
+    rank: int | None = option(None, "b, the inner rank of A·B (default 10)")
+    rank_probe: bool = option(False, "P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries stay positive")
 
 
 class DPT(PromptModule):
     """A ∈ R^{c×b}, B ∈ R^{b×e}; c·b + b·e parameters instead of c·e."""
 
     name = "dpt"
+    config_class = DPTConfig
 
     def __init__(
         self,
         num_tokens: int,
         embed_dim: int,
         rank: int | None = None,
-        probe: bool = False,
+        rank_probe: bool = False,
         generator: torch.Generator | None = None,
     ):
         super().__init__(num_tokens, embed_dim)
@@ -36,7 +45,7 @@ class DPT(PromptModule):
         self.b = nn.Parameter(uniform((rank, embed_dim), 0.5, generator))
         # DPT's rank probe: P = A·ReLU(Σ)·B with a trainable diagonal Σ (starting at 1); the count of
         # positive entries over training estimates the rank the task needs.
-        self.sigma = nn.Parameter(torch.ones(rank)) if probe else None
+        self.sigma = nn.Parameter(torch.ones(rank)) if rank_probe else None
 
     def forward(self) -> torch.Tensor:
         if self.sigma is None:

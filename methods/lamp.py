@@ -8,13 +8,20 @@ Average pooling over blocks of p tokens then shortens the prompt the backbone se
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import PromptModule, check_range, initial_prompt
+from .base import PromptModule, VocabInitConfig, check_range, initial_prompt, option
 
 DEFAULT_RANK = 8
+
+
+@dataclass
+class LAMPConfig(VocabInitConfig):
+    rank: int | None = option(None, "r, the truncated SVD's rank (default 8)")
+    pool: int | None = option(None, "p, the average-pooling block: ⌈c/p⌉ prompt tokens reach the backbone (default 1: none)")
 
 
 def block_mean(x: torch.Tensor, pool: int) -> torch.Tensor:
@@ -32,6 +39,7 @@ class LAMP(PromptModule):
     """U ∈ R^{c×r}, Q ∈ R^r, V ∈ R^{r×e}; c·r + r + r·e parameters; ⌈c/p⌉ output rows."""
 
     name = "lamp"
+    config_class = LAMPConfig
 
     def __init__(
         self,

@@ -11,16 +11,28 @@ with r (LoPT-1) or with e (LoPT-2).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import PromptModule, check_range, uniform
+from .base import MethodConfig, PromptModule, check_range, option, uniform
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU, "relu": nn.ReLU, "gelu": nn.GELU,
     "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity,
 }
+
+
+@dataclass
+class LoPT1Config(MethodConfig):
+    rank: int | None = option(None, "r, the rank of U·V (default ⌊c/4⌋)")
+
+
+@dataclass
+class LoPT2Config(MethodConfig):
+    rank: int | None = option(None, "r, the bottleneck of σ(X₀U)·V (default ⌊c/4⌋)")
+    activation: str | None = option(None, f"σ: {' | '.join(ACTIVATIONS)} (default elu)")
 
 
 def default_rank(num_tokens: int) -> int:
@@ -32,6 +44,7 @@ class LoPT1(PromptModule):
     """X = U·V, U ∈ R^{c×r}, V ∈ R^{r×e}; r·(c + e) parameters."""
 
     name = "lopt1"
+    config_class = LoPT1Config
 
     def __init__(
         self,
@@ -62,6 +75,7 @@ class LoPT2(PromptModule):
     """X = σ(X0·U)·V with X0 ∈ R^{c×e} fixed, U ∈ R^{e×r}, V ∈ R^{r×e}; 2·r·e parameters."""
 
     name = "lopt2"
+    config_class = LoPT2Config
 
     def __init__(
         self,

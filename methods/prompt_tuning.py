@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PromptModule, initial_prompt
+from .base import PromptModule, VocabInitConfig, initial_prompt
 
 
 class PromptTuning(PromptModule):
     """P ∈ R^{c×e}, trained directly; c·e parameters."""
 
     name = "pt"
+    config_class = VocabInitConfig
 
     def __init__(
         self,

@@ -3,13 +3,19 @@ reparameterizes the prompt, which the authors report stabilizes and speeds up tr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import PromptModule, check_positive, initial_prompt
+from .base import PromptModule, VocabInitConfig, check_positive, initial_prompt, option
 
 DEFAULT_BOTTLENECK = 400  # DPT's reproduction with c = 100; the authors' code uses 800 with c = 10
+
+
+@dataclass
+class ResidualConfig(VocabInitConfig):
+    bottleneck: int | None = option(None, "m, the MLP's hidden width (default 400)")
 
 
 def _reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
@@ -28,6 +34,7 @@ class ResidualPrompt(PromptModule):
     """
 
     name = "residual"
+    config_class = ResidualConfig
 
     def __init__(
         self,

@@ -43,7 +43,9 @@ def test_lrpt_train_without_arguments(tmp_path):
     (["--method", "lamp", "--prompt_length", "10", "--pool", "11"], "pool"),
     (["--model", "/no/such/dir"], "model path '/no/such/dir' does not exist"),
     (["--task", "squad"], "unknown task 'squad'; known tasks:"),
-    (["--method", "pt", "--rank", "4"], "does not take 'rank'"),
+    (["--method", "pt", "--rank", "4"], "method 'pt' does not take --rank (its options: --init, --init_text)"),
+    (["--method", "dpt", "--zero", "3", "--deepspeed", "x.json"], "--zero and --deepspeed both name"),
+    (["--quant", "8bit", "--load_in_8bit", "false"], "--quant 8bit contradicts --load_in_8bit False"),
     (["--deepspeed", "/no/such.json"], "no such file"),
     (["--precision", "fp16"], "T5's activations overflow fp16"),
 ])

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from lrpt import methods
 from lrpt.trainer.errors import LrptError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -24,21 +25,17 @@ QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
 
 
 @dataclass
-class RunConfig:
+class RunSettings:
+    """The settings every run has. RunConfig (below) adds each registered method's own options."""
     # what to train
     model: str = field(default="tiny-t5", metadata={"help": "preset (tiny-t5, tiny-llama), HF hub name, or local path"})
-    method: str = field(default="dpt", metadata={"help": "prompt method: pt, dpt, lopt1, lopt2, lamp, residual"})
+    method: str = field(default="dpt", metadata={"help": f"prompt method: {', '.join(methods.available())}"})
     task: str = field(default="rte", metadata={"help": "SuperGLUE task"})
-    data_dir: str | None = field(default=None, metadata={"help": "<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; default: bundled demo data"})
-    # the prompt
+    data_dir: str | None = field(default=None, metadata={
+        "help": "<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; "
+                "default: bundled demo data"})
+    # the prompt (each method's own options follow at the end: methods/*.py, their MethodConfig)
     prompt_length: int = field(default=100, metadata={"help": "c, prompt tokens before any pooling"})
-    rank: int | None = field(default=None, metadata={"help": "b in DPT, r in LoPT/LAMP (default: the paper's)"})
-    bottleneck: int | None = field(default=None, metadata={"help": "m in Residual PT (default 400)"})
-    pool: int | None = field(default=None, metadata={"help": "p, LAMP's average-pooling block (default 1: none)"})
-    init: str | None = field(default=None, metadata={"help": "random | vocab | text (default: the method's)"})
-    init_text: str | None = field(default=None, metadata={"help": "text whose embeddings initialise the prompt (init=text)"})
-    activation: str | None = field(default=None, metadata={"help": "sigma in LoPT-2 (default elu)"})
-    rank_probe: bool = field(default=False, metadata={"help": "DPT only: P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries stay positive"})
     # optimisation (defaults: DPT's code: AdamW, lr 0.3, wd 1e-5, clip 1.0, linear schedule, 10% warm-up)
     learning_rate: float = 0.3
     weight_decay: float = 1e-5
@@ -84,16 +81,21 @@ class RunConfig:
     few_shot: int | None = field(default=None, metadata={"help": "train on K training rows sampled by (task, K, seed) alone"})
     dev_size: float = field(default=0, metadata={"help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
     progress: bool = True
+    report_to: str = field(default="csv", metadata={
+        "help": "csv | tensorboard | wandb | none, or a comma-separated list: loss, lr, grad norm and tokens/s "
+                "every --logging_steps through DeepSpeed's monitor, under <output_dir>/logs"})
 
     def __post_init__(self) -> None:
-        self.shared_prefix = _tristate(self.shared_prefix, "--shared_prefix")  # YAML may give a bool
+        self.shared_prefix = tristate(self.shared_prefix, "--shared_prefix")  # YAML may give a bool
 
     def validate(self) -> None:
         """Checks that need no model; anything wrong is reported before loading weights."""
-        from lrpt.methods import available
-
-        if self.method not in available():
-            raise LrptError(f"unknown method {self.method!r}; known methods: {', '.join(available())}")
+        if self.method not in methods.available():
+            raise LrptError(f"unknown method {self.method!r}; known methods: {', '.join(methods.available())}")
+        try:
+            methods.method_options(self.method, self.to_dict())
+        except ValueError as exc:
+            raise LrptError(str(exc)) from None
         if self.prompt_length < 1:
             raise LrptError(f"--prompt_length must be >= 1, got {self.prompt_length}")
         if self.precision not in PRECISIONS:
@@ -115,8 +117,7 @@ class RunConfig:
         if self.dev_size < 0:
             raise LrptError(f"--dev_size must be >= 0, got {self.dev_size}")
         self._validate_quantization()
-        if self.init == "text" and not self.init_text:
-            raise LrptError("--init text needs --init_text 'some words'")
+        report_to(self.report_to)
 
     def _validate_quantization(self) -> None:
         if self.load_in_8bit and self.load_in_4bit:
@@ -137,6 +138,32 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def method_options(self) -> dict[str, Any]:
+        """The options of this run's method that are set (the others: the method's defaults)."""
+        return methods.method_options(self.method, self.to_dict())
+
+
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig", methods.option_fields(), bases=(RunSettings,),
+    namespace={"__module__": __name__, "__doc__": "RunSettings plus every registered method's options (rank, pool, "
+               "...: one field per name, None meaning the method's default)."})
+
+MONITORS = ("csv", "tensorboard", "wandb")
+
+
+def report_to(value: str) -> list[str]:
+    """--report_to as a list of DeepSpeed monitors ('none': none), as transformers spells it."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["none"]:
+        return []
+    if names == ["all"]:
+        return list(MONITORS)
+    bad = [n for n in names if n not in MONITORS]
+    if bad or not names:
+        raise LrptError(f"--report_to must be none, all, or a comma-separated list of {', '.join(MONITORS)}; "
+                        f"got {value!r}")
+    return names
+
 
 def _field_type(f: dataclasses.Field) -> type:
     """The concrete type of a field, with `X | None` unwrapped to X."""
@@ -147,7 +174,7 @@ def _field_type(f: dataclasses.Field) -> type:
     return tp
 
 
-def _tristate(value: Any, flag: str) -> str:
+def tristate(value: Any, flag: str) -> str:
     """'auto', 'true' or 'false' from a YAML bool or any spelling _parse_bool accepts."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -176,33 +203,80 @@ def _optional(convert):
     return parse
 
 
+# Old spellings that `lrpt plan`/`bench` used; every command accepts them (and the dashed forms).
+ALIASES = {"per_device_train_batch_size": ("batch",), "gradient_checkpointing": ("grad_ckpt",),
+           "max_source_length": ("seq_len",), "max_target_length": ("target_len",), "pool": ("lamp_pool",),
+           "bnb_4bit_use_double_quant": ("double_quant",)}
+ZERO_STAGES = (0, 2, 3)
+QUANTS = ("none", "8bit", "4bit")
+
+
+def _spellings(name: str) -> list[str]:
+    return [f"--{n}" for base in (name, *ALIASES.get(name, ())) for n in dict.fromkeys((base, base.replace("_", "-")))]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """RunConfig's fields as flags (all, or `only` these), with their aliases; `--config` and the
+    shorthands `--zero N` (ds_configs/zeroN.json) and `--quant 8bit|4bit` come with the full set."""
+    if only is None:
+        parser.add_argument("--config", help="YAML file of RunConfig fields; flags given here override it")
+    for f in dataclasses.fields(RunConfig):
+        if only is not None and f.name not in only:
+            continue
+        tp, default = _field_type(f), f.default
+        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        if tp is bool:
+            parser.add_argument(*_spellings(f.name), dest=f.name, type=_parse_bool, nargs="?", const=True, help=help_text)
+        elif "const" in f.metadata:  # a bare flag means its `const` (--shared_prefix = --shared_prefix true)
+            parser.add_argument(*_spellings(f.name), dest=f.name, type=tp, nargs="?", const=f.metadata["const"],
+                                help=help_text)
+        else:
+            convert = _optional(tp) if default is None or f.name == "resume_from_checkpoint" else tp
+            parser.add_argument(*_spellings(f.name), dest=f.name, type=convert, help=help_text)
+    if only is None or "deepspeed" in only:
+        parser.add_argument("--zero", type=int, choices=ZERO_STAGES, help="shorthand for --deepspeed ds_configs/zeroN.json")
+    if only is None or "load_in_8bit" in only:
+        parser.add_argument("--quant", choices=QUANTS, help="shorthand: 8bit = --load_in_8bit, 4bit = --load_in_4bit")
+
+
 def build_parser(prog: str = "lrpt train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Train a soft prompt on a frozen backbone.",
                                      argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="YAML file of RunConfig fields; flags given here override it")
-    for f in dataclasses.fields(RunConfig):
-        tp = _field_type(f)
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = f.default
-        help_text = f.metadata.get("help", "") + f" (default: {default})"
-        if tp is bool:
-            parser.add_argument(*names, dest=f.name, type=_parse_bool, nargs="?", const=True, help=help_text)
-        elif "const" in f.metadata:  # a bare flag means its `const` (--shared_prefix = --shared_prefix true)
-            parser.add_argument(*names, dest=f.name, type=tp, nargs="?", const=f.metadata["const"], help=help_text)
-        else:
-            convert = _optional(tp) if default is None or f.name == "resume_from_checkpoint" else tp
-            parser.add_argument(*names, dest=f.name, type=convert, help=help_text)
+    add_run_arguments(parser)
     return parser
+
+
+def _expand_shorthands(args: dict[str, Any]) -> dict[str, Any]:
+    """--zero and --quant into the fields they stand for; a shorthand that contradicts its field is an error."""
+    if "zero" in args:
+        from lrpt.trainer.ds_config import shipped
+
+        if "deepspeed" in args:
+            raise LrptError("--zero and --deepspeed both name the DeepSpeed config; give one")
+        args["deepspeed"] = shipped(f"zero{args.pop('zero')}")
+    if "quant" in args:
+        quant = args.pop("quant")
+        for bits in ("8bit", "4bit"):
+            wanted = quant == bits
+            if args.get(f"load_in_{bits}", wanted) != wanted:
+                raise LrptError(f"--quant {quant} contradicts --load_in_{bits} {args[f'load_in_{bits}']}; give one")
+            args[f"load_in_{bits}"] = wanted
+    return args
+
+
+def run_values(args: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig values from parsed flags (argparse.SUPPRESS: only those given): defaults <- YAML
+    (--config) <- flags. Keys that are not RunConfig fields are left out."""
+    args = _expand_shorthands(dict(args))
+    values: dict[str, Any] = read_yaml(args["config"]) if args.get("config") else {}
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    values.update({k: v for k, v in args.items() if k in known})
+    return values
 
 
 def load_config(argv: list[str] | None = None) -> RunConfig:
     """RunConfig from defaults <- YAML (--config) <- command-line flags."""
-    args = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    if "config" in args:
-        values.update(read_yaml(args.pop("config")))
-    values.update(args)
-    return RunConfig(**values)
+    return RunConfig(**run_values(vars(build_parser().parse_args(argv))))
 
 
 def read_yaml(path: str) -> dict[str, Any]:

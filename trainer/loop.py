@@ -47,12 +47,6 @@ def _quiet_libraries() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
-def method_options(cfg: RunConfig) -> dict:
-    """The method keywords the user set (None means: the method's own default)."""
-    return {"rank": cfg.rank, "bottleneck": cfg.bottleneck, "pool": cfg.pool, "activation": cfg.activation,
-            "probe": cfg.rank_probe or None}
-
-
 def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
     """Everything that can be refused before a weight is loaded; returns the task and the backbone's config."""
     cfg.validate()
@@ -67,8 +61,7 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
     quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
     check_shared_prefix(cfg, config)
     try:  # shapes and keywords, on a stand-in one-row vocabulary
-        methods.build(cfg.method, cfg.prompt_length, config.hidden_size, init=cfg.init,
-                      embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0], **method_options(cfg))
+        build_method(cfg, config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
     except ValueError as exc:
         raise LrptError(str(exc)) from None
     return task, config
@@ -96,16 +89,25 @@ def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
     return not reasons
 
 
+def build_method(cfg: RunConfig, embed_dim: int, **context) -> methods.PromptModule:
+    """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
+    tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
+    options = cfg.method_options()
+    options.pop("init_text", None)
+    return methods.build(cfg.method, cfg.prompt_length, embed_dim, **{**options, **context})
+
+
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
     import deepspeed
 
     embedding = backbone.model.get_input_embeddings().weight
-    ids = backbone.tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"] if cfg.init_text else None
-    # Under ZeRO-3 the embedding is partitioned (shape [0]); gather it to read rows (pitfall 1).
+    text = cfg.method_options().get("init_text")
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"] if text else None
+    # Under ZeRO-3 every rank holds only its shard of the embedding (shape [0] here): gather it to read rows.
     with deepspeed.zero.GatheredParameters([embedding]):
         weight = embedding.detach().to(torch.float32).clone()
-    return methods.build(cfg.method, cfg.prompt_length, backbone.embed_dim, init=cfg.init, embedding_weight=weight,
-                         init_token_ids=ids, generator=torch.Generator().manual_seed(cfg.seed), **method_options(cfg))
+    return build_method(cfg, backbone.embed_dim, embedding_weight=weight, init_token_ids=ids,
+                        generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def default_output_dir(cfg: RunConfig) -> str:

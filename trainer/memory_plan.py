@@ -67,7 +67,7 @@ class PlanSpec:
     double_quant: bool = False    # 4-bit: --bnb_4bit_use_double_quant
     method: str = "dpt"
     prompt_length: int = 100
-    rank: int | None = None       # low-rank methods' rank (method default when None)
+    options: dict = field(default_factory=dict)  # the method's options (rank, pool, ...): RunConfig.method_options()
     batch: int = 8                # micro batch per rank
     seq_len: int = 256            # input tokens per example
     target_len: int = 16          # decoder tokens per example (encoder-decoder backbones)
@@ -76,6 +76,25 @@ class PlanSpec:
     gpu_memory_gib: float = 80.0
     overhead_gib: float = 1.0     # CUDA context + NCCL, outside max_memory_allocated
     ds_config: str | None = None  # DeepSpeed JSON (default: ds_configs/zero{N}.json)
+
+    @classmethod
+    def from_run(cls, cfg, gpus: int = 1, nodes: int = 1, gpu_memory_gib: float = 80.0,
+                 overhead_gib: float = 1.0) -> "PlanSpec":
+        """The plan of a RunConfig (`lrpt train`'s settings) on `nodes` x `gpus`: its longest batch,
+        max_source_length input tokens (decoder-only: + [bos] + max_target_length answer tokens)."""
+        from lrpt.trainer.ds_config import read_ds_config, zero_stage
+
+        config = model_config(cfg.model)
+        seq_len = cfg.max_source_length
+        if not config.is_encoder_decoder:
+            seq_len += cfg.max_target_length + (config.bos_token_id is not None)
+        quant = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else "none"
+        return cls(model=cfg.model, zero=zero_stage(read_ds_config(cfg.deepspeed)), gpus=gpus, nodes=nodes,
+                   quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, method=cfg.method,
+                   prompt_length=cfg.prompt_length, options=cfg.method_options(),
+                   batch=cfg.per_device_train_batch_size, seq_len=seq_len, target_len=cfg.max_target_length,
+                   precision=cfg.precision, grad_ckpt=cfg.gradient_checkpointing, gpu_memory_gib=gpu_memory_gib,
+                   overhead_gib=overhead_gib, ds_config=cfg.deepspeed)
 
 
 @dataclass
@@ -316,10 +335,12 @@ def plan(spec: PlanSpec) -> Plan:
     s = BYTES[spec.precision]
     notes: list[str] = []
 
-    # prompt: the method's own parameter count and output length, at the backbone's width
-    options = {"rank": spec.rank} if spec.rank is not None and "rank" in methods.accepted_kwargs(spec.method) else {}
-    init = {"init": "random"} if "init" in methods.accepted_kwargs(spec.method) else {}
-    prompt = methods.build(spec.method, spec.prompt_length, hidden, **init, **options)
+    # prompt: the method's own parameter count and output length (LAMP: ⌈c/p⌉), at the backbone's width
+    options = {k: v for k, v in spec.options.items() if k != "init_text"}
+    try:
+        prompt = methods.build(spec.method, spec.prompt_length, hidden, **{**options, **methods.random_start(spec.method)})
+    except ValueError as exc:
+        raise LrptError(str(exc)) from None
     n_prompt, prompt_tokens = prompt.num_trainable_params(), prompt.output_length
 
     # weights
@@ -416,9 +437,10 @@ def smallest_world(spec: PlanSpec, limit: int = 4096) -> int | None:
 
 def render(p: Plan) -> str:
     s = p.spec
+    options = "".join(f", {k}={v}" for k, v in s.options.items() if k != "init_text")
     lines = [f"{s.model}: {p.backbone_params / 1e9:.2f}B frozen parameters, {s.precision}, quantization {s.quant}; "
-             f"ZeRO-{s.zero} on {p.world_size} rank(s) ({s.nodes} node(s) x {s.gpus}); {s.method} c={s.prompt_length} "
-             f"({p.prompt_tokens} prompt tokens, {p.trainable_params:,} trainable); micro batch {s.batch} x "
+             f"ZeRO-{s.zero} on {p.world_size} rank(s) ({s.nodes} node(s) x {s.gpus}); {s.method} c={s.prompt_length}"
+             f"{options} ({p.prompt_tokens} prompt tokens, {p.trainable_params:,} trainable); micro batch {s.batch} x "
              f"{s.seq_len} input tokens" + (f" (+{s.target_len} decoder tokens)" if model_config(s.model).is_encoder_decoder
                                             else "") + (", gradient checkpointing" if s.grad_ckpt else ""),
              "", "| per rank | GiB |", "|---|---|"]
@@ -437,27 +459,20 @@ def render(p: Plan) -> str:
 def parser():
     import argparse
 
-    d = PlanSpec()
-    a = argparse.ArgumentParser(prog="lrpt plan", description="Predict per-rank GPU memory of a run before submitting it.")
-    a.add_argument("--model", default=d.model,
-                   help=f"an architecture preset ({', '.join(ARCHITECTURES)}), a local path or a hub name (config only)")
-    a.add_argument("--zero", type=int, default=d.zero, choices=(0, 2, 3), help="ds_configs/zero<N>.json")
-    a.add_argument("--gpus", type=int, default=d.gpus, help="GPUs (ranks) per node")
-    a.add_argument("--nodes", type=int, default=d.nodes)
-    a.add_argument("--quant", default=d.quant, choices=("none", "8bit", "4bit"))
-    a.add_argument("--double_quant", "--double-quant", action="store_true", help="4-bit double quantization")
-    a.add_argument("--method", default=d.method)
-    a.add_argument("--prompt_length", "--prompt-length", type=int, default=d.prompt_length)
-    a.add_argument("--rank", type=int, default=None, help="low-rank methods' rank (method default)")
-    a.add_argument("--batch", type=int, default=d.batch, help="micro batch per rank")
-    a.add_argument("--seq_len", "--seq-len", type=int, default=d.seq_len, help="input tokens per example")
-    a.add_argument("--target_len", "--target-len", type=int, default=d.target_len, help="decoder tokens (T5)")
-    a.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"))
-    a.add_argument("--grad_ckpt", "--grad-ckpt", action="store_true", help="gradient checkpointing")
-    a.add_argument("--gpu_memory", "--gpu-memory", type=float, default=d.gpu_memory_gib, help="GiB per GPU")
-    a.add_argument("--overhead", type=float, default=d.overhead_gib, help="GiB per GPU outside PyTorch's allocator")
-    a.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (default ds_configs/zero<N>.json)")
-    a.add_argument("--json", action="store_true", help="print the plan as JSON")
+    from lrpt.trainer.config import add_run_arguments
+
+    a = argparse.ArgumentParser(prog="lrpt plan", argument_default=argparse.SUPPRESS,
+                                description="Predict per-rank GPU memory of a run before submitting it. Takes "
+                                            "`lrpt train`'s flags (or --config RUN_DIR/config.yaml) and plans that run.")
+    cluster = a.add_argument_group("where it runs")
+    cluster.add_argument("--gpus", type=int, default=1, help="GPUs (ranks) per node (default 1)")
+    cluster.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    cluster.add_argument("--gpu_memory", "--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    cluster.add_argument("--overhead", type=float, default=1.0,
+                         help="GiB per GPU outside PyTorch's allocator: CUDA context, NCCL (default 1)")
+    cluster.add_argument("--json", action="store_true", default=False, help="print the plan as JSON")
+    add_run_arguments(a.add_argument_group("the run (`lrpt train`'s flags; --model also takes the presets "
+                                           f"{', '.join(ARCHITECTURES)})"))
     return a
 
 
@@ -465,14 +480,15 @@ def main(argv: list[str]) -> int:
     """Exit status 0 when the run fits, 1 when it does not (so `lrpt plan ... && sbatch ...` works)."""
     import json
 
-    args = parser().parse_args(argv)
-    spec = PlanSpec(model=args.model, zero=args.zero, gpus=args.gpus, nodes=args.nodes, quant=args.quant,
-                    double_quant=args.double_quant, method=args.method, prompt_length=args.prompt_length,
-                    rank=args.rank, batch=args.batch, seq_len=args.seq_len, target_len=args.target_len,
-                    precision=args.precision, grad_ckpt=args.grad_ckpt, gpu_memory_gib=args.gpu_memory,
-                    overhead_gib=args.overhead, ds_config=args.deepspeed)
+    from lrpt.trainer.config import RunConfig, run_values
+
+    args = vars(parser().parse_args(argv))
+    cfg = RunConfig(**run_values(args))
+    cfg.validate()
+    spec = PlanSpec.from_run(cfg, gpus=args["gpus"], nodes=args["nodes"], gpu_memory_gib=args["gpu_memory"],
+                             overhead_gib=args["overhead"])
     p = plan(spec)
-    if args.json:
+    if args["json"]:
         print(json.dumps(p.to_dict(), indent=2))
         return 0 if p.fits else 1
     print(render(p))

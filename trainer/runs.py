@@ -34,13 +34,12 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Backbone, PromptedModel]:
     """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode."""
-    from lrpt.trainer.loop import method_options
+    from lrpt.trainer.loop import build_method
 
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
     backbone = load_backbone(cfg.model, cfg.precision)
     # shapes come from the config; the values from the file, so a random start is enough
-    init = "random" if "init" in methods.accepted_kwargs(cfg.method) else None
-    prompt = methods.build(cfg.method, cfg.prompt_length, backbone.embed_dim, init=init, **method_options(cfg))
+    prompt = build_method(cfg, backbone.embed_dim, **methods.random_start(cfg.method))
     prompt.load_state_dict(state)
     return cfg, backbone, PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder).eval()

@@ -26,7 +26,7 @@ from lrpt.trainer.distributed import env_without_launcher
 
 
 def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: int, steps: int,
-            precision: str, lamp_pool: int, path: str = "standard") -> dict:
+            precision: str, options: dict, path: str = "standard") -> dict:
     """One configuration, in this process: seconds per step (after 2 warm-up steps) and peak memory."""
     from lrpt import methods
     from lrpt.trainer.backbone import load_backbone
@@ -55,9 +55,8 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
         def loss():
             return net(input_ids=ids, attention_mask=mask, labels=labels).loss
     else:
-        options = {"pool": lamp_pool} if method == "lamp" else {}
-        init = "random" if "init" in methods.accepted_kwargs(method) else None
-        prompt = methods.build(method, prompt_length, backbone.embed_dim, init=init, **options)
+        own = {k: v for k, v in options.items() if k in methods.option_names(method) and k != "init_text"}
+        prompt = methods.build(method, prompt_length, backbone.embed_dim, **{**own, **methods.random_start(method)})
         model_ = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
         output_length = prompt.output_length
@@ -83,11 +82,12 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
             "samples_per_s": batch / p50, "tokens_per_s": tokens / p50, **peak_memory()}
 
 
-def run_isolated(args: argparse.Namespace, method: str, prompt_length: int, path: str) -> dict:
+def run_isolated(settings: dict, method: str, prompt_length: int, path: str) -> dict:
     env = env_without_launcher()
-    cmd = [sys.executable, "-m", "lrpt.trainer.bench.throughput", "--worker", method, str(prompt_length), path, "--model", args.model,
-           "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--steps", str(args.steps),
-           "--precision", args.precision, "--lamp_pool", str(args.lamp_pool)]
+    given = {**{k: settings[k] for k in ("model", "precision", "per_device_train_batch_size", "max_source_length",
+                                          "steps")}, **method_settings(settings)}
+    cmd = [sys.executable, "-m", "lrpt.trainer.bench.throughput", "--worker", method, str(prompt_length), path,
+           *(flag for key, value in given.items() for flag in (f"--{key}", str(value)))]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {method} c={prompt_length} ({path}) failed:\n{done.stderr[-2000:]}")
@@ -116,42 +116,76 @@ def plot(rows: list[dict], out: Path) -> None:
         plt.close(fig)
 
 
+# `lrpt train`'s settings that shape a benchmark configuration, and the bench's defaults for them
+RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "shared_prefix", "output_dir")
+DEFAULTS = {"model": "tiny-t5", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
+            "shared_prefix": "auto", "output_dir": "bench", "pool": 2, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
+            "prompt_lengths": "20,50,100,200,400", "steps": 5}
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lrpt bench", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny-t5")
-    p.add_argument("--methods", default="pt,dpt,lopt1,lopt2,lamp,residual")
-    p.add_argument("--prompt_lengths", "--prompt-lengths", default="20,50,100,200,400")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq_len", "--seq-len", type=int, default=128, help="input tokens per example")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--lamp_pool", "--lamp-pool", type=int, default=2, help="LAMP's pooling block p in the sweep")
-    p.add_argument("--shared_prefix", "--shared-prefix", default="auto", choices=("auto", "off"),
-                   help="decoder-only backbones: also measure each method with --shared_prefix (auto) or not (off)")
-    p.add_argument("--output_dir", "--output-dir", default="bench")
+    from lrpt import methods
+    from lrpt.trainer.config import add_run_arguments
+
+    p = argparse.ArgumentParser(prog="lrpt bench", description=__doc__.split("\n")[0],
+                                argument_default=argparse.SUPPRESS,
+                                epilog="Defaults: " + ", ".join(f"--{k} {v}" for k, v in DEFAULTS.items()) +
+                                       ". Method options apply to the methods that take them; max_source_length is "
+                                       "the exact number of input tokens of the benchmark's random batch. "
+                                       "--shared_prefix auto/true also measures the shared prefix on a decoder-only "
+                                       "backbone; false measures the standard path only.")
+    p.add_argument("--methods", help="comma-separated methods")
+    p.add_argument("--prompt_lengths", "--prompt-lengths", help="comma-separated prompt lengths c")
+    p.add_argument("--steps", type=int, help="timed steps (after 2 warm-up steps)")
+    add_run_arguments(p, only=RUN_FLAGS + tuple(name for name, _, _ in methods.option_fields()))
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "C", "PATH"), help=argparse.SUPPRESS)
     return p
 
 
+def settings_from(argv: list[str]) -> dict:
+    """The bench's settings: DEFAULTS <- flags; shared_prefix normalised to auto/true/false."""
+    from lrpt import methods
+    from lrpt.trainer.config import tristate
+    from lrpt.trainer.errors import LrptError
+
+    settings = {**DEFAULTS, **vars(parser().parse_args(argv))}
+    settings["shared_prefix"] = tristate(settings["shared_prefix"], "--shared_prefix")
+    for name in settings["methods"].split(","):
+        if name not in methods.available():
+            raise LrptError(f"unknown method {name!r}; known methods: {', '.join(methods.available())}")
+    return settings
+
+
+def method_settings(settings: dict) -> dict:
+    from lrpt import methods
+
+    return {name: settings[name] for name, _, f in methods.option_fields() if settings.get(name, f.default) != f.default}
+
+
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.worker:
-        method, c, path = args.worker
-        print(json.dumps(measure(args.model, method, int(c), args.batch, args.seq_len, args.steps, args.precision,
-                                 args.lamp_pool, path)))
+    settings = settings_from(argv)
+    batch, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
+    if "worker" in settings:
+        method, c, path = settings["worker"]
+        print(json.dumps(measure(settings["model"], method, int(c), batch, seq_len, settings["steps"],
+                                 settings["precision"], method_settings(settings), path)))
         return 0
     from tqdm.auto import tqdm
 
     from lrpt.trainer.backbone import resolve_config
+    from lrpt.trainer.errors import LrptError
 
-    lengths = [int(x) for x in args.prompt_lengths.split(",")]
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    lengths = [int(x) for x in settings["prompt_lengths"].split(",")]
+    names = [m.strip() for m in settings["methods"].split(",") if m.strip()]
     paths = ["standard"]
-    if args.shared_prefix == "auto" and not resolve_config(args.model).is_encoder_decoder:
+    decoder_only = not resolve_config(settings["model"]).is_encoder_decoder
+    if settings["shared_prefix"] == "true" and not decoder_only:
+        raise LrptError("--shared_prefix true: an encoder-decoder backbone has no shared prefix; use auto or false")
+    if settings["shared_prefix"] != "false" and decoder_only:
         paths.append("shared_prefix")
     plan = [("peft", c, "standard") for c in lengths] + [(m, c, p) for c in lengths for m in names for p in paths]
     plan.sort(key=lambda item: item[1])  # one prompt length after the other
-    rows = [run_isolated(args, *item) for item in tqdm(plan, desc="bench", unit="config")]
+    rows = [run_isolated(settings, *item) for item in tqdm(plan, desc="bench", unit="config")]
     baseline = {r["prompt_length"]: r for r in rows if r["method"] == "peft"}
     standard = {(r["method"], r["prompt_length"]): r for r in rows if r["path"] != "shared_prefix"}
     for r in rows:
@@ -161,14 +195,15 @@ def main(argv: list[str]) -> int:
         r["step_time_ratio_vs_peft"] = r["step_time_p50"] / base["step_time_p50"]
         # the same work in both paths, so the throughput ratio is the inverse step-time ratio
         r["throughput_ratio_vs_standard"] = standard[r["method"], r["prompt_length"]]["step_time_p50"] / r["step_time_p50"]
-    out = Path(args.output_dir)
+    out = Path(settings["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     with (out / "bench.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, out)
-    print(f"{args.model}, batch {args.batch} x {args.seq_len}, {args.precision}, peak measured by: {rows[0]['measured_by']}")
+    print(f"{settings['model']}, batch {batch} x {seq_len}, {settings['precision']}, "
+          f"peak measured by: {rows[0]['measured_by']}")
     print("| method | path | c | prompt tokens | trainable | s/step | tokens/s | peak MiB | time/peft | peak/peft "
           "| throughput vs peft | vs standard |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
