@@ -16,10 +16,11 @@
 #   LRPT_ROOT    the lrpt checkout (default: the directory sbatch was run from)
 #   PYTHON       the interpreter that has lrpt installed (default: python3 on PATH at submit time)
 #   VENV         a virtual environment to activate on the node first
-#   MODEL METHOD TASK DATA_DIR DS_CONFIG OUTPUT_DIR SEED PRECISION PROMPT_LENGTH PROMPT_RANK POOL
-#   MAX_STEPS EPOCHS LEARNING_RATE BATCH_SIZE GRAD_ACCUM SAVE_STEPS EVAL_STEPS FEW_SHOT DECODING
-#   MAX_TRAIN_SAMPLES MAX_EVAL_SAMPLES PROGRESS CONFIG
-#                the trainer flag of the same meaning (PROMPT_RANK is --rank: RANK is the process rank)
+#   every trainer flag, as its name upper-cased: MODEL METHOD TASK DATA_DIR DEEPSPEED OUTPUT_DIR SEED
+#                PRECISION PROMPT_LENGTH PER_DEVICE_TRAIN_BATCH_SIZE MAX_STEPS NUM_TRAIN_EPOCHS POOL ...,
+#                and CONFIG for --config; PROMPT_RANK is --rank (RANK is the process rank). The list
+#                comes from lrpt itself (`python -m lrpt.trainer.slurm_env`), method options included.
+#                Old spellings still work: BATCH_SIZE DS_CONFIG EPOCHS GRAD_ACCUM
 #   EXTRA_ARGS   any other trainer flags, split on spaces; the script's own arguments are added last
 #   SRUN_WAIT    seconds the other ranks get once one rank has ended, before srun ends them (300)
 
@@ -67,23 +68,33 @@ if lrpt_in_slurm; then
 fi
 
 # ---- the trainer's flags from the environment ---------------------------------------------------
-LRPT_FLAG_VARS=(MODEL:model METHOD:method TASK:task DATA_DIR:data_dir DS_CONFIG:deepspeed
-                OUTPUT_DIR:output_dir SEED:seed PRECISION:precision PROMPT_LENGTH:prompt_length
-                PROMPT_RANK:rank POOL:pool MAX_STEPS:max_steps EPOCHS:num_train_epochs
-                LEARNING_RATE:learning_rate BATCH_SIZE:per_device_train_batch_size
-                GRAD_ACCUM:gradient_accumulation_steps SAVE_STEPS:save_steps EVAL_STEPS:eval_steps
-                FEW_SHOT:few_shot DECODING:decoding MAX_TRAIN_SAMPLES:max_train_samples
-                MAX_EVAL_SAMPLES:max_eval_samples PROGRESS:progress CONFIG:config)
+lrpt_alias() {  # lrpt_alias OLD NEW: a value under an old name fills the new one; both set and different: an error
+    local old=$1 new=$2
+    [[ -n ${!old:-} ]] || return 0
+    if [[ -n ${!new:-} && ${!new} != "${!old}" ]]; then
+        echo "lrpt: $old=${!old} and $new=${!new} disagree: $old is the old name of $new; set only $new" >&2
+        exit 2
+    fi
+    printf -v "$new" '%s' "${!old}"
+}
+# trainer/slurm_env.py ALIASES; before the template's defaults, so that a value you set wins over them
+lrpt_alias BATCH_SIZE PER_DEVICE_TRAIN_BATCH_SIZE
+lrpt_alias DS_CONFIG DEEPSPEED
+lrpt_alias EPOCHS NUM_TRAIN_EPOCHS
+lrpt_alias GRAD_ACCUM GRADIENT_ACCUMULATION_STEPS
 
-lrpt_flags() {  # fills the array LRPT_FLAGS
-    local pair var extra
+lrpt_flags() {  # fills the array LRPT_FLAGS: a flag for every set variable that names a trainer setting
+    local names var field extra
+    if ! names=$("$PYTHON" -m lrpt.trainer.slurm_env); then
+        echo "lrpt: $PYTHON cannot import lrpt: pip install -e $LRPT_ROOT there, or set PYTHON or VENV" >&2
+        exit 2
+    fi
     LRPT_FLAGS=()
-    for pair in "${LRPT_FLAG_VARS[@]}"; do
-        var=${pair%%:*}
+    while IFS=$'\t' read -r var field; do
         if [[ -n ${!var:-} ]]; then
-            LRPT_FLAGS+=("--${pair#*:}" "${!var}")
+            LRPT_FLAGS+=("--$field" "${!var}")
         fi
-    done
+    done <<<"$names"
     read -ra extra <<<"${EXTRA_ARGS:-}"
     LRPT_FLAGS+=("${extra[@]}")
 }
@@ -187,6 +198,6 @@ lrpt_table_if_complete() {  # lrpt_table_if_complete DIR RUN_NAME...: write DIR/
         [[ -f $dir/$name/report.json ]] || return 0
     done
     echo "lrpt: every run of the grid is finished; writing $dir/table.md"
-    PYTHONPATH="$LRPT_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m lrpt.trainer.cli table \
+    "$PYTHON" -m lrpt.trainer.cli table \
         "${@/#/$dir/}" --output "$dir/table" || echo "lrpt: lrpt table failed (the runs are intact)" >&2
 }

@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from lrpt import methods
 from lrpt.eval.tasks import Task, get_task
-from lrpt.trainer import checkpoint, distributed, preempt
+from lrpt.trainer import checkpoint, distributed, monitor, preempt
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
@@ -60,6 +60,7 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
                         "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
     quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
     check_shared_prefix(cfg, config)
+    monitor.check_available(cfg)
     try:  # shapes and keywords, on a stand-in one-row vocabulary
         build_method(cfg, config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
     except ValueError as exc:
@@ -193,6 +194,7 @@ def setup(cfg: RunConfig) -> Session:
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    monitor.add_sections(cfg, ds_config, out)
     torch.manual_seed(cfg.seed)
 
     log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
@@ -255,6 +257,7 @@ def fit(run: Session) -> TrainResult:
     if resume is not None:
         state = checkpoint.load(engine, resume)
         log(f"resumed from {resume} at step {state['step']}")
+    monitor.rewind(engine, out, state["step"] * run.ds_config["train_batch_size"])
     metadata = {"method": cfg.method, "model": cfg.model, "prompt_length": str(cfg.prompt_length)}
 
     def save_checkpoint() -> None:
@@ -284,6 +287,7 @@ def fit(run: Session) -> TrainResult:
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
+    window = {"start": time.perf_counter(), "tokens": 0, "grad_norm": None}  # since the last logging step, for --report_to
     backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
     while state["step"] < total_steps:
         epoch, done = divmod(state["step"], steps_per_epoch)
@@ -295,6 +299,8 @@ def fit(run: Session) -> TrainResult:
             torch.manual_seed(cfg.seed + 1_000_003 * state["step"] + i % accum)  # dropout replays on resume
             loss = engine(**batch).loss
             engine.backward(loss)
+            if (i + 1) % accum == 0:
+                window["grad_norm"] = gradient_norm(run)
             engine.step()
             if backbone_memory is None:
                 backbone_memory = quant.backbone_memory(run.backbone.model, cfg.precision)
@@ -307,7 +313,9 @@ def fit(run: Session) -> TrainResult:
             meter.stop(samples, tokens, samples * prompt.output_length, flops)
             state["step"] += 1
             state["loss_curve"].append(_mean_over_ranks(sum(losses) / len(losses)))
+            window["tokens"] += tokens
             if state["step"] % cfg.logging_steps == 0 or state["step"] == total_steps:
+                log_window(run, state, window)
                 diagnostics = prompt_diagnostics(prompt)
                 if diagnostics:
                     state.setdefault("diagnostics", []).append({"step": state["step"], **diagnostics})
@@ -352,6 +360,32 @@ def fit(run: Session) -> TrainResult:
         write(report, out)
         print(format_table(report), flush=True)
     return TrainResult(report=report, model=run.model, engine=engine)
+
+
+def gradient_norm(run: Session) -> float | None:
+    """The prompt's gradient norm before clipping, at the accumulation boundary: ZeRO-0 leaves the
+    (all-reduced) gradients in .grad, and DeepSpeed keeps no norm of its own there; ZeRO-1/2/3 hold
+    them in their partitions (None: read the engine's norm after the step)."""
+    grads = [p.grad for p in run.prompt.parameters() if p.grad is not None]
+    if run.stage != 0 or not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def log_window(run: Session, state: dict, window: dict) -> None:
+    """The logging step's events for --report_to: loss averaged over the steps since the last one,
+    gradient norm, tokens/s of all ranks (DeepSpeed logs the learning rate). Every rank calls it (the sum is a
+    collective)."""
+    steps = state["step"] - window.get("step", 0)
+    tokens = sum(distributed.gather(window["tokens"]))
+    seconds = time.perf_counter() - window["start"]
+    grad_norm = window["grad_norm"]
+    if grad_norm is None:  # ZeRO-1/2/3: the norm DeepSpeed's partitioned optimizer computed for clipping
+        grad_norm = run.engine.get_global_grad_norm()
+    monitor.write(run.engine, state["step"] * run.ds_config["train_batch_size"], {
+        "loss": sum(state["loss_curve"][-steps:]) / steps,
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "tokens_per_s": tokens / seconds})
+    window.update(start=time.perf_counter(), tokens=0, step=state["step"])
 
 
 def prompt_diagnostics(prompt: methods.PromptModule) -> dict:
