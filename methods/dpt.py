@@ -18,7 +18,8 @@ DEFAULT_RANK = 10
 @dataclass
 class DPTConfig(MethodConfig):
     rank: int | None = option(None, "b, the inner rank of A·B (default 10)")
-    rank_probe: bool = option(False, "P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries stay positive")
+    rank_probe: bool = option(False, "P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries "
+                                     "stay positive")
 
 
 class DPT(PromptModule):

@@ -21,7 +21,8 @@ DEFAULT_RANK = 8
 @dataclass
 class LAMPConfig(VocabInitConfig):
     rank: int | None = option(None, "r, the truncated SVD's rank (default 8)")
-    pool: int | None = option(None, "p, the average-pooling block: ⌈c/p⌉ prompt tokens reach the backbone (default 1: none)")
+    pool: int | None = option(None, "p, the average-pooling block: ⌈c/p⌉ prompt tokens reach the backbone "
+                                    "(default 1: none)")
 
 
 def block_mean(x: torch.Tensor, pool: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ def _registry() -> dict[str, type[PromptModule]]:
     out: dict[str, type[PromptModule]] = {}
     for cls in (*BUILT_IN, *_plugins()):
         if cls.name in out:
-            raise TypeError(f"two prompt methods are named {cls.name!r}: {out[cls.name].__module__} and {cls.__module__}")
+            raise TypeError(f"two prompt methods are named {cls.name!r}: {out[cls.name].__module__} and "
+                            f"{cls.__module__}")
         out[cls.name] = cls
     return out
 

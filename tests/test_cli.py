@@ -69,3 +69,29 @@ def test_invalid_deepspeed_json(tmp_path, capsys):
     bad.write_text('{"zero_optimization": {"stage": 3,}')
     assert main(["train", "--deepspeed", str(bad), "--output_dir", str(tmp_path / "out")]) == 2
     assert "is not valid JSON" in capsys.readouterr().err
+
+
+def test_the_hub_kernel_warning_of_bitsandbytes_is_dropped_and_only_it():
+    """bitsandbytes logs it at import on CPUs with AVX512-BF16 (not every machine here has them), so the
+    message is taken from bitsandbytes' own source and sent through its own logger."""
+    import logging
+    import re
+    from pathlib import Path
+
+    import bitsandbytes.backends.cpu.ops as bnb_cpu_ops
+
+    import lrpt.trainer  # noqa: F401  (installs the filter)
+
+    source = Path(bnb_cpu_ops.__file__).read_text()
+    (message,) = re.findall(r'logger\.warning\(\s*"(Failed to load CPU gemm_4bit_forward[^"]*)"', source)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = bnb_cpu_ops.logger  # the logger it warns through
+    logger.addHandler(handler)
+    try:
+        logger.warning(message, ModuleNotFoundError("No module named 'kernels'"))
+        logger.warning("some other bitsandbytes warning")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["some other bitsandbytes warning"]

@@ -40,7 +40,8 @@ def test_causal_loss_equals_manual_reference(tiny_llama_dir):
 
 @pytest.mark.parametrize("arch", ["t5", "llama"])
 def test_batched_generation_equals_one_at_a_time(arch, backbone_dirs):
-    """Padding (left for decoder-only) must not change any row's greedy output (pitfalls 4, 5)."""
+    """Padding (left for decoder-only) must not change any row's greedy output: the prompt enters at prefill only,
+    and no pad comes between prompt and text."""
     model = prompted(backbone_dirs[arch])
     rows = [torch.randint(3, 250, (n,)) for n in (3, 9, 6)]
     width = max(len(r) for r in rows)

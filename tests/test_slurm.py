@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch import ROOT, clean_env
-from lrpt.trainer import checkpoint, preempt
+from lrpt.trainer import checkpoint, preempt, slurm_env
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.loop import train
 
@@ -29,15 +29,13 @@ SCRIPTS = sorted((ROOT / "slurm").glob("*.sh")) + [ROOT / "tests" / "slurm_clust
 needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None, reason="Slurm is not installed (no sbatch on PATH)")
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
         "PREEMPTED"}
-# What the templates read; the tests set them explicitly, so none may leak in from the caller.
-TEMPLATE_VARS = {"MODEL", "METHOD", "TASK", "DATA_DIR", "DS_CONFIG", "OUTPUT_DIR", "SEED", "PRECISION",
-                 "PROMPT_LENGTH", "PROMPT_RANK", "POOL", "MAX_STEPS", "EPOCHS", "LEARNING_RATE", "BATCH_SIZE",
-                 "GRAD_ACCUM", "SAVE_STEPS", "EVAL_STEPS", "FEW_SHOT", "DECODING", "MAX_TRAIN_SAMPLES",
-                 "MAX_EVAL_SAMPLES", "PROGRESS", "CONFIG", "EXTRA_ARGS", "TASKS", "METHODS", "SEEDS", "SHOTS",
+# What the templates read (every RunConfig field's variable, the old spellings, the grids' lists and
+# common.sh's own); the tests set them explicitly, so none may leak in from the caller.
+TEMPLATE_VARS = {*slurm_env.variables(), *slurm_env.ALIASES, "EXTRA_ARGS", "TASKS", "METHODS", "SEEDS", "SHOTS",
                  "LOG", "VENV", "SRUN_WAIT"}
-# tiny T5, 2 CPU ranks on one node, ZeRO-3 (the template's own DS_CONFIG)
-TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "BATCH_SIZE": "2", "MAX_STEPS": "60", "SAVE_STEPS": "5",
-        "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
+# tiny T5, 2 CPU ranks on one node, ZeRO-3 (the template's own DEEPSPEED)
+TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "PER_DEVICE_TRAIN_BATCH_SIZE": "2", "MAX_STEPS": "60",
+        "SAVE_STEPS": "5", "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
 CPU_JOB = ["--nodes=1", "--gpus-per-node=0", "--time=30"]  # > the templates' USR1@600 lead
 
 
@@ -279,6 +277,7 @@ def test_superglue_array_leaves_a_report_per_element_and_a_table(cluster, tiny_t
         report = json.loads((sweep / name / "report.json").read_text())
         task, _, seed = name.split("-")
         assert report["config"]["task"] == task and report["config"]["seed"] == int(seed[4:])
+        assert report["config"]["per_device_train_batch_size"] == 4  # BATCH_SIZE, the old spelling, still works
 
     lrpt = Path(sys.executable).parent / "lrpt"
     table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in names]], capture_output=True, text=True,

@@ -16,6 +16,7 @@ from launch import ROOT, clean_env, deepspeed_command, launch
 from lrpt.trainer.backbone import load_backbone
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.loop import build_prompt
+from lrpt.trainer.monitor import read_csv
 from lrpt.trainer.prompted import PromptedModel
 
 FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5",
@@ -24,7 +25,8 @@ FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_si
 
 def train_flags(model_dir, data_dir, out, stage: str, *more: str) -> list[str]:
     return [*FLAGS, "--model", model_dir, "--data_dir", str(data_dir), "--output_dir", str(out),
-            "--deepspeed", str(ROOT / "ds_configs" / f"{stage}.json"), "--max_steps", "8", *more]
+            "--deepspeed", str(ROOT / "ds_configs" / f"{stage}.json"), "--max_steps", "8", "--logging_steps", "1",
+            *more]
 
 
 @pytest.mark.parametrize("arch", ["t5", "llama"])
@@ -81,6 +83,13 @@ def test_zero_stages_give_the_same_loss_curve(stage, launcher, zero3_reference, 
     assert report["zero_stage"] == int(stage[-1]) and reference["zero_stage"] == 3
     torch.testing.assert_close(report["train"]["loss_curve"], reference["train"]["loss_curve"], rtol=1e-5, atol=1e-5)
     assert reference["train"]["loss_last"] < reference["train"]["loss_first"]
+    # the logged curves: lrpt's own gradient norm at ZeRO-0, DeepSpeed's partitioned optimizer's at 2 and 3
+    _, reference_dir = zero3_reference
+    for event in ("Train/Samples/loss", "Train/Samples/grad_norm"):
+        got, want = read_csv(tmp_path, event), read_csv(reference_dir, event)
+        assert [x for x, _ in got] == [x for x, _ in want] == [4 * k for k in range(1, 9)]
+        torch.testing.assert_close([v for _, v in got], [v for _, v in want], rtol=1e-4, atol=1e-6)
+    assert [v for _, v in read_csv(tmp_path, "Train/Samples/loss")] == report["train"]["loss_curve"]
     # the optimizer holds the prompt only, on every rank: at most fp32 master + Adam m, v per value
     for opt_bytes in report["optimizer_state_bytes_per_rank"] + reference["optimizer_state_bytes_per_rank"]:
         assert 0 < opt_bytes <= 3 * 4 * report["trainable_params"] + 64
@@ -111,6 +120,7 @@ def test_zero3_killed_run_resumes_to_the_same_curve(zero3_reference, tiny_t5_dir
     reference, _ = zero3_reference
     torch.testing.assert_close(resumed["train"]["loss_curve"], reference["train"]["loss_curve"], rtol=1e-5, atol=1e-5)
     assert resumed["metrics"] == reference["metrics"]
+    assert [v for _, v in read_csv(tmp_path, "Train/Samples/loss")] == resumed["train"]["loss_curve"]  # each step once
 
 
 def test_zero3_without_a_launcher_is_refused(tmp_path):

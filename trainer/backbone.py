@@ -71,7 +71,8 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)
     if gradient_checkpointing:
-        # non-reentrant: the frozen blocks' inputs (prompt embeddings) carry the gradient (pitfall 8)
+        # non-reentrant: the frozen blocks' inputs (prompt embeddings) carry the gradient; the reentrant
+        # variant needs an input that requires grad and fails with "element 0 of tensors does not require grad"
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return Backbone(model=model, tokenizer=tokenizer, is_encoder_decoder=config.is_encoder_decoder)

@@ -40,11 +40,26 @@ def run_command(name: str, argv: list[str]) -> int:
     return importlib.import_module(MODULES[name]).main(argv)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lrpt")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="lrpt", description="Low-rank prompt tuning on frozen backbones.")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
-    if not argv or argv[0] in ("-h", "--help"):
+    parser = argparse.ArgumentParser(
+        prog="lrpt", usage="lrpt <command> [flags]   (lrpt <command> --help for its flags)",
+        description="Low-rank prompt tuning on frozen backbones.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items()))
+    parser.add_argument("command", choices=list(COMMANDS), metavar="command", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("--version", action="version", version=f"lrpt {_version()}")
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        if argv and argv[0] == "--version":
+            parser.parse_args(argv[:1])
         parser.print_help()
         return 0 if argv else 2
     args, rest = parser.parse_known_args(argv[:1])

@@ -226,7 +226,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
         tp, default = _field_type(f), f.default
         help_text = f.metadata.get("help", "") + f" (default: {default})"
         if tp is bool:
-            parser.add_argument(*_spellings(f.name), dest=f.name, type=_parse_bool, nargs="?", const=True, help=help_text)
+            parser.add_argument(*_spellings(f.name), dest=f.name, type=_parse_bool, nargs="?", const=True,
+                                help=help_text)
         elif "const" in f.metadata:  # a bare flag means its `const` (--shared_prefix = --shared_prefix true)
             parser.add_argument(*_spellings(f.name), dest=f.name, type=tp, nargs="?", const=f.metadata["const"],
                                 help=help_text)
@@ -234,7 +235,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
             convert = _optional(tp) if default is None or f.name == "resume_from_checkpoint" else tp
             parser.add_argument(*_spellings(f.name), dest=f.name, type=convert, help=help_text)
     if only is None or "deepspeed" in only:
-        parser.add_argument("--zero", type=int, choices=ZERO_STAGES, help="shorthand for --deepspeed ds_configs/zeroN.json")
+        parser.add_argument("--zero", type=int, choices=ZERO_STAGES,
+                            help="shorthand for --deepspeed ds_configs/zeroN.json")
     if only is None or "load_in_8bit" in only:
         parser.add_argument("--quant", choices=QUANTS, help="shorthand: 8bit = --load_in_8bit, 4bit = --load_in_4bit")
 

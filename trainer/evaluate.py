@@ -2,7 +2,7 @@
 
 Both modes split the examples across ranks and give every rank the same number of forwards:
 under ZeRO-3 each forward gathers parameters from all ranks, so a rank that stopped early would
-leave the others waiting forever (pitfall 2).
+leave the others waiting forever.
 """
 from __future__ import annotations
 

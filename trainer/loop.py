@@ -287,7 +287,9 @@ def fit(run: Session) -> TrainResult:
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
-    window = {"start": time.perf_counter(), "tokens": 0, "grad_norm": None}  # since the last logging step, for --report_to
+    # since the last logging step, for --report_to (a resumed run's window starts at the last one before its checkpoint)
+    window = {"start": time.perf_counter(), "tokens": 0, "grad_norm": None,
+              "step": state["step"] - state["step"] % cfg.logging_steps}
     backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
     while state["step"] < total_steps:
         epoch, done = divmod(state["step"], steps_per_epoch)
@@ -376,7 +378,7 @@ def log_window(run: Session, state: dict, window: dict) -> None:
     """The logging step's events for --report_to: loss averaged over the steps since the last one,
     gradient norm, tokens/s of all ranks (DeepSpeed logs the learning rate). Every rank calls it (the sum is a
     collective)."""
-    steps = state["step"] - window.get("step", 0)
+    steps = state["step"] - window["step"]
     tokens = sum(distributed.gather(window["tokens"]))
     seconds = time.perf_counter() - window["start"]
     grad_norm = window["grad_norm"]

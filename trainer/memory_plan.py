@@ -24,7 +24,7 @@ arithmetic written out below and in docs/benchmarks.md ("Memory planner"):
   or one layer's recomputation under gradient checkpointing, or one dequantized weight.
 
 Load-time peak: a quantized model is loaded whole on every rank before ZeRO-3 shards it
-(reference/zero3-quantization.md); an unquantized one arrives sharded through zero.Init.
+(docs/quantization.md); an unquantized one arrives sharded through zero.Init.
 """
 from __future__ import annotations
 

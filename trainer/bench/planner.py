@@ -146,7 +146,8 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
 
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--module", "lrpt.trainer.bench.planner",
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks),
+           "--module", "lrpt.trainer.bench.planner",
            "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
            "--target_len", str(args.target_len), "--steps", str(args.steps),
            *(["--deepspeed_linear"] if getattr(args, "deepspeed_linear", False) else []), "--", *flags]
@@ -162,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                    "(memory_efficient_linear off), 3x2+dslinear (DeepSpeed's linear, which saves every input)")
     p.add_argument("--method", default="dpt")
     p.add_argument("--prompt_length", type=int, default=20)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--target_len", type=int, default=16)
+    p.add_argument("--per_device_train_batch_size", "--batch", dest="batch", type=int, default=4)
+    p.add_argument("--max_source_length", "--seq_len", dest="seq_len", type=int, default=128,
+                   help="input tokens of the random batch")
+    p.add_argument("--max_target_length", "--target_len", dest="target_len", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--grad_ckpt", action="store_true", help="gradient checkpointing in every case")
+    p.add_argument("--gradient_checkpointing", "--grad_ckpt", dest="grad_ckpt", action="store_true", help="gradient checkpointing in every case")
     p.add_argument("--quant", default="none", choices=("none", "8bit", "4bit"), help="quantized backbones")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--deepspeed_linear", action="store_true", help=argparse.SUPPRESS)
