@@ -89,8 +89,7 @@ def option_fields() -> tuple[tuple[str, Any, dataclasses.Field], ...]:
                                 f"another method as {entry['type']} = {entry['default']!r}; make them agree")
             entry["help"].setdefault(f.metadata.get("help", ""), []).append(cls.name)
     return tuple((name, e["type"], dataclasses.field(default=e["default"], metadata={
-                "help": "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items()),
-                "methods": tuple(m for names in e["help"].values() for m in names)}))
+                "help": "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items())}))
             for name, e in merged.items())
 
 

@@ -287,7 +287,7 @@ def fit(run: Session) -> TrainResult:
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and distributed.is_main()))
     engine.train()
-    # since the last logging step, for --report_to (a resumed run's window starts at the last one before its checkpoint)
+    # since the last logging step, for --report_to (after a resume: the last one before the checkpoint)
     window = {"start": time.perf_counter(), "tokens": 0, "grad_norm": None,
               "step": state["step"] - state["step"] % cfg.logging_steps}
     backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
@@ -366,8 +366,8 @@ def fit(run: Session) -> TrainResult:
 
 def gradient_norm(run: Session) -> float | None:
     """The prompt's gradient norm before clipping, at the accumulation boundary: ZeRO-0 leaves the
-    (all-reduced) gradients in .grad, and DeepSpeed keeps no norm of its own there; ZeRO-1/2/3 hold
-    them in their partitions (None: read the engine's norm after the step)."""
+    (all-reduced) gradients in .grad and keeps no norm of its own; ZeRO-1/2/3 hold them in their
+    partitions and compute it themselves (None here)."""
     grads = [p.grad for p in run.prompt.parameters() if p.grad is not None]
     if run.stage != 0 or not grads:
         return None
@@ -381,9 +381,9 @@ def log_window(run: Session, state: dict, window: dict) -> None:
     steps = state["step"] - window["step"]
     tokens = sum(distributed.gather(window["tokens"]))
     seconds = time.perf_counter() - window["start"]
-    grad_norm = window["grad_norm"]
-    if grad_norm is None:  # ZeRO-1/2/3: the norm DeepSpeed's partitioned optimizer computed for clipping
-        grad_norm = run.engine.get_global_grad_norm()
+    grad_norm = run.engine.get_global_grad_norm()  # what DeepSpeed's own optimizers computed for clipping
+    if grad_norm is None:  # ZeRO-0 with lrpt's AdamW: DeepSpeed keeps none
+        grad_norm = window["grad_norm"]
     monitor.write(run.engine, state["step"] * run.ds_config["train_batch_size"], {
         "loss": sum(state["loss_curve"][-steps:]) / steps,
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "tokens_per_s": tokens / seconds})

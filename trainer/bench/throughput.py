@@ -150,9 +150,14 @@ def settings_from(argv: list[str]) -> dict:
 
     settings = {**DEFAULTS, **vars(parser().parse_args(argv))}
     settings["shared_prefix"] = tristate(settings["shared_prefix"], "--shared_prefix")
+    options = method_settings(settings)
     for name in settings["methods"].split(","):
         if name not in methods.available():
             raise LrptError(f"unknown method {name!r}; known methods: {', '.join(methods.available())}")
+        try:  # each method with the options it takes, checked as `lrpt train` checks them
+            methods.method_options(name, {k: v for k, v in options.items() if k in methods.option_names(name)})
+        except ValueError as exc:
+            raise LrptError(str(exc)) from None
     return settings
 
 
