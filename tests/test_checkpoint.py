@@ -81,3 +81,30 @@ def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path)
         backbones[layers] = sum(p.numel() for p in run.model.backbone.parameters())
     assert backbones[4] > 2 * backbones[1]
     assert abs(sizes[4] - sizes[1]) < 0.02 * sizes[1], sizes  # only metadata may differ
+
+
+def test_pruning_orders_by_step_and_keeps_the_checkpoint_just_written(tiny_t5_dir, memorise_dir, tmp_path):
+    """A fresh start (--resume_from_checkpoint none) where an older run left step-000100 and step-000200:
+    by name the new step-000001.. sort first and would be pruned the moment they are written."""
+    out = tmp_path / "run"
+    for step in (100, 200):
+        (out / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    train(config(tiny_t5_dir, memorise_dir, out, max_steps=4, save_steps=1, save_total_limit=2,
+                 resume_from_checkpoint="none"))
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert kept == ["step-000004", "step-000200"]  # the newest by number, and the one just written
+    assert checkpoint.latest(out).name == "step-000004"
+    assert checkpoint.step_of(out / "checkpoints" / "step-1000000") > checkpoint.step_of(out / "step-999999")
+
+
+def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_dir, memorise_dir, tmp_path, capsys):
+    from lrpt.trainer.cli import main
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest").write_text("step-000006")
+    argv = ["train", "--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--output_dir", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints/latest names step-000006, which does not exist" in err and err.count("\n") == 1
+    assert "Loading weights" not in err and not (out / "config.yaml").exists()  # refused before anything loads

@@ -63,3 +63,31 @@ def test_ds_config_refuses_its_own_optimizer(tmp_path):
     path.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
     with pytest.raises(LrptError, match="remove 'optimizer'"):
         resolve_ds_config(RunConfig(deepspeed=str(path)), world_size=1)
+
+
+def test_yaml_values_take_their_field_types_as_the_same_flags_would(tmp_path):
+    """PyYAML reads `3e-1` as a string and `"false"` is a string: each is read as the flag would be."""
+    path = tmp_path / "run.yaml"
+    path.write_text('load_in_8bit: "false"\nlearning_rate: 3e-1\nper_device_train_batch_size: "4"\nrank: null\n'
+                    'gradient_checkpointing: "on"\nshared_prefix: false\n')
+    cfg = load_config(["--config", str(path)])
+    flags = load_config(["--load_in_8bit", "false", "--learning_rate", "3e-1", "--per_device_train_batch_size", "4",
+                         "--rank", "none", "--gradient_checkpointing", "on", "--shared_prefix", "false"])
+    assert cfg == flags
+    assert (cfg.load_in_8bit, cfg.learning_rate, cfg.per_device_train_batch_size) == (False, 0.3, 4)
+    assert type(cfg.learning_rate) is float and type(cfg.per_device_train_batch_size) is int
+
+
+@pytest.mark.parametrize("line, message", [
+    ("max_steps: 2.5", "max_steps must be an integer, got 2.5"),
+    ("gradient_checkpointing: 1", "gradient_checkpointing must be true or false, got 1"),
+    ("seed: yes", "seed must be an integer, got True"),
+    ("learning_rate: fast", "learning_rate must be a number, got 'fast'"),
+    ("task: 5", "task must be a string, got 5"),
+    ("model: null", "model must be a string, got None"),
+])
+def test_yaml_values_of_the_wrong_type_are_refused_by_name(tmp_path, line, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(LrptError, match=f"config file '{path}': {message}$"):
+        load_config(["--config", str(path)])

@@ -56,6 +56,13 @@ def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir,
     assert [line["index"] for line in lines] == list(range(7))
     assert [line["group"] for line in lines] == [str(100 + i) for i in range(7)]
     assert all(line["prediction"] in ("entailment", "not_entailment") for line in lines)  # rank mode
+    assert not list(tmp_path.glob(".*.tmp"))  # written aside, then renamed into place
+
+    # the input named as the output (also through another spelling of the path) is refused, untouched
+    before = source.read_text()
+    for output in (source, tmp_path / "." / "in.jsonl"):
+        assert main(["predict", str(run), "--input", str(source), "--output", str(output)]) == 2
+    assert source.read_text() == before
 
 
 @pytest.mark.parametrize("r", [1, 3, 7])

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from lrpt.methods import PromptModule
 from lrpt.trainer import distributed
+from lrpt.trainer.errors import LrptError
 
 STAGING = ".staging"
 
@@ -62,23 +63,34 @@ def save(engine, prompt: PromptModule, output_dir: str | Path, step: int, traine
         tmp = root / "latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, root / "latest")
-        _prune(root, keep)
+        _prune(root, keep, final)
     distributed.barrier()
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
-    tags = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in tags[:-keep]:
+def step_of(checkpoint: Path) -> int:
+    """The step a `step-N` directory holds (by number: step-1000000 comes after step-999999)."""
+    return int(checkpoint.name.split("-")[-1])
+
+
+def _prune(root: Path, keep: int, written: Path) -> None:
+    """Keep the `keep` checkpoints of the highest steps, and always the one just written (`latest`)."""
+    tags = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[-1].isdigit()), key=step_of)
+    for old in [p for p in tags if p != written][:max(0, len(tags) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def latest(output_dir: str | Path) -> Path | None:
+    """The checkpoint `latest` names, None if there is no `latest`; one that names a missing
+    directory is an error, never a silent start from step 0."""
     pointer = checkpoints_dir(output_dir) / "latest"
     if not pointer.is_file():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if not path.is_dir():
+        raise LrptError(f"{pointer} names {path.name}, which does not exist: resume from another checkpoint with "
+                        f"--resume_from_checkpoint {pointer.parent}/step-N, or start afresh in a new --output_dir")
+    return path
 
 
 def load(engine, checkpoint: Path) -> dict:

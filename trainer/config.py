@@ -291,8 +291,32 @@ def read_yaml(path: str) -> dict[str, Any]:
         raise LrptError(f"config file {path!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise LrptError(f"config file {path!r} must hold a mapping of RunConfig fields")
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(data) - known)
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise LrptError(f"config file {path!r} has unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
-    return data
+        raise LrptError(f"config file {path!r} has unknown keys {unknown}; known keys: {', '.join(sorted(fields))}")
+    return {key: _typed(fields[key], value, path) for key, value in data.items()}
+
+
+def _typed(f: dataclasses.Field, value: Any, path: str) -> Any:
+    """A YAML value as its field's type. A string is read as the same flag on the command line would
+    be (`"false"`, `"4"`, and `3e-1`, which PyYAML leaves a string); any other value must already
+    have the type; null only where the field may be None."""
+    tp = _field_type(f)
+    wanted = "true or false" if tp is bool else {int: "an integer", float: "a number", str: "a string"}[tp]
+    if value is None and (f.default is None or f.name == "resume_from_checkpoint"):
+        return None
+    if isinstance(value, str) and tp is not str:
+        try:
+            return _parse_bool(value) if tp is bool else tp(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            pass
+    elif tp is bool and isinstance(value, bool) or tp is str and isinstance(value, str):
+        return value
+    elif tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif f.name == "shared_prefix" and isinstance(value, bool):  # auto | true | false, a YAML bool included
+        return value
+    raise LrptError(f"config file {path!r}: {f.name} must be {wanted}, got {value!r}")

@@ -191,6 +191,8 @@ def setup(cfg: RunConfig) -> Session:
     keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
+    if cfg.resume_from_checkpoint == "auto":
+        checkpoint.latest(out)  # a `latest` naming a missing checkpoint is refused before any weight loads
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -343,7 +345,7 @@ def fit(run: Session) -> TrainResult:
     bar.close()
     if run.dev_rows is not None and state.get("best", {}).get("step") != state["step"]:
         select()
-    if resume is None or state["step"] > _resumed_step(resume):
+    if resume is None or state["step"] > checkpoint.step_of(resume):
         save_checkpoint()
     if run.dev_rows is not None and state["best"]["step"] != state["step"]:
         checkpoint.load_prompt(prompt, out / "best" / "prompt.safetensors")
@@ -395,10 +397,6 @@ def prompt_diagnostics(prompt: methods.PromptModule) -> dict:
 
     with deepspeed.zero.GatheredParameters(list(prompt.parameters())):  # every rank calls it: a collective
         return prompt.diagnostics()
-
-
-def _resumed_step(resume: Path) -> int:
-    return int(resume.name.split("-")[-1])
 
 
 def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config,

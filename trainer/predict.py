@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -25,6 +26,9 @@ def predict(run_dir: str, input_path: str, output_path: str, decoding: str | Non
     path = Path(input_path)
     if not path.is_file():
         raise LrptError(f"--input {input_path!r} does not exist")
+    out = Path(output_path)
+    if out.exists() and out.resolve() == path.resolve():
+        raise LrptError(f"--output {output_path!r} is the --input file: it would be overwritten; write elsewhere")
     check_jsonl(path)
     cfg, backbone, model = load_run(run_dir)
     task = get_task(cfg.task)
@@ -40,10 +44,12 @@ def predict(run_dir: str, input_path: str, output_path: str, decoding: str | Non
                            cfg.max_target_length, synced_gpus=False, progress=progress)
     else:
         answers = rank_classify(model, rows, encoder, batch_size, progress=progress)
-    with open(output_path, "w") as f:
+    staged = out.with_name(f".{out.name}.tmp")  # then renamed: a killed run never leaves half a file at --output
+    with staged.open("w") as f:
         for i in range(len(rows)):
             f.write(json.dumps({"index": i, "group": rows[i]["group"], "prediction": answers[i],
                                 "valid": task.is_valid(answers[i], rows[i])}) + "\n")
+    os.replace(staged, out)
     return len(rows)
 
 
