@@ -95,3 +95,36 @@ def test_the_hub_kernel_warning_of_bitsandbytes_is_dropped_and_only_it():
     finally:
         logger.removeHandler(handler)
     assert seen == ["some other bitsandbytes warning"]
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tiny_t5_dir, memorise_dir, tmp_path):
+    """The torch-extensions cache of this machine (DeepSpeed's CPU op built), copied, with the lock a
+    build killed an hour ago leaves: torch alone would wait on it forever."""
+    import shutil
+    import time
+
+    from lrpt.trainer import build_lock
+
+    built = next(p for p in build_lock.extensions_root().glob("**/deepspeed_shm_comm") if list(p.glob("*.so")))
+    cache = tmp_path / "extensions"  # TORCH_EXTENSIONS_DIR holds one folder per op
+    shutil.copytree(built, cache / "deepspeed_shm_comm", symlinks=True, ignore=shutil.ignore_patterns("lock"))
+    lock = cache / "deepspeed_shm_comm" / "lock"
+    lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(lock, (hour_ago, hour_ago))
+    lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
+    done = subprocess.run([lrpt, "train", "--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--max_steps", "1",
+                           "--output_dir", str(tmp_path / "run"), "--progress", "false", "--batch", "2"], capture_output=True,
+                          text=True, timeout=120, env={**clean_env(), "TORCH_EXTENSIONS_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"removed {lock}: a build lock left by a build that was killed" in done.stdout
+    assert not lock.exists() and (tmp_path / "run" / "report.json").is_file()
+
+    # a lock some process holds open is a build under way: left alone
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL)
+    try:
+        os.utime(lock, (hour_ago, hour_ago))
+        assert build_lock.clear_stale_locks(print, root=cache) == [] and lock.exists()
+    finally:
+        os.close(fd)
+        lock.unlink()

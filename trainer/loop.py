@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from lrpt import methods
 from lrpt.eval.tasks import Task, get_task
-from lrpt.trainer import checkpoint, distributed, monitor, preempt
+from lrpt.trainer import build_lock, checkpoint, distributed, monitor, preempt
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
@@ -183,6 +183,8 @@ def setup(cfg: RunConfig) -> Session:
                         "was started alone (no RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT). Launch with "
                         "`deepspeed --num_gpus N trainer/run.py ...` or torchrun; on one device use "
                         "ds_configs/zero3_offload.json, or ds_configs/zero0.json when the backbone fits")
+    build_lock.clear_stale_locks(log)  # a build killed earlier would make DeepSpeed's start wait forever
+    build_lock.announce_cpu_comm_build(log)
     distributed.init_process_group()
     world = distributed.world_size()
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size)
