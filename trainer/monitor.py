@@ -18,8 +18,7 @@ from lrpt.trainer.config import RunConfig, report_to
 from lrpt.trainer.errors import LrptError
 
 LOG_DIR = "logs"
-EVENTS = ("Train/Samples/loss", "Train/Samples/lr", "Train/Samples/grad_norm", "Train/Samples/tokens_per_s")
-PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # monitor: (module, extra)
+PACKAGES = ("tensorboard", "wandb")  # monitors that need a package of that name: the extra lrpt[<name>]
 SECTION = {"csv": "csv_monitor", "tensorboard": "tensorboard", "wandb": "wandb"}
 
 
@@ -28,9 +27,9 @@ def check_available(cfg: RunConfig) -> None:
     import importlib.util
 
     for name in report_to(cfg.report_to):
-        if name in PACKAGES and importlib.util.find_spec(PACKAGES[name][0]) is None:
-            raise LrptError(f"--report_to {name} needs the {PACKAGES[name][0]} package: "
-                            f"pip install 'lrpt[{PACKAGES[name][1]}]', or pick --report_to csv")
+        if name in PACKAGES and importlib.util.find_spec(name) is None:
+            raise LrptError(f"--report_to {name} needs the {name} package: pip install 'lrpt[{name}]', "
+                            "or pick --report_to csv")
 
 
 def add_sections(cfg: RunConfig, ds_config: dict, out: Path) -> None:
