@@ -27,6 +27,9 @@ BUILT_IN: tuple[type[PromptModule], ...] = (PromptTuning, DPT, LoPT1, LoPT2, LAM
 ENTRY_POINT_GROUP = "lrpt.methods"
 # What the backbone offers every method; a method that starts from random factors ignores it.
 BACKBONE_CONTEXT = ("embedding_weight", "init_token_ids", "vocab_limit")
+# Options the trainer turns into backbone context (init_text -> init_token_ids, by the backbone's
+# tokenizer): `build` drops them, so callers pass a run's options as they are.
+RESOLVED_BY_TRAINER = ("init_text",)
 
 
 def _plugins() -> list[type[PromptModule]]:
@@ -119,7 +122,8 @@ def build(name: str, num_tokens: int, embed_dim: int, **kw: Any) -> PromptModule
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(available())}")
     takes = accepted_kwargs(name)
-    kw = {k: v for k, v in kw.items() if v is not None and (k in takes or k not in BACKBONE_CONTEXT)}
+    kw = {k: v for k, v in kw.items()
+          if v is not None and k not in RESOLVED_BY_TRAINER and (k in takes or k not in BACKBONE_CONTEXT)}
     for k in kw:
         if k not in takes:
             raise ValueError(f"method {name!r} does not take {k!r} (it takes: {', '.join(takes)})")

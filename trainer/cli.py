@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Low-rank prompt tuning on frozen backbones.", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items()))
     parser.add_argument("command", choices=list(COMMANDS), metavar="command", help="one of: " + ", ".join(COMMANDS))
-    parser.add_argument("--version", action="version", version=f"lrpt {_version()}")
-    if not argv or argv[0] in ("-h", "--help", "--version"):
-        if argv and argv[0] == "--version":
-            parser.parse_args(argv[:1])
+    parser.add_argument("--version", action="store_true", help="print lrpt's version")
+    if argv and argv[0] == "--version":
+        print(f"lrpt {_version()}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
     args, rest = parser.parse_known_args(argv[:1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,10 +166,14 @@ def report_to(value: str) -> list[str]:
     return names
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
 def _field_type(f: dataclasses.Field) -> type:
     """The concrete type of a field, with `X | None` unwrapped to X."""
-    hints = typing.get_type_hints(RunConfig)
-    tp = hints[f.name]
+    tp = _hints()[f.name]
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     return tp

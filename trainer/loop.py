@@ -93,9 +93,7 @@ def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
 def build_method(cfg: RunConfig, embed_dim: int, **context) -> methods.PromptModule:
     """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
     tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
-    options = cfg.method_options()
-    options.pop("init_text", None)
-    return methods.build(cfg.method, cfg.prompt_length, embed_dim, **{**options, **context})
+    return methods.build(cfg.method, cfg.prompt_length, embed_dim, **{**cfg.method_options(), **context})
 
 
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:

@@ -336,10 +336,9 @@ def plan(spec: PlanSpec) -> Plan:
     notes: list[str] = []
 
     # prompt: the method's own parameter count and output length (LAMP: ⌈c/p⌉), at the backbone's width
-    options = {k: v for k, v in spec.options.items() if k != "init_text"}
     try:
         prompt = methods.build(spec.method, spec.prompt_length, hidden,
-                               **{**options, **methods.random_start(spec.method)})
+                               **{**spec.options, **methods.random_start(spec.method)})
     except ValueError as exc:
         raise LrptError(str(exc)) from None
     n_prompt, prompt_tokens = prompt.num_trainable_params(), prompt.output_length

@@ -55,7 +55,7 @@ def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: in
         def loss():
             return net(input_ids=ids, attention_mask=mask, labels=labels).loss
     else:
-        own = {k: v for k, v in options.items() if k in methods.option_names(method) and k != "init_text"}
+        own = {k: v for k, v in options.items() if k in methods.option_names(method)}
         prompt = methods.build(method, prompt_length, backbone.embed_dim, **{**own, **methods.random_start(method)})
         model_ = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
