@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,9 +66,8 @@ def test_checkpoint_holds_no_frozen_weights(tiny_t5_dir, memorise_dir, tmp_path)
 
 def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path):
     first = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2)).report
-    again = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2)).report
-    assert again["train"]["loss_curve"] == first["train"]["loss_curve"]
-    assert again["throughput"]["per_rank"][0].get("steps_measured", 0) == 0
+    again = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=2))
+    assert again.report == first and again.model is None  # the measured figures stand; nothing was loaded
 
 
 def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path):
@@ -84,17 +85,17 @@ def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path)
 
 
 def test_pruning_orders_by_step_and_keeps_the_checkpoint_just_written(tiny_t5_dir, memorise_dir, tmp_path):
-    """A fresh start (--resume_from_checkpoint none) where an older run left step-000100 and step-000200:
-    by name the new step-000001.. sort first and would be pruned the moment they are written."""
+    """By name step-1000000 sorts before step-999999 and would be the one pruned; and the checkpoint just
+    written stays even when higher steps are there (an explicit --resume_from_checkpoint of an earlier one)."""
+    root = tmp_path / "checkpoints"
+    for step in (5, 999_999, 1_000_000):
+        (root / f"step-{step:06d}").mkdir(parents=True)
+    checkpoint._prune(root, keep=1, written=root / "step-000005")
+    assert sorted(p.name for p in root.iterdir()) == ["step-000005", "step-1000000"]
     out = tmp_path / "run"
-    for step in (100, 200):
-        (out / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
-    train(config(tiny_t5_dir, memorise_dir, out, max_steps=4, save_steps=1, save_total_limit=2,
-                 resume_from_checkpoint="none"))
-    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
-    assert kept == ["step-000004", "step-000200"]  # the newest by number, and the one just written
+    train(config(tiny_t5_dir, memorise_dir, out, max_steps=4, save_steps=1, save_total_limit=2))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000003", "step-000004"]
     assert checkpoint.latest(out).name == "step-000004"
-    assert checkpoint.step_of(out / "checkpoints" / "step-1000000") > checkpoint.step_of(out / "step-999999")
 
 
 def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_dir, memorise_dir, tmp_path, capsys):
@@ -108,3 +109,44 @@ def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_di
     err = capsys.readouterr().err
     assert "checkpoints/latest names step-000006, which does not exist" in err and err.count("\n") == 1
     assert "Loading weights" not in err and not (out / "config.yaml").exists()  # refused before anything loads
+
+
+class Payload:
+    """What a crafted checkpoint holds: unpickling it runs code (here: writes `marker`)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_t5_dir, memorise_dir, tmp_path_factory) -> Path:
+    """A run whose last checkpoint stands but whose report is gone: the next launch resumes from it."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    train(config(tiny_t5_dir, memorise_dir, out, max_steps=2, save_steps=1))
+    (out / "report.json").unlink()
+    return out
+
+
+@pytest.mark.parametrize("damage", ["pickle payload", "truncated"])
+def test_resume_unpickles_no_code_and_names_a_broken_file(damage, stopped_run, tmp_path, capsys):
+    from lrpt.trainer.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    target = checkpoint.latest(out) / "mp_rank_00_model_states.pt"
+    marker = tmp_path / "marker"
+    if damage == "pickle payload":
+        torch.save({"module": Payload(marker)}, target)
+    else:
+        target.write_bytes(target.read_bytes()[:200])
+    assert main(["train", "--config", str(out / "config.yaml"), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: " in err and err.count("\n") == 1, err  # one line, before any weight loads
+    assert ("exec, which no checkpoint" if damage == "pickle payload" else "cannot read this checkpoint") in err
+    assert not marker.exists() and not (out / "report.json").exists()
+    if damage == "pickle payload":  # the planted file does run code when unpickled as DeepSpeed does
+        torch.load(target, weights_only=False)
+        assert marker.read_text() == "ran"

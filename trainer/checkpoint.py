@@ -76,7 +76,7 @@ def step_of(checkpoint: Path) -> int:
 def _prune(root: Path, keep: int, written: Path) -> None:
     """Keep the `keep` checkpoints of the highest steps, and always the one just written (`latest`)."""
     tags = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[-1].isdigit()), key=step_of)
-    for old in [p for p in tags if p != written][:max(0, len(tags) - keep)]:
+    for old in [p for p in tags[:max(0, len(tags) - keep)] if p != written]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -97,8 +97,14 @@ def load(engine, checkpoint: Path) -> dict:
     """Restore prompt factors, optimizer and scheduler; returns the trainer state."""
     state_file = checkpoint / "trainer_state.json"
     if not state_file.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not an lrpt checkpoint (no trainer_state.json)")
+        raise LrptError(f"{checkpoint} is not an lrpt checkpoint (no trainer_state.json)")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LrptError(f"{state_file}: not valid JSON ({exc}); resume from an earlier checkpoint "
+                        "(--resume_from_checkpoint <output_dir>/checkpoints/step-N)") from None
     load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_strict=False)
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint at {checkpoint}")
-    return json.loads(state_file.read_text())
+        raise LrptError(f"{checkpoint}: DeepSpeed found no checkpoint files of this run's ranks there; resume from "
+                        "an earlier checkpoint (--resume_from_checkpoint <output_dir>/checkpoints/step-N)")
+    return state

@@ -70,6 +70,9 @@ class RunSettings:
     local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher; the LOCAL_RANK env var wins"})
     # output, evaluation, checkpoints
     output_dir: str | None = field(default=None, metadata={"help": "default runs/<time>-<method>-<task>"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start afresh in an --output_dir that holds a run: remove its checkpoints, logs and results first "
+                "(a relaunch into it otherwise resumes it, and must have its settings)"})
     logging_steps: int = 10
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})

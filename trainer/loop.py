@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from transformers import PretrainedConfig
 
 from lrpt import methods
 from lrpt.eval.tasks import Task, get_task
-from lrpt.trainer import build_lock, checkpoint, distributed, monitor, preempt
+from lrpt.trainer import build_lock, checkpoint, distributed, monitor, preempt, run_dir, weights_only
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
@@ -160,9 +161,10 @@ class Session:
 
 @dataclass
 class TrainResult:
-    """What a run leaves in memory: the report, the trained model and its DeepSpeed engine."""
+    """What a run leaves in memory: the report, the trained model and its DeepSpeed engine (None, None for a
+    finished run relaunched, which loads nothing)."""
     report: dict
-    model: PromptedModel
+    model: PromptedModel | None
     engine: object
 
 
@@ -191,11 +193,12 @@ def setup(cfg: RunConfig) -> Session:
     keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
-    if cfg.resume_from_checkpoint == "auto":
-        checkpoint.latest(out)  # a `latest` naming a missing checkpoint is refused before any weight loads
+    run_dir.claim(cfg, distributed.is_main(), log)  # the directory's contract, before any weight loads
+    distributed.barrier()  # an --overwrite_output_dir is cleared before any rank writes into it
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        repeat = {**cfg.to_dict(), "overwrite_output_dir": False}  # `--config` of it resumes, never wipes
+        run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
     monitor.add_sections(cfg, ds_config, out)
     torch.manual_seed(cfg.seed)
 
@@ -233,6 +236,7 @@ def setup(cfg: RunConfig) -> Session:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+    weights_only.install(engine)  # resume reads tensors and data, never code (trainer/weights_only.py)
     if ds_stage == 3:
         from lrpt.trainer import zero3_linear
 
@@ -244,7 +248,13 @@ def setup(cfg: RunConfig) -> Session:
 
 
 def train(cfg: RunConfig) -> TrainResult:
-    return fit(setup(cfg))
+    """One run. A finished run relaunched unchanged is not loaded: its report comes back as it was."""
+    try:
+        run = setup(cfg)
+    except run_dir.RunFinished as finished:
+        log(str(finished))
+        return TrainResult(report=json.loads(finished.report_path.read_text()), model=None, engine=None)
+    return fit(run)
 
 
 def fit(run: Session) -> TrainResult:
@@ -254,8 +264,7 @@ def fit(run: Session) -> TrainResult:
     out = Path(cfg.output_dir)
     world = distributed.world_size()
     state = {"step": 0, "loss_curve": [], "eval_history": []}
-    resume = checkpoint.latest(out) if cfg.resume_from_checkpoint == "auto" else (
-        None if cfg.resume_from_checkpoint in (None, "none") else Path(cfg.resume_from_checkpoint))
+    resume = run_dir.resume_point(cfg)
     if resume is not None:
         state = checkpoint.load(engine, resume)
         log(f"resumed from {resume} at step {state['step']}")

@@ -2,7 +2,7 @@
 
 Each run gets its own directory under --output_dir; a run whose report.json exists is skipped,
 so an interrupted sweep started again continues where it stopped (and each run resumes from its
-own checkpoints).
+own checkpoints). A run directory that holds other settings is refused before any run trains.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def run_name(task: str, method: str, seed: int, k: int | None) -> str:
 
 def main(argv: list[str]) -> int:
     from lrpt.eval.aggregate import collect, table
+    from lrpt.trainer import run_dir
     from lrpt.trainer.loop import train
 
     args, rest = parse(argv)
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> int:
                  "--output_dir", str(out / run_name(task, method, seed, k))]
         cfg = load_config(flags + (["--few_shot", str(k)] if k else []))
         cfg.validate()
+        run_dir.check_contract(cfg, Path(cfg.output_dir))  # a finished run is skipped only if it ran these settings
         configs.append(cfg)
     for i, cfg in enumerate(configs, 1):
         if (Path(cfg.output_dir) / "report.json").exists():

@@ -1,0 +1,116 @@
+"""A run directory's config.yaml is its contract.
+
+Relaunching into an --output_dir that holds a run resumes that run, so the new launch must train
+exactly what the old one did: a differing value of any field that changes what is trained or
+measured is refused (all of them named, with both values) before any weight loads. Fields in
+`MAY_DIFFER` change nothing trained. A finished run (report.json) relaunched unchanged is left
+as it is. --overwrite_output_dir starts afresh: it removes what an earlier run wrote there first,
+so that no old checkpoint can be resumed, pruned or named by `latest` by mistake.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lrpt.trainer import checkpoint, weights_only
+from lrpt.trainer.config import RunConfig, read_yaml
+from lrpt.trainer.errors import LrptError
+
+MAY_DIFFER = frozenset({
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "local_rank", "per_device_eval_batch_size",
+    "logging_steps", "save_steps", "save_total_limit", "progress", "report_to",
+})
+# what a run writes into its directory; --overwrite_output_dir removes these and nothing else
+RUN_FILES = ("config.yaml", "report.json", "prompt.safetensors", "prompt_dense.safetensors", "eval_predictions.jsonl")
+RUN_DIRS = ("checkpoints", "best", "logs")
+
+
+class RunFinished(Exception):
+    """The run in this directory is finished and was relaunched unchanged: nothing to do."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(f"{output_dir} is finished (report.json) with these settings: nothing to train; its "
+                         "results are unchanged. To train it again, add --overwrite_output_dir")
+        self.report_path = output_dir / "report.json"
+
+
+def config_file(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "config.yaml"
+
+
+def differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """'field: A (run directory) != B (this launch)' for each field that changes what is trained."""
+    old, new = saved.to_dict(), cfg.to_dict()
+    return [f"{name}: {old[name]!r} (run directory) != {new[name]!r} (this launch)"
+            for name in new if name not in MAY_DIFFER and old.get(name) != new[name]]
+
+
+def check_contract(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse a launch whose settings differ from those of the run in `run_dir`."""
+    path = config_file(run_dir)
+    if not path.is_file():
+        return
+    try:
+        saved = RunConfig(**read_yaml(str(path)))
+    except TypeError as exc:
+        raise LrptError(f"{path}: {exc}; this is not a config lrpt wrote: pick another --output_dir") from None
+    differing = differences(saved, cfg)
+    if differing:
+        raise LrptError(f"{run_dir} holds a run with other settings, which this launch would resume: "
+                        f"{'; '.join(differing)}. Relaunch it as it was (lrpt train --config {path}), start it "
+                        "afresh with --overwrite_output_dir, or choose another --output_dir")
+
+
+def has_checkpoints(output_dir: Path) -> bool:
+    root = checkpoint.checkpoints_dir(output_dir)
+    return root.is_dir() and any(p.is_dir() and p.name.startswith("step-") for p in root.iterdir())
+
+
+def requeued() -> bool:
+    """A Slurm job started again (requeue, preemption): it continues the run its first start began."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def claim(cfg: RunConfig, is_main: bool, log) -> None:
+    """Everything about the run directory that is checked or cleared before any weight loads."""
+    out = Path(cfg.output_dir)
+    if cfg.overwrite_output_dir and requeued():
+        log("--overwrite_output_dir: not applied, this is a restart of the Slurm job that already started afresh; "
+            "it resumes")
+    elif cfg.overwrite_output_dir:
+        if is_main:
+            clear(out)
+        return
+    check_contract(cfg, out)
+    if (out / "report.json").is_file():
+        raise RunFinished(out)
+    if cfg.resume_from_checkpoint in (None, "none") and has_checkpoints(out):
+        raise LrptError(f"--resume_from_checkpoint none, and {out} holds checkpoints of this run: resume it "
+                        "(--resume_from_checkpoint auto), start it afresh with --overwrite_output_dir, or choose "
+                        "another --output_dir")
+    resume = resume_point(cfg)
+    if resume is not None:
+        weights_only.check(resume)  # a planted or broken file is refused now, not after the backbone loaded
+
+
+def resume_point(cfg: RunConfig) -> Path | None:
+    """The checkpoint this launch resumes from, checked: None for a start from step 0."""
+    if cfg.resume_from_checkpoint == "auto":
+        return checkpoint.latest(cfg.output_dir)  # a `latest` naming a missing checkpoint is refused here
+    if cfg.resume_from_checkpoint in (None, "none"):
+        return None
+    named = Path(cfg.resume_from_checkpoint)
+    if not (named / "trainer_state.json").is_file():
+        raise LrptError(f"--resume_from_checkpoint {named}: not an lrpt checkpoint (no trainer_state.json); "
+                        f"checkpoints are <output_dir>/checkpoints/step-N")
+    check_contract(cfg, named.parent.parent)  # the run the checkpoint comes from
+    return named
+
+
+def clear(out: Path) -> None:
+    """Remove what an earlier run wrote into `out` (only lrpt's own files: anything else stays)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
