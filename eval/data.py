@@ -22,25 +22,57 @@ FEATURES = datasets.Features({
 assert tuple(FEATURES) == EXAMPLE_KEYS
 
 
+class DataError(ValueError):
+    """A problem with the data, said as `file:line: what is wrong; what to do`."""
+
+
+WHERE = "_where"   # column load_split adds: the row's file:line (or hub split and row), for error messages
+
+
 def split_file(task: Task, split: str, data_dir: str | Path) -> Path:
     path = Path(data_dir).expanduser() / task.dir_name / f"{split}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{task.name}: expected the {split} split at {path} "
-                                f"(official SuperGLUE layout <data_dir>/{task.dir_name}/{{train,val,test}}.jsonl)")
+        raise DataError(f"{path}: no such file: {task.name} expects its {split} split there (the official "
+                        f"SuperGLUE layout <data_dir>/{task.dir_name}/{{train,val,test}}.jsonl)")
     return path
 
 
-def check_jsonl(path: Path) -> None:
-    """Name the file and line of a malformed row, which `datasets` does not."""
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+def check_jsonl(path: Path) -> list[int]:
+    """The line numbers of the file's rows; a row that is not a UTF-8 JSON object is named by file and line
+    (`datasets` names neither)."""
+    numbers = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                "one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}; "
+                                "one JSON object per line")
+            numbers.append(number)
+    if not numbers:
+        raise DataError(f"{path}: no rows (the file is empty); one JSON object per line")
+    return numbers
+
+
+def read_jsonl(path: Path) -> datasets.Dataset:
+    """A JSON-lines file of official rows, checked first, each row with its `file:line` and (if the file has
+    none) an `idx`: its row position."""
+    numbers = check_jsonl(path)
+    rows = datasets.load_dataset("json", data_files=str(path), split="train")  # mixed types: a Json column
+    rows = rows.add_column(WHERE, [f"{path}:{n}" for n in numbers])
+    if "idx" not in rows.column_names:
+        rows = rows.add_column("idx", list(range(len(rows))))
+    return rows
 
 
 def load_split(task: Task, split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
@@ -49,24 +81,38 @@ def load_split(task: Task, split: str, data_dir: str | Path | None = None) -> da
     if data_dir == "hub":
         if split not in HUB_SPLITS:
             raise KeyError(f"{task.name}: unknown split {split!r}; expected one of {list(HUB_SPLITS)}")
-        return datasets.load_dataset(HUB_DATASET, task.hub_config, split=HUB_SPLITS[split])
-    path = split_file(task, split, DEMO_DIR if data_dir is None else data_dir)
-    check_jsonl(path)
-    rows = datasets.load_dataset("json", data_files=str(path), split="train")
-    if "idx" not in rows.column_names:
-        rows = rows.add_column("idx", list(range(len(rows))))
-    return rows
+        rows = datasets.load_dataset(HUB_DATASET, task.hub_config, split=HUB_SPLITS[split])
+        where = f"{HUB_DATASET}/{task.hub_config} {HUB_SPLITS[split]}"
+        return rows.add_column(WHERE, [f"{where} row {i}" for i in range(len(rows))])
+    return read_jsonl(split_file(task, split, DEMO_DIR if data_dir is None else data_dir))
 
 
-def format_rows(task: Task, rows: datasets.Dataset, train: bool = False) -> datasets.Dataset:
+def row_examples(task: Task, row: dict, train: bool = False, labeled: bool = False) -> list[dict]:
+    """task.examples of one official row, its problems said at its file:line. train/labeled: the row must
+    have its label (a training row without one would train on an empty target)."""
+    where = row.pop(WHERE, None) or f"{task.name} row {row.get('idx', '?')}"
+    try:
+        if train or labeled:
+            unlabeled = [e for e in task.examples(row, False) if not e["answers"]]
+            if unlabeled:
+                raise DataError(f"{where}: no label; every {'training' if train else 'evaluation'} row needs one "
+                                "(an unlabeled split, such as test, is for `lrpt predict`)")
+        return task.examples(row, train)
+    except (KeyError, ValueError) as exc:
+        message = exc.args[0] if exc.args else repr(exc)
+        raise DataError(message if isinstance(exc, DataError) else f"{where}: {message}") from None
+
+
+def format_rows(task: Task, rows: datasets.Dataset, train: bool = False, labeled: bool = False) -> datasets.Dataset:
     """Official rows -> one row per example (a MultiRC paragraph becomes one row per answer).
+    labeled=True refuses a row without its label, as train=True does.
 
     Kept in memory rather than in the `datasets` cache: the cache key does not see edits to the
     task modules, and formatting is cheap next to training."""
     def expand(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {key: [] for key in EXAMPLE_KEYS}
         for values in zip(*batch.values()):
-            for example in task.examples(dict(zip(batch, values)), train):
+            for example in row_examples(task, dict(zip(batch, values)), train, labeled):
                 for key in EXAMPLE_KEYS:
                     out[key].append(example[key])
         return out

@@ -8,7 +8,7 @@
 #  - the job's output goes to runs/slurm/<job name>-<job id>.log (LOG=path moves it, LOG=- keeps
 #    it in Slurm's own output file); a requeued job appends to the same log;
 #  - NCCL and thread defaults, each overridden by a value already in the environment;
-#  - lrpt_train: skips a finished run, runs the trainer under srun, forwards SIGUSR1 to it, and
+#  - lrpt_train: runs the trainer under srun (a finished run it leaves as it is), forwards SIGUSR1 to it, and
 #    requeues the job when the trainer stopped on the signal (checkpoint written, exit status 75;
 #    a signal during loading kills the trainer before it listens: that job fails, unrequeued).
 #
@@ -106,10 +106,8 @@ lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
         exit 2
     fi
     : "${OUTPUT_DIR:?OUTPUT_DIR must be set}"
-    if [[ -f $OUTPUT_DIR/report.json ]]; then
-        echo "lrpt: $OUTPUT_DIR is finished (report.json): nothing to run"
-        return 0
-    fi
+    # a finished OUTPUT_DIR is the trainer's to judge: unchanged it exits 0 touching nothing, with
+    # other settings it refuses (the run directory's config is its contract)
     lrpt_flags
     LRPT_FLAGS+=("$@")
     if [[ -f $OUTPUT_DIR/checkpoints/latest ]]; then
@@ -133,7 +131,7 @@ lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
     wait "$pid" || status=$?
     trap - USR1
 
-    if [[ -f $OUTPUT_DIR/report.json ]]; then
+    if (( status == 0 )) && [[ -f $OUTPUT_DIR/report.json ]]; then
         echo "lrpt: finished: $OUTPUT_DIR/report.json"
         return 0
     fi

@@ -1,6 +1,7 @@
-"""slurm/*.sh on a real Slurm cluster (tests/slurm_cluster.sh: one node, CPU ranks): a ZeRO-3 job
-that completes, a SuperGLUE job array and its table, and preemption: SIGUSR1, checkpoint, requeue,
-resume to the same prompt as an uninterrupted run; a finished run is never trained again.
+"""slurm/*.sh on a real Slurm cluster (tests/slurm_cluster.sh: two nodes on one machine, CPU ranks): ZeRO-3
+jobs that complete on one node and across two, a SuperGLUE job array and its table, and preemption: SIGUSR1,
+checkpoint, requeue, resume to the same losses and prompt as an uninterrupted run (on one node and on two); a
+finished run is never trained again.
 
 The cluster tests skip only when `sbatch` is not on PATH; CI (.ci/run) installs and starts Slurm.
 """
@@ -37,6 +38,8 @@ TEMPLATE_VARS = {*slurm_env.variables(), *slurm_env.ALIASES, "EXTRA_ARGS", "TASK
 TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "PER_DEVICE_TRAIN_BATCH_SIZE": "2", "MAX_STEPS": "60",
         "SAVE_STEPS": "5", "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
 CPU_JOB = ["--nodes=1", "--gpus-per-node=0", "--time=30"]  # > the templates' USR1@600 lead
+# the issue's command: one CPU rank on each of two nodes (tests/slurm_cluster.sh's node1 and node2)
+TWO_NODE_JOB = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--time=30"]
 
 
 # ---- static checks -----------------------------------------------------------------------------
@@ -163,11 +166,19 @@ def log_of(cwd: Path) -> str:
     return "\n".join(p.read_text() for p in sorted((cwd / "runs" / "slurm").glob("*.log")))
 
 
+def our_cluster() -> bool:
+    """Whether this machine's Slurm is tests/slurm_cluster.sh's: then the script runs (it returns at once when
+    the cluster is up on its configuration), so that a cluster an older version of it started is brought up to
+    date; a real cluster's is used as it is."""
+    conf = Path("/etc/slurm/slurm.conf")
+    return conf.is_file() and "# Written by tests/slurm_cluster.sh" in conf.read_text()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     if shutil.which("sbatch") is None:
         pytest.skip("Slurm is not installed (no sbatch on PATH)")
-    if subprocess.run(["sinfo"], capture_output=True).returncode != 0:  # no controller answers: start ours
+    if our_cluster() or subprocess.run(["sinfo"], capture_output=True).returncode != 0:  # or no controller answers
         started = subprocess.run(["bash", str(ROOT / "tests" / "slurm_cluster.sh")], capture_output=True, text=True)
         assert started.returncode == 0, started.stdout + started.stderr
     c = Cluster()
@@ -212,6 +223,12 @@ def test_requeue_of_a_finished_job_trains_nothing(cluster, lamp_job):
     assert report.stat().st_mtime_ns == before
 
 
+def saved_step(run: Path) -> int:
+    """The step of the run's latest checkpoint, -1 before the first."""
+    latest = run / "checkpoints" / "latest"
+    return int(latest.read_text().split("-")[-1]) if latest.exists() else -1
+
+
 def wait_for(condition, what: str, cwd: Path, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not condition() and time.time() < deadline:
@@ -229,20 +246,15 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_prompt(cluster, lamp_
     job = cluster.sbatch("t5_11b_lamp.sh", tmp_path, {**TINY, "MODEL": tiny_t5_dir},
                          [*CPU_JOB, "--ntasks-per-node=2"])
     run = tmp_path / "runs" / f"t5_11b_lamp-{job}"
-    latest = run / "checkpoints" / "latest"
-
-    def saved_step() -> int:
-        return int(latest.read_text().split("-")[-1]) if latest.exists() else -1
-
-    wait_for(lambda: saved_step() > 0, "no checkpoint", tmp_path)  # training is under way
+    wait_for(lambda: saved_step(run) > 0, "no checkpoint", tmp_path)  # training is under way
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     wait_for(lambda: "resumed from" in log_of(tmp_path), "not resumed", tmp_path)
     first_stop = int(re.search(r"resumed from \S+ at step (\d+)", log_of(tmp_path)).group(1))
-    wait_for(lambda: saved_step() > first_stop, "no checkpoint after resuming", tmp_path)
+    wait_for(lambda: saved_step(run) > first_stop, "no checkpoint after resuming", tmp_path)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # the job's steps, not its batch shell
     wait_for(lambda: log_of(tmp_path).count("resumed from") == 2, "not resumed twice", tmp_path)
     second_stop = int(re.findall(r"resumed from \S+ at step (\d+)", log_of(tmp_path))[-1])
-    wait_for(lambda: saved_step() > second_stop, "no checkpoint after resuming twice", tmp_path)
+    wait_for(lambda: saved_step(run) > second_stop, "no checkpoint after resuming twice", tmp_path)
     subprocess.run(["scontrol", "requeue", job], check=True)
 
     (state,) = cluster.wait(job)
@@ -261,13 +273,93 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_prompt(cluster, lamp_
     assert_same_prompt(run, reference)
 
 
+# ---- two nodes ----------------------------------------------------------------------------------
+
+START = re.compile(r"^==== .* job \S+ on (\S+): (\d+) ranks, rendezvous ([^\s:]+):\d+, restart \d+$", re.M)
+RANK_ON = re.compile(r"^lrpt: rank (\d+) of \d+ \(local rank \d+\) on (\S+)$", re.M)
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """A Slurm node list (node[1-2]) as names, in the order Slurm hands out ranks and common.sh picks MASTER_ADDR."""
+    return subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def starts_of(log: str) -> list[tuple[list[str], str, dict[int, str]]]:
+    """Each (re)start of a job's trainer in its log: the job's nodes, the rendezvous host, and the node each
+    rank said it runs on (slurm/task.sh)."""
+    heads = list(START.finditer(log))
+    ends = [h.start() for h in heads[1:]] + [len(log)]
+    return [(hostnames(h.group(1)), h.group(3), {int(r): n for r, n in RANK_ON.findall(log, h.end(), end)})
+            for h, end in zip(heads, ends)]
+
+
+def assert_ran_across_two_nodes(log: str, starts: int) -> None:
+    """Every start: two distinct nodes, rank i on the i-th (srun's block distribution), rendezvous at the
+    first node's name."""
+    found = starts_of(log)
+    assert len(found) == starts, log[-4000:]
+    for nodes, master, ranks in found:
+        assert len(set(nodes)) == 2 and ranks == dict(enumerate(nodes)), (nodes, ranks, log[-4000:])
+        assert master == nodes[0], (master, nodes)
+
+
+@pytest.fixture(scope="module")
+def twonode_job(cluster, tiny_t5_dir, tmp_path_factory):
+    """`sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=0 slurm/t5_11b_lamp.sh`: tiny T5, ZeRO-3, one CPU
+    rank per node; runs straight through, and is the reference for the interrupted two-node job."""
+    cwd = tmp_path_factory.mktemp("twonode")
+    job = cluster.sbatch("t5_11b_lamp.sh", cwd, {**TINY, "MODEL": tiny_t5_dir}, TWO_NODE_JOB)
+    (state,) = cluster.wait(job)
+    return job, cwd, state
+
+
+@needs_slurm
+def test_twonode_lamp_job_completes_with_a_rank_on_each_node(twonode_job):
+    job, cwd, state = twonode_job
+    log = log_of(cwd)
+    assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-4000:]
+    nodes = hostnames(state["NodeList"])
+    assert len(nodes) == 2 and state["BatchHost"] == nodes[0], state
+    assert_ran_across_two_nodes(log, starts=1)
+    report = json.loads((cwd / "runs" / f"t5_11b_lamp-{job}" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["zero_stage"] == 3 and report["train"]["steps"] == 60
+
+
+@needs_slurm
+def test_twonode_usr1_requeue_resumes_to_the_same_loss_curve(cluster, twonode_job, tiny_t5_dir, tmp_path):
+    """SIGUSR1 to a two-node job's batch shell, which runs on the first node: srun forwards it to the ranks
+    on both nodes, they agree on the step, checkpoint it and stop; the job requeues itself, resumes on
+    two nodes from that step, and ends on the uninterrupted two-node job's losses and prompt."""
+    reference_job, reference_cwd, _ = twonode_job
+    job = cluster.sbatch("t5_11b_lamp.sh", tmp_path, {**TINY, "MODEL": tiny_t5_dir}, TWO_NODE_JOB)
+    run = tmp_path / "runs" / f"t5_11b_lamp-{job}"
+    wait_for(lambda: saved_step(run) > 0, "no checkpoint", tmp_path)  # training is under way
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    (state,) = cluster.wait(job)  # a job that requeues itself is never in a final state in between
+    log = log_of(tmp_path)
+    assert state["JobState"] == "COMPLETED" and int(state["Restarts"]) == 1, (state, log[-4000:])
+    stops = [int(n) for n in re.findall(r"SIGUSR1: checkpoint of step (\d+) written", log)]
+    resumes = [int(n) for n in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert len(stops) == 1 and resumes == stops and 0 < stops[0] < 60, log[-4000:]
+    assert log.count("requeueing job") == 1
+    assert_ran_across_two_nodes(log, starts=2)
+
+    reference = reference_cwd / "runs" / f"t5_11b_lamp-{reference_job}"
+    got, want = (json.loads((d / "report.json").read_text()) for d in (run, reference))
+    assert len(want["train"]["loss_curve"]) == 60
+    torch.testing.assert_close(got["train"]["loss_curve"], want["train"]["loss_curve"], rtol=1e-5, atol=1e-5)
+    assert got["metrics"] == want["metrics"]
+    assert_same_prompt(run, reference)
+
+
 @needs_slurm
 def test_superglue_array_leaves_a_report_per_element_and_a_table(cluster, tiny_t5_dir, tmp_path):
     env = {"TASKS": "cb rte", "METHODS": "dpt", "SEEDS": "0 1", "MODEL": tiny_t5_dir, "PRECISION": "fp32",
            "PROMPT_LENGTH": "4", "MAX_STEPS": "2", "BATCH_SIZE": "4", "MAX_EVAL_SAMPLES": "6", "DECODING": "rank",
            "PROGRESS": "false"}
-    # one rank per element, so that two elements share the two CPUs
-    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3"])
+    # one rank per element, at most two at once: the two nodes share this machine's two CPUs
+    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"])
     states = cluster.wait(job, count=4)
     sweep = tmp_path / "runs" / f"superglue-{job}"
     assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(tmp_path)[-4000:])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lrpt.eval.data import load_formatted, load_split
+from lrpt.eval.data import DataError, load_formatted, load_split
 from lrpt.eval.tasks import EXAMPLE_KEYS, TASKS, get_task
 
 
@@ -180,12 +180,13 @@ def test_missing_field_names_it(tmp_path):
     # through the loader too: a file whose rows lack a field
     (tmp_path / "CB").mkdir()
     (tmp_path / "CB" / "val.jsonl").write_text(json.dumps({"premise": "a", "idx": 0, "label": "neutral"}) + "\n")
-    with pytest.raises(KeyError, match=r"'hypothesis'"):
+    with pytest.raises(DataError, match=rf"{tmp_path}/CB/val.jsonl:1: cb: row \(idx 0\) lacks field\(s\) "
+                                        r"\['hypothesis'\]"):
         load_formatted(get_task("cb"), "val", tmp_path)
 
 
 def test_missing_split_names_the_expected_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"WiC/val\.jsonl"):
+    with pytest.raises(DataError, match=r"WiC/val\.jsonl: no such file"):
         load_split(get_task("wic"), "val", tmp_path)
 
 

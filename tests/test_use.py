@@ -43,7 +43,7 @@ def test_export_to_peft_gives_the_same_logits(method, options, arch, backbone_di
     torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
 
 
-def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir, tmp_path):
+def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     run = tmp_path / "run"
     train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
                     prompt_length=8, max_steps=2, per_device_train_batch_size=4, progress=False, decoding="rank"))
@@ -63,6 +63,15 @@ def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir,
     for output in (source, tmp_path / "." / "in.jsonl"):
         assert main(["predict", str(run), "--input", str(source), "--output", str(output)]) == 2
     assert source.read_text() == before
+
+    # a malformed input row is one line at its file:line, before the backbone loads
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"premise": "only a premise"}) + "\n")
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(bad), "--output", str(tmp_path / "bad-out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lrpt predict: error: {bad}:2: rte: row lacks field(s) ['hypothesis']"), err
+    assert err.count("\n") == 1 and "Loading weights" not in err
 
 
 @pytest.mark.parametrize("r", [1, 3, 7])

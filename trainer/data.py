@@ -12,10 +12,11 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lrpt.eval.data import format_rows, load_split
+from lrpt.eval.data import DataError, format_rows, load_split
 from lrpt.eval.fewshot import sample_few_shot
 from lrpt.eval.splits import carve_dev
 from lrpt.eval.tasks import Task
+from lrpt.trainer.errors import LrptError
 
 
 @dataclass
@@ -28,16 +29,25 @@ class RunData:
 def load_run_data(task: Task, data_dir: str | None, seed: int, few_shot: int | None = None, dev_size: float = 0,
                   max_train_samples: int | None = None, max_eval_samples: int | None = None) -> RunData:
     """Official rows -> (few-shot sample) -> (dev carved off) -> examples. The few-shot sample
-    depends on (task, K, seed) alone, so every method of a seed sees the same rows."""
+    depends on (task, K, seed) alone, so every method of a seed sees the same rows. Every row of
+    train and val is checked here (labels included): a data problem is one LrptError at its file:line."""
+    try:
+        return _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples)
+    except DataError as exc:
+        raise LrptError(str(exc)) from None
+
+
+def _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples) -> RunData:
     rows = load_split(task, "train", data_dir)
+    val_rows = load_split(task, "val", data_dir)  # a missing val split is found before anything trains
     if few_shot:
         rows = sample_few_shot(rows, task.name, few_shot, seed)
     dev = None
     if dev_size:
         rows, dev = carve_dev(rows, dev_size, seed)
-        dev = format_rows(task, dev, train=False)
+        dev = format_rows(task, dev, labeled=True)
     train = format_rows(task, rows, train=True)
-    val = format_rows(task, load_split(task, "val", data_dir), train=False)
+    val = format_rows(task, val_rows, labeled=True)
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))
     if max_eval_samples:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -10,10 +11,27 @@ import torch.distributed as dist
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port() -> int:
+    """A port for a launcher's rendezvous, below the kernel's ephemeral range: a port the kernel handed out
+    (bind to 0) and that was released may be handed out again, as some connection's source port, before the
+    launcher binds it. Random, so that launchers started at once rarely pick the same one; bindable now."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 # what `deepspeed trainer/run.py` launches, wherever lrpt is installed
@@ -40,8 +58,8 @@ def init_process_group() -> None:
     if dist.is_initialized():
         return
     if not launched():
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        # port 0: the one-process store binds a port the kernel picks and keeps it (no other rank connects)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed
     from deepspeed.accelerator import get_accelerator

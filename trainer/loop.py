@@ -201,6 +201,9 @@ def setup(cfg: RunConfig) -> Session:
         run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
     monitor.add_sections(cfg, ds_config, out)
     torch.manual_seed(cfg.seed)
+    # every row read and checked before the backbone (minutes at 11B) loads
+    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
+                         cfg.max_eval_samples)
 
     log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
     backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
@@ -215,8 +218,6 @@ def setup(cfg: RunConfig) -> Session:
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
                           shared_prefix=check_shared_prefix(cfg, backbone_config))
 
-    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
-                         cfg.max_eval_samples)
     encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)
     train_rows = tokenize(data.train, encoder)
     for_generation = cfg.decoding == "generate"

@@ -11,14 +11,12 @@ import json
 import os
 from pathlib import Path
 
-import datasets
-
-from lrpt.eval.data import check_jsonl, format_rows
+from lrpt.eval.data import DataError, format_rows, read_jsonl
 from lrpt.eval.tasks import get_task
 from lrpt.trainer.data import Encoder, tokenize
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.evaluate import DECODING, generate, rank_classify
-from lrpt.trainer.runs import load_run
+from lrpt.trainer.runs import load_run, run_config
 
 
 def predict(run_dir: str, input_path: str, output_path: str, decoding: str | None = None,
@@ -29,15 +27,14 @@ def predict(run_dir: str, input_path: str, output_path: str, decoding: str | Non
     out = Path(output_path)
     if out.exists() and out.resolve() == path.resolve():
         raise LrptError(f"--output {output_path!r} is the --input file: it would be overwritten; write elsewhere")
-    check_jsonl(path)
+    task = get_task(run_config(run_dir).task)
+    try:  # the rows are read and checked before the backbone loads
+        rows = format_rows(task, read_jsonl(path))
+    except DataError as exc:
+        raise LrptError(str(exc)) from None
     cfg, backbone, model = load_run(run_dir)
-    task = get_task(cfg.task)
     decoding = decoding or cfg.decoding
     batch_size = batch_size or cfg.per_device_eval_batch_size
-    try:
-        rows = format_rows(task, datasets.load_dataset("json", data_files=str(path), split="train"), train=False)
-    except (KeyError, ValueError) as exc:
-        raise LrptError(f"{input_path}: {exc}") from None
     encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)
     if decoding == "generate":
         answers = generate(model, tokenize(rows, encoder, for_generation=True), backbone.tokenizer, batch_size,

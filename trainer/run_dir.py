@@ -30,8 +30,8 @@ class RunFinished(Exception):
     """The run in this directory is finished and was relaunched unchanged: nothing to do."""
 
     def __init__(self, output_dir: Path):
-        super().__init__(f"{output_dir} is finished (report.json) with these settings: nothing to train; its "
-                         "results are unchanged. To train it again, add --overwrite_output_dir")
+        super().__init__(f"{output_dir} is finished (report.json): nothing to run; its results stand unchanged "
+                         "(to train it again: --overwrite_output_dir)")
         self.report_path = output_dir / "report.json"
 
 

@@ -134,7 +134,7 @@ def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
 
 
 def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list[dict]:
-    from lrpt.trainer.distributed import env_without_launcher
+    from lrpt.trainer.distributed import env_without_launcher, free_port
 
     extra = (["--gradient_checkpointing", "true"] if getattr(args, "grad_ckpt", False) else []) + (
         [f"--load_in_{args.quant}", "true"] if getattr(args, "quant", "none") != "none" else [])
@@ -146,7 +146,7 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
 
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
            "--module", "lrpt.trainer.bench.planner",
            "--worker", str(out), "--batch", str(args.batch), "--seq_len", str(args.seq_len),
            "--target_len", str(args.target_len), "--steps", str(args.steps),

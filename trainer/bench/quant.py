@@ -17,23 +17,16 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from lrpt.trainer.distributed import TRAIN_SCRIPT
+from lrpt.trainer.distributed import TRAIN_SCRIPT, free_port
 from lrpt.trainer.ds_config import shipped
 
 QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "4bit-nf4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, steps: int) -> dict:

@@ -15,14 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrpt.trainer.distributed import TRAIN_SCRIPT, env_without_launcher
+from lrpt.trainer.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
 from lrpt.trainer.ds_config import shipped
 
 
 
 def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:
     env = env_without_launcher()
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), str(TRAIN_SCRIPT),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+           str(TRAIN_SCRIPT),
            "--model", model_dir, "--deepspeed", ds_config, "--output_dir", str(out),
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
            "--max_eval_samples", "8", "--progress", "false"]
