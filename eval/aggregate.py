@@ -1,12 +1,20 @@
 """Finished runs -> the papers' SuperGLUE table.
 
-Rows are methods (with their trainable parameters), columns the tasks present, in the
-benchmark's order, then Avg. A cell is mean ± sample standard deviation over seeds of the task's
-table score (`Task.score`) ×100; Avg is the mean of the row's task means, shown only when the row
-has every task of the table (an average over a subset would not compare). Few-shot runs get their
-own rows, after the full-data ones, with a K column saying how many training rows they saw.
+Rows are methods (with their trainable parameters), columns tasks, then Avg. A cell is mean ± sample
+standard deviation over seeds of the column's number ×100; which number, which columns and in what
+order is the layout's (eval/layouts.py), and every header names its metric:
+
+    --layout lrpt   (default) the tasks present, in the benchmark's order, each scored by `Task.score`
+    --layout dpt    DPT's Table 1 (arXiv 2310.10094): "# Trainable Params.", then WSC, WiC, BoolQ, CB,
+                    COPA, MultiRC, ReCoRD, RTE, Avg.; accuracy except MultiRC F1a and ReCoRD F1
+
+Avg is the mean of the row's task means, shown only when the row has every column of the table (an
+average over a subset would not compare). Few-shot runs get their own rows, after the full-data ones,
+with a K column saying how many training rows they saw. `--reference` (dpt layout) adds the paper's
+rows for the runs' backbone (eval/published.py) and, under each of our methods it has, Δ = ours − paper.
 
     lrpt table RUNS/*/ --output results/superglue      # writes .md and .csv, prints the markdown
+    lrpt table RUNS/*/ --layout dpt --reference         # beside DPT's published numbers
 """
 from __future__ import annotations
 
@@ -16,12 +24,24 @@ import glob
 import io
 import json
 import statistics
+import sys
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrpt.eval.tasks import TASKS, get_task
+from lrpt.eval import published
+from lrpt.eval.layouts import LAYOUTS, Column, Layout
+from lrpt.eval.tasks import get_task
 
 FULL = "full"   # the K column's value for runs on the whole training set
+# a row whose prompt was chosen on the split it reports is marked (and set apart from one that was not)
+PROTOCOL_MARKS = {"paper-val": " (best on val)"}
+PROTOCOL_NOTE = ("(best on val): the prompt of the step that scored best on this very validation split, as DPT's "
+                 "code selects (--selection paper-val); optimistic next to a prompt chosen without it.")
+
+
+class TableError(ValueError):
+    """A problem with the runs or flags given to `lrpt table`, said in one line (main exits 2 with it)."""
 
 
 def _report_paths(item: str | Path) -> list[Path]:
@@ -45,15 +65,17 @@ def _record(path: Path) -> dict:
         report = json.loads(path.read_text())
         config = report["config"]
         task = get_task(config["task"])
-        record = {"path": str(path), "task": task.name, "method": report["method"],
+        protocol = report.get("selection", {}).get("protocol", "final")
+        record = {"path": str(path), "task": task.name, "method": report["method"] + PROTOCOL_MARKS.get(protocol, ""),
                   "seed": config["seed"], "few_shot": config.get("few_shot") or None,
                   "model": config.get("model"), "trainable_params": report["trainable_params"],
                   "metrics": report["metrics"]}
         record["score"] = task.score(record["metrics"])
     except KeyError as exc:
-        raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+        what = str(exc.args[0] if exc.args else exc)
+        raise TableError(f"{path}: {what if ' ' in what else f'no {what!r} field'}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+        raise TableError(f"{path}: not valid JSON ({exc.msg})") from None
     return record
 
 
@@ -65,65 +87,225 @@ def collect(run_dirs_or_glob: str | Path | Iterable[str | Path]) -> list[dict]:
     return [_record(p) for p in paths]
 
 
-def _cells(records: list[dict]) -> tuple[list[str], bool, dict[tuple, dict[str, list[float]]], dict[tuple, list[int]]]:
-    """Tasks present (in table order), whether to show the model, and per row key the scores by
-    task and the trainable-parameter counts."""
-    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
-    show_model = len({r["model"] for r in records}) > 1   # never average two backbones together
-    scores: dict[tuple, dict[str, list[float]]] = {}
-    params: dict[tuple, list[int]] = {}
+@dataclass
+class _Group:
+    """The runs of one row: values (×100) per task over seeds, trainable-parameter counts, backbone."""
+    model: str | None
+    values: dict[str, list[float]] = field(default_factory=dict)
+    params: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    """One table row, ready to print: cells are (mean, std or None) per task, in the table's units."""
+    lead: list[str]
+    params: tuple[str, str]                       # (markdown, csv)
+    cells: dict[str, tuple[float, float | None]]
+    avg: float | None
+    source: str = "lrpt"                          # "lrpt", "paper" or "delta" (the csv's source column)
+
+
+def _value(record: dict, column: Column, layout: Layout) -> float:
+    """The record's number for the column, ×100; a report lacking the metric is named with it."""
+    try:
+        return 100 * column.value(record["metrics"])
+    except KeyError as exc:
+        raise TableError(f"{record['path']}: {record['task']} metrics have no {exc.args[0]!r} (only "
+                         f"{sorted(record['metrics'])}), which the {layout.name} layout's {column.label} "
+                         "needs") from None
+
+
+def _groups(records: list[dict], layout: Layout, show_model: bool) -> dict[tuple, _Group]:
+    """Records grouped into rows keyed (few_shot, model or None, method): full data first, then by K,
+    methods in first-seen order. Two reports of the same run are an error naming both."""
+    columns = {c.task: c for c in layout.columns}
+    groups: dict[tuple, _Group] = {}
     seen: dict[tuple, str] = {}
     for r in sorted(records, key=lambda r: r["few_shot"] or 0):   # stable: keeps first-seen method order
         key = (r["few_shot"], r["model"] if show_model else None, r["method"])
         run = key + (r["task"], r["seed"])
         if run in seen:
             k = f", K={r['few_shot']}" if r["few_shot"] else ""
-            raise ValueError(f"two reports for {r['method']} on {r['task']} (seed {r['seed']}{k}): "
+            raise TableError(f"two reports for {r['method']} on {r['task']} (seed {r['seed']}{k}): "
                              f"{seen[run]} and {r['path']}")
         seen[run] = r["path"]
-        scores.setdefault(key, {}).setdefault(r["task"], []).append(100 * r["score"])
-        params.setdefault(key, [])
-        if r["trainable_params"] not in params[key]:
-            params[key].append(r["trainable_params"])
-    return tasks, show_model, scores, params
+        group = groups.setdefault(key, _Group(r["model"]))
+        group.values.setdefault(r["task"], []).append(_value(r, columns[r["task"]], layout))
+        if r["trainable_params"] not in group.params:
+            group.params.append(r["trainable_params"])
+    return groups
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def table(records: list[dict]) -> tuple[str, str]:
-    """(markdown, csv) of the records. Markdown cells read "85.3 ± 1.2" (one seed: "85.3");
-    the csv has the same rows with numbers: a mean and a std column per task, then avg."""
-    if not records:
-        raise ValueError("no runs to tabulate")
-    tasks, show_model, scores, params = _cells(records)
-    few_shot = any(key[0] for key in scores)
-    head = (["K"] if few_shot else []) + (["Model"] if show_model else []) + ["Method", "Params"]
-    md = ["| " + " | ".join(head + [TASKS[t].dir_name for t in tasks] + ["Avg"]) + " |",
-          "|" + "---|" * (len(head) - 1) + "---:|" * (len(tasks) + 2)]
+def _avg(cells: dict[str, tuple[float, float | None]], columns: list[Column]) -> float | None:
+    """Mean of the row's task means, only when it has every column (else it would not compare)."""
+    if not all(c.task in cells for c in columns):
+        return None
+    return statistics.mean(cells[c.task][0] for c in columns)
+
+
+def _compact(n: int) -> str:
+    """76800 -> "77K", as the papers print parameter counts (rounding half up)."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{(n + size // 2) // size}{unit}"
+    return str(n)
+
+
+def _params(counts: list[int], layout: Layout) -> tuple[str, str]:
+    """(markdown, csv) of a row's parameter counts: the csv keeps exact numbers for computing with."""
+    shown = [_compact(p) if layout.compact_params else f"{p:,}" for p in counts]
+    return " / ".join(shown), "/".join(str(p) for p in counts)
+
+
+def _lead(k: int | None, model: str | None, method: str, few_shot: bool, show_model: bool) -> list[str]:
+    """The row's label cells: K and Model only when the table has those columns."""
+    return ([str(k or FULL)] if few_shot else []) + ([str(model)] if show_model else []) + [method]
+
+
+def _our_rows(groups: dict[tuple, _Group], columns: list[Column], layout: Layout,
+              few_shot: bool, show_model: bool) -> dict[tuple, _Row]:
+    """Our rows by group key (the key is kept to find each row's published counterpart)."""
+    rows = {}
+    for key, group in groups.items():
+        cells = {t: _mean_std(v) for t, v in group.values.items()}
+        rows[key] = _Row(_lead(key[0], key[1], key[2], few_shot, show_model), _params(group.params, layout),
+                         cells, _avg(cells, columns))
+    return rows
+
+
+def _backbones(groups: dict[tuple, _Group], override: str | None) -> dict[str | None, str]:
+    """The paper's backbone for each model the runs use: by hub name, or `override` (for a local path)."""
+    models = list(dict.fromkeys(g.model for g in groups.values()))
+    if override is not None:
+        backbone = published.backbone_of(override)
+        if backbone is None:
+            raise TableError(f"--reference_backbone {override}: DPT's Table 1 has rows for "
+                             f"{', '.join(h[0] for h in published.BACKBONES.values())} only")
+        if len(models) > 1:
+            raise TableError(f"--reference_backbone names one backbone, but the runs use {len(models)} models "
+                             f"({', '.join(map(str, models))}); tabulate each backbone's runs apart")
+        return {models[0]: backbone}
+    out = {}
+    for model in models:
+        backbone = published.backbone_of(model or "")
+        if backbone is None:
+            raise TableError(f"no published DPT rows for model {model!r} (DPT, arXiv 2310.10094, ran "
+                             f"{', '.join(h[0] for h in published.BACKBONES.values())}); if it is a local copy "
+                             "of one, add --reference_backbone t5-base (or t5-small, t5-large)")
+        out[model] = backbone
+    return out
+
+
+def _paper_row(row: published.PublishedRow, few_shot: bool, show_model: bool) -> _Row:
+    stds = row.stds or (None,) * len(row.means)
+    cells = dict(zip(published.TASKS, zip(row.means, stds)))
+    return _Row(_lead(None, row.backbone, f"{row.method} (paper)", few_shot, show_model),
+                (row.params, row.params), cells, row.avg, "paper")
+
+
+def _delta_row(ours: _Row, paper: published.PublishedRow, method: str) -> _Row:
+    """Ours − paper per task both have (and Avg when both have one)."""
+    means = dict(zip(published.TASKS, paper.means))
+    cells = {t: (mean - means[t], None) for t, (mean, _) in ours.cells.items() if t in means}
+    avg = ours.avg - paper.avg if ours.avg is not None else None
+    return _Row(ours.lead[:-1] + [f"Δ {method} − paper"], ("", ""), cells, avg, "delta")
+
+
+def _with_reference(groups: dict[tuple, _Group], ours: dict[tuple, _Row], override: str | None,
+                    few_shot: bool, show_model: bool) -> list[_Row]:
+    """The paper's rows for the runs' backbones first, then ours, each full-data row of a method the
+    paper has followed by its Δ row."""
+    backbones = _backbones(groups, override)
+    rows = [_paper_row(p, few_shot, show_model)
+            for backbone in dict.fromkeys(backbones.values()) for p in published.rows_for(backbone)]
+    for key, row in ours.items():
+        rows.append(row)
+        k, _, method = key
+        plain = method.removesuffix(PROTOCOL_MARKS["paper-val"])
+        match = [p for p in published.rows_for(backbones[groups[key].model]) if p.lrpt_method == plain]
+        if k is None and match:
+            rows.append(_delta_row(row, match[0], method))
+    return rows
+
+
+def _number(x: float | None, decimals: int, sign: bool = False) -> str:
+    """A number as the table prints it ("" when absent); a Δ carries its sign so +0.30 reads as a gain."""
+    return "" if x is None else f"{x:{'+' if sign else ''}.{decimals}f}"
+
+
+def _markdown_cells(row: _Row, columns: list[Column], decimals: int) -> list[str]:
+    delta = row.source == "delta"
+    cells = []
+    for c in columns:
+        if c.task not in row.cells:
+            cells.append("–")
+            continue
+        mean, std = row.cells[c.task]
+        cells.append(_number(mean, decimals, delta) + (f" ± {std:.{decimals}f}" if std is not None else ""))
+    return cells + [_number(row.avg, decimals, delta) or "–"]
+
+
+def _csv_cells(row: _Row, columns: list[Column], decimals: int) -> list[str]:
+    numbers = []
+    for c in columns:
+        mean, std = row.cells.get(c.task, (None, None))
+        numbers += [_number(mean, decimals), _number(std, decimals)]
+    return numbers + [_number(row.avg, decimals)]
+
+
+def _render(rows: list[_Row], head: list[str], columns: list[Column], layout: Layout,
+            reference: bool) -> tuple[str, str]:
+    md = ["| " + " | ".join(head + [layout.params_label] + [c.label for c in columns] + [layout.avg_label]) + " |",
+          "|" + "---|" * len(head) + "---:|" * (len(columns) + 2)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([h.lower() for h in head] + [c for t in tasks for c in (t, f"{t}_std")] + ["avg"])
-    for key, by_task in scores.items():
-        k, model, method = key
-        lead = ([str(k or FULL)] if few_shot else []) + ([str(model)] if show_model else []) + [method]
-        cells, numbers, means = [], [], []
-        for t in tasks:
-            if t not in by_task:
-                cells.append("–")
-                numbers += ["", ""]
-                continue
-            mean, std = _mean_std(by_task[t])
-            means.append(mean)
-            cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else ""))
-            numbers += [f"{mean:.1f}", f"{std:.1f}" if std is not None else ""]
-        avg = statistics.mean(means) if len(means) == len(tasks) else None
-        md.append("| " + " | ".join(lead + [" / ".join(f"{p:,}" for p in params[key])] + cells
-                                    + [f"{avg:.1f}" if avg is not None else "–"]) + " |")
-        writer.writerow(lead + ["/".join(str(p) for p in params[key])] + numbers
-                        + [f"{avg:.1f}" if avg is not None else ""])
+    writer.writerow([h.lower() for h in head] + ["params"] + [x for c in columns for x in (c.task, f"{c.task}_std")]
+                    + ["avg"] + (["source"] if reference else []))
+    for row in rows:
+        md.append("| " + " | ".join(row.lead + [row.params[0]] + _markdown_cells(row, columns, layout.decimals))
+                  + " |")
+        writer.writerow(row.lead + [row.params[1]] + _csv_cells(row, columns, layout.decimals)
+                        + ([row.source] if reference else []))
+    if reference:
+        md += ["", f"(paper) rows: {published.SOURCE}; those marked * it quotes from Aribandi et al. 2022. "
+                   "Δ = our mean − the paper's."]
+    if any(PROTOCOL_MARKS["paper-val"] in row.lead[-1] for row in rows if row.source == "lrpt"):
+        md += ["", PROTOCOL_NOTE]
     return "\n".join(md) + "\n", out.getvalue()
+
+
+def _layout(name: str | Layout, reference: bool) -> Layout:
+    layout = name if isinstance(name, Layout) else LAYOUTS.get(name)
+    if layout is None:
+        raise TableError(f"no table layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+    if reference and layout.name != "dpt":
+        raise TableError("--reference sets DPT's published rows beside ours, and they are in the dpt layout's "
+                         "metrics: add --layout dpt")
+    return layout
+
+
+def table(records: list[dict], layout: str | Layout = "lrpt", reference: bool = False,
+          reference_backbone: str | None = None) -> tuple[str, str]:
+    """(markdown, csv) of the records in `layout`. Markdown cells read "85.3 ± 1.2" (one seed: "85.3");
+    the csv has the same rows with numbers: a mean and a std column per task, then avg (and, with
+    `reference`, a source column: lrpt, paper or delta). `reference_backbone` implies `reference`."""
+    reference = reference or reference_backbone is not None
+    chosen = _layout(layout, reference)
+    if not records:
+        raise TableError("no runs to tabulate")
+    show_model = len({r["model"] for r in records}) > 1   # never average two backbones together
+    few_shot = any(r["few_shot"] for r in records)
+    columns = chosen.shown({r["task"] for r in records})
+    groups = _groups(records, chosen, show_model)
+    ours = _our_rows(groups, columns, chosen, few_shot, show_model)
+    rows = (_with_reference(groups, ours, reference_backbone, few_shot, show_model) if reference
+            else list(ours.values()))
+    head = (["K"] if few_shot else []) + (["Model"] if show_model else []) + ["Method"]
+    return _render(rows, head, columns, chosen, reference)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories, report.json files, directories of runs, or globs")
     parser.add_argument("--output", metavar="PATH_PREFIX", help="also write PATH_PREFIX.md and PATH_PREFIX.csv")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
+                        help="lrpt (default): Task.score per task; dpt: DPT Table 1's columns, order and metrics")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --layout dpt: add DPT's published rows for the runs' backbone, and "
+                             "Δ = ours − paper")
+    parser.add_argument("--reference_backbone", "--reference-backbone", metavar="HUB_NAME",
+                        help="the backbone to compare with (t5-small, t5-base, t5-large) when the runs' model is a "
+                             "local path; implies --reference")
     args = parser.parse_args(argv)
-    markdown, csv_text = table(collect(args.runs))
+    try:
+        markdown, csv_text = table(collect(args.runs), args.layout, args.reference, args.reference_backbone)
+    except (TableError, FileNotFoundError) as exc:
+        print(f"lrpt table: error: {exc}", file=sys.stderr)
+        return 2
     if args.output:
         prefix = Path(args.output).expanduser()
         prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ DEFAULT_RANK = 10
 class DPTConfig(MethodConfig):
     rank: int | None = option(None, "b, the inner rank of A·B (default 10)")
     rank_probe: bool = option(False, "P = A·ReLU(Σ)·B with a trainable diagonal Σ; logs how many entries "
-                                     "stay positive")
+                                     "stay positive. DPT's probe of a full prompt: with --rank = c")
 
 
 class DPT(PromptModule):

@@ -28,11 +28,16 @@ LRPT_ROOT=${LRPT_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
 source "$LRPT_ROOT/slurm/common.sh"
 
 : "${TASKS:=boolq cb copa multirc record rte wic wsc}"
-: "${METHODS:=lamp}"
 : "${SHOTS:=8 16 32}"
 : "${SEEDS:=0 1 2}"
-: "${MODEL:=google/t5-v1_1-large}"
-: "${PRECISION:=bf16}"
+if [[ -n ${RECIPE:-} ]]; then
+    # a paper's setting (lrpt.trainer.recipe): its backbone, protocol and methods, not this template's
+    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.recipe methods "$RECIPE")}"
+else
+    : "${METHODS:=lamp}"
+    : "${MODEL:=google/t5-v1_1-large}"
+    : "${PRECISION:=bf16}"
+fi
 : "${SAVE_STEPS:=200}"
 : "${OUTPUT_DIR:=runs/fewshot-${SLURM_ARRAY_JOB_ID:-}}"
 SWEEP_DIR=$OUTPUT_DIR

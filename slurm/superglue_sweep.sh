@@ -4,6 +4,8 @@
 #
 #   sbatch slurm/superglue_sweep.sh                       # 8 tasks x 3 methods x 3 seeds = 72 runs
 #   DATA_DIR=/data/superglue MODEL=google/t5-v1_1-base sbatch slurm/superglue_sweep.sh
+#   RECIPE=dpt-t5-base DATA_DIR=/data/superglue sbatch slurm/superglue_sweep.sh  # DPT's Table 1 setting:
+#                                                          # pt, residual, dpt on t5-base (lrpt.trainer.recipe)
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" sbatch --array=0-7 slurm/superglue_sweep.sh
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" bash slurm/superglue_sweep.sh   # prints the grid
 #                                                          # and the --array to submit it with
@@ -28,10 +30,15 @@ LRPT_ROOT=${LRPT_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
 source "$LRPT_ROOT/slurm/common.sh"
 
 : "${TASKS:=boolq cb copa multirc record rte wic wsc}"
-: "${METHODS:=pt dpt lamp}"
 : "${SEEDS:=0 1 2}"
-: "${MODEL:=google/t5-v1_1-large}"
-: "${PRECISION:=bf16}"
+if [[ -n ${RECIPE:-} ]]; then
+    # a paper's setting (lrpt.trainer.recipe): its backbone, protocol and methods, not this template's
+    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.recipe methods "$RECIPE")}"
+else
+    : "${METHODS:=pt dpt lamp}"
+    : "${MODEL:=google/t5-v1_1-large}"
+    : "${PRECISION:=bf16}"
+fi
 : "${SAVE_STEPS:=1000}"
 : "${OUTPUT_DIR:=runs/superglue-${SLURM_ARRAY_JOB_ID:-}}"
 SWEEP_DIR=$OUTPUT_DIR

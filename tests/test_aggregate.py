@@ -1,16 +1,21 @@
-"""The results table from fake run reports: means ± std over seeds, Avg, few-shot rows."""
+"""The results table from fake run reports: means ± std over seeds, Avg, few-shot rows, in both layouts
+(lrpt's Task.score and DPT's Table 1), and the published rows with Δ beside ours."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import random
+import statistics
 from pathlib import Path
 
 import pytest
 
-from lrpt.eval.aggregate import collect, main, table
+from lrpt.eval.aggregate import TableError, collect, main, table
+from lrpt.eval.layouts import DPT_KEYS, SCORE_KEYS
+from lrpt.eval.tasks import TASKS
 
-PARAMS = {"pt": 76_800, "dpt": 9_600}
+PARAMS = {"pt": 76_800, "dpt": 9_600, "residual": 693_000}
 # (method, task, seed) -> the task's metrics; table score: rte accuracy, cb mean(accuracy, macro_f1)
 RUNS = {
     ("pt", "rte", 0): {"accuracy": 0.70}, ("pt", "rte", 1): {"accuracy": 0.80},          # 75.0 ± 7.1
@@ -22,10 +27,11 @@ RUNS = {
 }
 
 
-def write_report(root: Path, method: str, task: str, seed: int, metrics: dict, few_shot: int | None = None) -> Path:
+def write_report(root: Path, method: str, task: str, seed: int, metrics: dict, few_shot: int | None = None,
+                 model: str = "tiny-t5") -> Path:
     run = root / f"{method}-{task}-{seed}{f'-k{few_shot}' if few_shot else ''}"
     run.mkdir(parents=True)
-    config = {"task": task, "method": method, "seed": seed, "model": "tiny-t5"}
+    config = {"task": task, "method": method, "seed": seed, "model": model}
     if few_shot is not None:
         config["few_shot"] = few_shot
     report = {"config": config, "method": method, "trainable_params": PARAMS[method],
@@ -54,7 +60,7 @@ def test_collect_reads_every_run(runs):
 def test_table_means_std_and_avg(runs):
     markdown, csv_text = table(collect(sorted(runs.iterdir())))
     lines = markdown.strip().splitlines()
-    assert lines[0] == "| Method | Params | CB | RTE | Avg |"      # benchmark order, present tasks only
+    assert lines[0] == "| Method | Params | CB (acc+F1)/2 | RTE (acc) | Avg |"    # benchmark order, present tasks
     assert lines[2] == "| dpt | 9,600 | 50.0 ± 14.1 | 63.0 ± 4.2 | 56.5 |"
     assert lines[3] == "| pt | 76,800 | 80.0 ± 0.0 | 75.0 ± 7.1 | 77.5 |"
     rows = list(csv.DictReader(io.StringIO(csv_text)))
@@ -68,7 +74,7 @@ def test_few_shot_runs_get_their_own_rows(runs):
     write_report(runs, "pt", "rte", 0, {"accuracy": 0.55}, few_shot=32)
     markdown, csv_text = table(collect(runs))
     lines = markdown.strip().splitlines()
-    assert lines[0] == "| K | Method | Params | CB | RTE | Avg |"
+    assert lines[0] == "| K | Method | Params | CB (acc+F1)/2 | RTE (acc) | Avg |"
     assert lines[2].startswith("| full | ")
     assert lines[-1] == "| 32 | pt | 76,800 | – | 55.0 | – |"     # one seed: no ±; lacks CB: no Avg
     assert list(csv.DictReader(io.StringIO(csv_text)))[-1]["rte_std"] == ""
@@ -85,7 +91,7 @@ def test_missing_report_field_names_it(tmp_path):
     report = json.loads((run / "report.json").read_text())
     del report["trainable_params"]
     (run / "report.json").write_text(json.dumps(report))
-    with pytest.raises(KeyError, match="trainable_params"):
+    with pytest.raises(TableError, match="trainable_params"):
         collect(run)
     with pytest.raises(FileNotFoundError):
         collect(tmp_path / "nothing-here")
@@ -96,3 +102,221 @@ def test_main_writes_markdown_and_csv(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (tmp_path / "out" / "superglue.md").read_text() == printed
     assert (tmp_path / "out" / "superglue.csv").read_text().startswith("method,params,cb,cb_std,rte,rte_std,avg\n")
+
+
+# ---- layouts: which number a cell is ------------------------------------------------------------------------------
+
+# What each task's metrics() returns, and the one DPT's Table 1 reports (its caption), written out independently
+TASK_METRICS = {"boolq": ("accuracy",), "cb": ("accuracy", "macro_f1"), "copa": ("accuracy",),
+                "multirc": ("f1a", "em"), "record": ("f1", "em"), "rte": ("accuracy",), "wic": ("accuracy",),
+                "wsc": ("accuracy",)}
+PAPER_METRIC = {**{t: "accuracy" for t in TASK_METRICS}, "multirc": "f1a", "record": "f1"}
+PAPER_HEADERS = ["WSC (acc)", "WiC (acc)", "BoolQ (acc)", "CB (acc)", "COPA (acc)", "MultiRC (F1a)", "ReCoRD (F1)",
+                 "RTE (acc)"]
+PAPER_TASKS = ["wsc", "wic", "boolq", "cb", "copa", "multirc", "record", "rte"]
+SEEDS = (0, 1, 2)
+
+
+def fake_metrics(rng: random.Random, task: str) -> dict[str, float]:
+    """Every metric the task reports, far enough apart that averaging two never equals either."""
+    first = rng.uniform(0.55, 0.95)
+    return {key: first - 0.25 * i for i, key in enumerate(TASK_METRICS[task])}
+
+
+def write_sweep(root: Path, methods: tuple[str, ...], tasks: list[str], model: str = "tiny-t5",
+                seed_of_values: int = 0) -> dict[tuple[str, str], list[dict]]:
+    """report.json per method × task × seed; returns each (method, task)'s metrics over seeds."""
+    rng = random.Random(seed_of_values)
+    written: dict[tuple[str, str], list[dict]] = {}
+    for method in methods:
+        for task in tasks:
+            for seed in SEEDS:
+                metrics = fake_metrics(rng, task)
+                write_report(root, method, task, seed, metrics, model=model)
+                written.setdefault((method, task), []).append(metrics)
+    return written
+
+
+def md_rows(markdown: str) -> list[list[str]]:
+    """The markdown table's rows (header first, separator dropped) as lists of cells."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1]
+
+
+def by_method(rows: list[dict]) -> dict[str, dict]:
+    return {r["method"]: r for r in rows}
+
+
+def expected_cells(runs: list[dict], task: str) -> tuple[float, float]:
+    """The paper's number by hand: 100 × its metric, mean and sample std over the seeds."""
+    values = [100 * m[PAPER_METRIC[task]] for m in runs]
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def test_default_layout_header_names_each_metric(runs):
+    header = md_rows(table(collect(runs))[0])[0]
+    assert header == ["Method", "Params", "CB (acc+F1)/2", "RTE (acc)", "Avg"]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_default_layout_header_says_what_task_score_computes(task):
+    """The lrpt layout's header formula (SCORE_KEYS) is what Task.score really averages."""
+    metrics = fake_metrics(random.Random(task), task)
+    assert TASKS[task].score(metrics) == pytest.approx(statistics.mean(metrics[k] for k in SCORE_KEYS[task]))
+    assert SCORE_KEYS[task] == TASK_METRICS[task]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_layout_metric_keys_are_what_the_task_reports(task):
+    """Scoring the demo val set with gold predictions yields the keys both layouts read."""
+    task_obj = TASKS[task]
+    path = Path(__file__).parents[1] / "eval" / "demo_data" / task_obj.dir_name / "val.jsonl"
+    examples = [e for line in path.read_text().splitlines() if line.strip()
+                for e in task_obj.examples(json.loads(line), train=False)]
+    metrics = task_obj.metrics([e["answers"][0] for e in examples], examples)
+    assert set(TASK_METRICS[task]) <= set(metrics) and DPT_KEYS[task] == PAPER_METRIC[task] in metrics
+
+
+def test_dpt_layout_cells_are_the_papers_metric_over_seeds(tmp_path):
+    written = write_sweep(tmp_path, ("pt", "dpt"), PAPER_TASKS)
+    markdown, csv_text = table(collect(tmp_path), layout="dpt")
+    rows = md_rows(markdown)
+    assert rows[0] == ["Method", "# Trainable Params.", *PAPER_HEADERS, "Avg."]
+    csv_rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert list(csv_rows[0])[:2] == ["method", "params"]
+    assert list(csv_rows[0])[2:-1:2] == PAPER_TASKS                     # the paper's order, params first
+    md_by_method = {r[0]: r for r in rows[1:]}
+    for method, row in by_method(csv_rows).items():
+        means = []
+        for i, task in enumerate(PAPER_TASKS):
+            mean, std = expected_cells(written[(method, task)], task)
+            means.append(mean)
+            assert float(row[task]) == pytest.approx(mean, abs=0.0051), (method, task)
+            assert float(row[f"{task}_std"]) == pytest.approx(std, abs=0.0051), (method, task)
+            md_mean, md_std = md_by_method[method][2 + i].split(" ± ")
+            assert (float(md_mean), float(md_std)) == pytest.approx((mean, std), abs=0.0051)
+        assert float(row["avg"]) == pytest.approx(statistics.mean(means), abs=0.0051)
+        assert row["params"] == str(PARAMS[method])
+    assert md_by_method["pt"][1] == "77K" and md_by_method["dpt"][1] == "10K"   # printed as the paper does
+
+
+def test_dpt_layout_keeps_all_columns_and_avg_needs_all_eight(tmp_path):
+    write_sweep(tmp_path, ("pt",), ["cb", "multirc", "record"])
+    rows = md_rows(table(collect(tmp_path), layout="dpt")[0])
+    assert len(rows[0]) == 2 + 8 + 1
+    pt = rows[1]
+    assert [pt[2 + PAPER_TASKS.index(t)] == "–" for t in PAPER_TASKS] == \
+        [t not in ("cb", "multirc", "record") for t in PAPER_TASKS]
+    assert pt[-1] == "–"
+
+
+def test_dpt_layout_few_shot_rows_keep_their_k(tmp_path):
+    write_sweep(tmp_path, ("pt",), PAPER_TASKS, model="t5-base")
+    write_report(tmp_path, "pt", "cb", 0, {"accuracy": 0.5, "macro_f1": 0.3}, few_shot=16, model="t5-base")
+    for reference in (False, True):
+        rows = md_rows(table(collect(tmp_path), layout="dpt", reference=reference)[0])
+        assert rows[0][0] == "K" and rows[-1][:3] == ["16", "pt", "77K"]
+        assert float(rows[-1][2 + 1 + PAPER_TASKS.index("cb")]) == pytest.approx(50.0)
+        assert not any(r[1].startswith("Δ") and r[0] == "16" for r in rows)      # no Δ for few-shot rows
+
+
+def test_report_without_a_metric_is_one_line_naming_file_and_key(tmp_path, capsys):
+    run = write_report(tmp_path, "pt", "multirc", 0, {"f1a_typo": 0.5, "em": 0.1})
+    assert main([str(run), "--layout", "dpt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(run / "report.json") in err and "'f1a'" in err
+
+
+# ---- published rows beside ours --------------------------------------------------------------------------------------
+
+# DPT arXiv 2310.10094 Table 1 (means, Avg.) and Table 3 (std), as given in the issue: the reference data
+PAPER = {
+    "T5-Small": {
+        "Fine-tuning": ("60M", [67.94, 68.18, 77.06, 89.28, 59.00, 66.98, 55.64, 72.56], 69.58, None),
+        "Prompt Tuning": ("51K", [63.14, 59.29, 66.78, 74.99, 58.33, 64.89, 52.75, 59.92], 62.51,
+                          [1.10, 2.82, 1.28, 3.57, 1.15, 0.90, 0.30, 3.12]),
+        "Residual PT": ("462K", [63.14, 60.96, 73.35, 72.02, 56.66, 65.12, 53.08, 67.02], 63.91,
+                        [1.10, 5.7, 1.64, 4.12, 0.57, 0.51, 0.22, 3.68]),
+        "DPT": ("6K", [63.78, 64.31, 71.74, 79.16, 58.00, 64.89, 53.27, 70.51], 65.70,
+                [0.55, 0.65, 0.85, 4.12, 4.35, 0.90, 0.15, 1.98])},
+    "T5-Base": {
+        "Fine-tuning*": ("220M", [81.70, 69.30, 82.30, 91.70, 60.00, 76.90, 80.90, 84.50], 78.41, None),
+        "Prompt Tuning": ("77K", [64.74, 59.97, 62.18, 70.23, 56.33, 72.69, 71.84, 56.43], 64.30,
+                          [1.10, 6.30, 0.01, 1.02, 1.15, 0.24, 0.09, 0.20]),
+        "Residual PT": ("693K", [67.94, 63.31, 80.00, 77.37, 56.66, 72.11, 72.21, 81.70], 71.41,
+                        [0.55, 3.68, 10.11, 10.46, 2.08, 0.20, 0.13, 1.50]),
+        "DPT": ("9K", [67.30, 68.49, 78.64, 78.56, 56.66, 71.22, 72.53, 81.94], 71.88,
+                [0.96, 1.33, 0.79, 6.43, 2.08, 0.46, 0.10, 1.30])},
+    "T5-Large": {
+        "Fine-tuning*": ("770M", [88.50, 73.50, 88.30, 94.30, 87.00, 85.40, 89.20, 90.60], 87.10, None),
+        "Prompt Tuning": ("102K", [76.52, 70.00, 84.09, 74.40, 62.00, 76.18, 84.51, 88.95], 77.08,
+                          [1.92, 1.04, 0.82, 1.03, 0.00, 0.18, 0.09, 0.20]),
+        "Residual PT": ("925K", [70.50, 72.25, 85.04, 73.21, 62.66, 76.46, 84.36, 88.92], 76.67,
+                        [3.08, 0.56, 0.13, 1.79, 1.52, 0.04, 0.17, 0.75]),
+        "DPT": ("11K", [79.16, 71.99, 84.76, 88.09, 62.33, 76.72, 84.46, 90.25], 79.72,
+                [1.46, 0.63, 0.27, 2.06, 2.51, 0.39, 0.15, 0.36])},
+}
+PAPER_NAME = {"pt": "Prompt Tuning", "residual": "Residual PT", "dpt": "DPT"}
+
+
+def assert_paper_row(row: dict, published: tuple) -> None:
+    params, means, avg, stds = published
+    assert row["params"] == params and float(row["avg"]) == avg
+    for i, task in enumerate(PAPER_TASKS):
+        assert float(row[task]) == means[i]
+        assert row[f"{task}_std"] == ("" if stds is None else f"{stds[i]:.2f}")
+
+
+@pytest.mark.parametrize("model, backbone", [("t5-small", "T5-Small"), ("google-t5/t5-base", "T5-Base"),
+                                             ("t5-large", "T5-Large")])
+def test_reference_rows_are_the_published_numbers_and_delta_is_ours_minus_paper(tmp_path, model, backbone):
+    written = write_sweep(tmp_path, ("pt", "residual", "dpt"), PAPER_TASKS, model=model)
+    markdown, csv_text = table(collect(tmp_path), layout="dpt", reference=True)
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    paper = {r["method"].removesuffix(" (paper)"): r for r in rows if r["source"] == "paper"}
+    assert list(paper) == list(PAPER[backbone])                      # every published row of this backbone
+    for name, published in PAPER[backbone].items():
+        assert_paper_row(paper[name], published)
+    deltas = {r["method"]: r for r in rows if r["source"] == "delta"}
+    assert set(deltas) == {f"Δ {m} − paper" for m in PAPER_NAME}
+    for method, name in PAPER_NAME.items():
+        _, means, avg, _ = PAPER[backbone][name]
+        ours = [expected_cells(written[(method, t)], t)[0] for t in PAPER_TASKS]
+        delta = deltas[f"Δ {method} − paper"]
+        for i, task in enumerate(PAPER_TASKS):
+            assert float(delta[task]) == pytest.approx(ours[i] - means[i], abs=0.0051), (method, task)
+        assert float(delta["avg"]) == pytest.approx(statistics.mean(ours) - avg, abs=0.0051)
+    order = [r["method"] for r in rows]
+    assert all(order.index(f"Δ {m} − paper") == order.index(m) + 1 for m in PAPER_NAME)   # Δ under its row
+    assert "2310.10094" in markdown
+
+
+def test_published_avg_is_the_mean_of_its_cells():
+    """Guards the reference data against a typo: T5-Base DPT is the paper's own 0.04 slip."""
+    for rows in PAPER.values():
+        for _, means, avg, _ in rows.values():
+            assert statistics.mean(means) == pytest.approx(avg, abs=0.05)
+
+
+def test_reference_backbone_for_a_local_path(tmp_path, capsys):
+    write_sweep(tmp_path / "runs", ("dpt",), ["cb", "rte"], model="/models/my-t5")
+    assert main([str(tmp_path / "runs"), "--layout", "dpt", "--reference"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'/models/my-t5'" in err and "--reference_backbone" in err
+    assert main([str(tmp_path / "runs"), "--layout", "dpt", "--reference_backbone", "t5-large",
+                 "--output", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    assert_paper_row(next(r for r in rows if r["method"] == "DPT (paper)"), PAPER["T5-Large"]["DPT"])
+    delta = next(r for r in rows if r["source"] == "delta")
+    assert delta["avg"] == "" and delta["wsc"] == ""                 # only CB and RTE ran: no Avg, no WSC Δ
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--layout", "dpt", "--reference_backbone", "t5-3b"], "t5-small, t5-base, t5-large only"),
+    (["--reference"], "--layout dpt"),
+])
+def test_reference_refusals_are_one_line(tmp_path, capsys, flags, message):
+    write_sweep(tmp_path / "runs", ("pt",), ["rte"], model="t5-base")
+    assert main([str(tmp_path / "runs"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lrpt table: error: ") and message in err

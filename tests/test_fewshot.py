@@ -74,3 +74,24 @@ def test_carve_dev_deterministic_disjoint_covering():
 def test_carve_dev_sizes_that_leave_a_side_empty(size):
     with pytest.raises(ValueError):
         carve_dev(rows(40), size, seed=0)
+
+
+def test_few_shot_k8_with_the_default_batch_trains_on_every_task(tiny_t5_dir, tmp_path, capsys):
+    """K = 8 usable rows for every task (WSC: 8 positive rows, where drawing among all rows leaves ~4), and a
+    training set smaller than one global batch of 8 trains on what there is, saying so."""
+    from lrpt.eval.data import load_formatted
+    from lrpt.eval.tasks import TASKS
+    from lrpt.trainer.config import RunConfig
+    from lrpt.trainer.loop import train
+
+    for name in TASKS:
+        cfg = RunConfig(model=tiny_t5_dir, task=name, few_shot=8, seed=1, max_steps=1, prompt_length=4,
+                        decoding="rank", max_eval_samples=2, progress=False, output_dir=str(tmp_path / name))
+        assert cfg.per_device_train_batch_size == 8  # the default batch
+        report = train(cfg).report
+        examples = report["data"]["train_examples"]
+        assert report["train"]["steps"] == 1 and examples >= 8, (name, report["data"])
+        batch = report["data"]["train_batch_size"]
+        assert batch == min(8, examples), (name, batch, examples)
+        if name == "wsc":  # exactly the 8 drawn rows, all positive (the demo split has 21 of 40)
+            assert examples == 8 and len(load_formatted(get_task("wsc"), "train", train=True)) == 21

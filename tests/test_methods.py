@@ -156,6 +156,21 @@ def test_dpt_and_lopt1_are_products():
     torch.testing.assert_close(l1(), l1.u @ l1.v)
 
 
+def test_dpt_probe_of_a_full_prompt_has_c_entries_and_full_rank():
+    """DPT's paper probes a full prompt: --rank_probe --rank c gives Σ of c entries, P of rank c; the default
+    probes b = 10. Switching an entry of Σ off drops exactly one rank (P = A·ReLU(Σ)·B by hand)."""
+    c, e = 12, 32
+    full, inner = make("dpt", c, e, rank=c, rank_probe=True), make("dpt", c, e, rank_probe=True)
+    assert full.sigma.shape == (c,) and inner.sigma.shape == (10,)
+    assert torch.linalg.matrix_rank(full().detach()) == c and torch.linalg.matrix_rank(inner().detach()) == 10
+    with torch.no_grad():
+        full.sigma[[2, 5]] = torch.tensor([-1.0, 0.5])
+    expected = full.a.double() @ torch.diag(torch.tensor([1.0] * 2 + [0.0] + [1.0] * 2 + [0.5] + [1.0] * 6,
+                                                         dtype=torch.float64)) @ full.b.double()
+    torch.testing.assert_close(full().double(), expected)
+    assert torch.linalg.matrix_rank(full().detach()) == c - 1 and full.diagnostics() == {"probe_positive_rank": 11}
+
+
 def test_dpt_init_is_uniform_half():
     d = make("dpt", 100, 64)
     for t in (d.a, d.b):

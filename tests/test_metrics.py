@@ -108,6 +108,9 @@ def test_wsc_accuracy_compares_named_referent_with_label():
     # rank classification (always the one candidate) = share of positive rows
     assert wsc.metrics([e["candidates"][0] for e in examples], examples) == {"accuracy": 0.5}
     assert wsc.is_valid("someone", examples[0]) and not wsc.is_valid("  ", examples[0])
+    # an empty generation is wrong on the negative rows too (T5's rule reads it as "not the referent": 2 of 4)
+    assert wsc.metrics(["", " ", "", ""], examples) == {"accuracy": 0.0}
+    assert wsc.metrics(["Ann", "", "Ann", "Pete"], examples) == {"accuracy": 0.75}  # Pete: valid, not Bo: right
 
 
 def test_metrics_refuse_unlabeled_or_mismatched_input():

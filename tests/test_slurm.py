@@ -67,6 +67,46 @@ def test_templates_ask_for_gpus_per_node_only_and_for_requeue():
         assert not re.search(r"#SBATCH --(gres|gpus|gpus-per-task|cpus-per-gpu|mem-per-gpu)[= ]", text), script.name
 
 
+def template_defaults(script: Path) -> dict[str, str]:
+    """The template's own defaults (`: "${VAR:=value}"`) and its #SBATCH node and GPU counts."""
+    text = script.read_text()
+    found = dict(re.findall(r'^\s*: "\$\{(\w+):=([^}]*)\}"$', text, re.M))
+    found.update(re.findall(r"^#SBATCH --(nodes|gpus-per-node)=(\d+)$", text, re.M))
+    return found
+
+
+def documented_plans() -> dict[str, list[str]]:
+    """docs/slurm.md's `lrpt plan ...  # template.sh` lines: template -> the plan's arguments."""
+    lines = re.findall(r"^lrpt plan (.+?)\s+# (\w+\.sh)$", (ROOT / "docs" / "slurm.md").read_text(), re.M)
+    return {script: args.split() for args, script in lines}
+
+
+def test_each_template_has_an_offline_plan_of_its_own_default_job():
+    """The plan docs/slurm.md gives for a template is of the model, method, ZeRO stage, precision, batch and
+    GPUs the template launches, and it runs without network (the names are known architectures)."""
+    templates = {p.name: template_defaults(p) for p in (ROOT / "slurm").glob("*.sh") if "MODEL:=" in p.read_text()}
+    plans = documented_plans()
+    assert sorted(plans) == sorted(templates)
+    commands = []
+    for script, job in templates.items():
+        args = plans[script]
+        flags = dict(zip(args[::2], args[1::2]))
+        zero = re.search(r"zero(\d)\.json", job.get("DEEPSPEED", "zero0.json")).group(1)
+        method = job.get("METHOD") or job["METHODS"].split()[-1]  # a sweep: its last (most expensive) method
+        want = {"--model": job["MODEL"], "--method": method, "--zero": zero, "--precision": job["PRECISION"],
+                "--gpus": job["gpus-per-node"], "--nodes": job["nodes"],
+                "--per_device_train_batch_size": job.get("PER_DEVICE_TRAIN_BATCH_SIZE", "8")}
+        assert {k: flags.get(k, {"--nodes": "1", "--per_device_train_batch_size": "8"}.get(k)) for k in want} == want
+        commands.append(args)
+    code = ("import sys, json; from lrpt.trainer.cli import main; "
+            "sys.exit(max(main(['plan', *a, '--json']) for a in json.loads(sys.argv[1])))")
+    env = {**clean_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/nonexistent/hf"}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: planned, and it does not fit
+    assert done.stdout.count('"peak"') == len(commands), done.stdout[-3000:]
+
+
 def grid_plan(script: str, env: dict) -> str:
     """What a sweep prints when run outside Slurm: its grid and the sbatch --array that covers it."""
     return subprocess.run(["bash", str(ROOT / "slurm" / script)], env={**job_env(), **env}, capture_output=True,
@@ -78,6 +118,10 @@ def test_sweeps_print_their_grid_outside_slurm():
     assert "grid: 12 runs" in grid_plan("superglue_sweep.sh", env)
     assert "sbatch --array=0-11 slurm/superglue_sweep.sh" in grid_plan("superglue_sweep.sh", env)
     assert "grid: 72 runs" in grid_plan("fewshot_sweep.sh", {})  # 8 tasks x lamp x K in {8,16,32} x 3 seeds
+    # a recipe brings its methods (DPT's Table 1: pt, residual, dpt), not the template's
+    with_recipe = grid_plan("superglue_sweep.sh", {"TASKS": "cb rte", "SEEDS": "0", "RECIPE": "dpt-t5-base",
+                                                   "PYTHON": sys.executable})
+    assert "grid: 6 runs (tasks: cb rte; methods: dpt residual pt; seeds: 0)" in with_recipe, with_recipe
     # every index names a different combination, first list slowest
     script = f'source "{ROOT}/slurm/common.sh"; for i in $(seq 0 11); do lrpt_grid "$i" "a b" "x y z" "0 1"; ' \
              'echo "${GRID_PICK[*]}"; done; echo "$GRID_SIZE"'

@@ -37,3 +37,28 @@ def test_sweep_produces_the_aggregated_table(tiny_t5_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count("done before, skipped") == 8
     assert main(["table", *[str(out / r) for r in runs]]) == 0
     assert sorted(capsys.readouterr().out.strip().splitlines()) == sorted(table.strip().splitlines())
+
+
+def test_sweep_in_dpt_layout_reports_the_papers_metric_per_task(tiny_t5_dir, tmp_path):
+    """CB, MultiRC and ReCoRD, where lrpt's own score averages two metrics and DPT's Table 1 names one: each
+    cell is 100 × the metric the paper names (CB accuracy, MultiRC F1a, ReCoRD F1), read from the run's own
+    report, mean over seeds; columns in the paper's order."""
+    import csv
+    import statistics
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--tasks", "record,cb,multirc", "--methods", "dpt", "--seeds", "0,1", "--output_dir", str(out),
+            "--layout", "dpt", "--model", tiny_t5_dir, "--prompt_length", "4", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--max_eval_samples", "6", "--decoding", "rank", "--progress",
+            "false"]
+    assert main(argv) == 0
+    (row,) = list(csv.DictReader((out / "table.csv").read_text().splitlines()))
+    named = {"cb": "accuracy", "multirc": "f1a", "record": "f1"}
+    for task, metric in named.items():
+        values = [100 * json.loads((out / f"{task}-dpt-seed{s}" / "report.json").read_text())["metrics"][metric]
+                  for s in (0, 1)]
+        assert float(row[task]) == round(statistics.mean(values), 2), (task, row[task], values)
+    header = (out / "table.md").read_text().splitlines()[0]
+    order = ["WSC", "WiC", "BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE"]
+    assert [header.index(f"| {name} (") for name in order] == sorted(header.index(f"| {name} (") for name in order)
+    assert header.index("# Trainable Params.") < header.index("| WSC (")

@@ -23,11 +23,15 @@ from lrpt.trainer.errors import LrptError
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
+SELECTIONS = ("auto", "final", "dev", "paper-val")
 
 
 @dataclass
 class RunSettings:
     """The settings every run has. RunConfig (below) adds each registered method's own options."""
+    recipe: str | None = field(default=None, metadata={
+        "help": "a paper's setting (trainer/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
+                "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml"})
     # what to train
     model: str = field(default="tiny-t5", metadata={"help": "preset (tiny-t5, tiny-llama), HF hub name, or local path"})
     method: str = field(default="dpt", metadata={"help": f"prompt method: {', '.join(methods.available())}"})
@@ -84,6 +88,10 @@ class RunSettings:
     decoding: str = field(default="generate", metadata={"help": "generate (greedy, mapped to an answer) | rank (score each candidate answer)"})
     few_shot: int | None = field(default=None, metadata={"help": "train on K training rows sampled by (task, K, seed) alone"})
     dev_size: float = field(default=0, metadata={"help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
+    selection: str = field(default="auto", metadata={
+        "help": "which prompt is evaluated: final (the last) | dev (best on the --dev_size split) | paper-val (best "
+                "on the validation split it is reported on, as DPT's code: optimistic, marked so) | auto (dev "
+                "with --dev_size, else final). dev and paper-val score every --eval_steps, or every epoch"})
     progress: bool = True
     report_to: str = field(default="csv", metadata={
         "help": "csv | tensorboard | wandb | none, or a comma-separated list: loss, lr, grad norm and tokens/s "
@@ -120,8 +128,26 @@ class RunSettings:
             raise LrptError(f"--few_shot must be >= 1, got {self.few_shot}")
         if self.dev_size < 0:
             raise LrptError(f"--dev_size must be >= 0, got {self.dev_size}")
+        self._validate_selection()
         self._validate_quantization()
         report_to(self.report_to)
+
+    @property
+    def selection_protocol(self) -> str:
+        """--selection with auto resolved: dev when a dev split is carved, else final."""
+        if self.selection == "auto":
+            return "dev" if self.dev_size else "final"
+        return self.selection
+
+    def _validate_selection(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise LrptError(f"--selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.selection == "dev" and not self.dev_size:
+            raise LrptError("--selection dev picks the best prompt on a split carved from train: add --dev_size "
+                            "(a row count, or a fraction such as 0.1)")
+        if self.selection in ("final", "paper-val") and self.dev_size:
+            raise LrptError(f"--dev_size carves a dev split that --selection {self.selection} never uses: drop "
+                            "--dev_size, or use --selection dev")
 
     def _validate_quantization(self) -> None:
         if self.load_in_8bit and self.load_in_4bit:
@@ -278,7 +304,15 @@ def run_values(args: dict[str, Any]) -> dict[str, Any]:
     """RunConfig values from parsed flags (argparse.SUPPRESS: only those given): defaults <- YAML
     (--config) <- flags. Keys that are not RunConfig fields are left out."""
     args = _expand_shorthands(dict(args))
-    values: dict[str, Any] = read_yaml(args["config"]) if args.get("config") else {}
+    if args.get("recipe") and args.get("config"):
+        raise LrptError("--recipe and --config both give a file of settings; give one (flags override either)")
+    values: dict[str, Any] = {}
+    if args.get("recipe"):  # a recipe given as a flag is loaded; one recorded in a run's config.yaml is a name
+        from lrpt.trainer import recipe
+
+        values = read_yaml(recipe.path_of(args["recipe"]), method=args.get("method"))
+    elif args.get("config"):
+        values = read_yaml(args["config"], method=args.get("method"))
     known = {f.name for f in dataclasses.fields(RunConfig)}
     values.update({k: v for k, v in args.items() if k in known})
     return values
@@ -289,7 +323,8 @@ def load_config(argv: list[str] | None = None) -> RunConfig:
     return RunConfig(**run_values(vars(build_parser().parse_args(argv))))
 
 
-def read_yaml(path: str) -> dict[str, Any]:
+def read_yaml(path: str, method: str | None = None) -> dict[str, Any]:
+    """RunConfig values from a YAML file; a recipe's `methods:` section for `method` is merged in."""
     file = Path(path)
     if not file.is_file():
         raise LrptError(f"config file {path!r} does not exist")
@@ -299,6 +334,10 @@ def read_yaml(path: str) -> dict[str, Any]:
         raise LrptError(f"config file {path!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise LrptError(f"config file {path!r} must hold a mapping of RunConfig fields")
+    if "methods" in data:
+        from lrpt.trainer.recipe import apply_methods
+
+        data = apply_methods(data, method, path)
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

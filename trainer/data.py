@@ -12,7 +12,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lrpt.eval.data import DataError, format_rows, load_split
+from lrpt.eval.data import DataError, format_rows, load_split, row_examples
 from lrpt.eval.fewshot import sample_few_shot
 from lrpt.eval.splits import carve_dev
 from lrpt.eval.tasks import Task
@@ -41,7 +41,11 @@ def _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_e
     rows = load_split(task, "train", data_dir)
     val_rows = load_split(task, "val", data_dir)  # a missing val split is found before anything trains
     if few_shot:
-        rows = sample_few_shot(rows, task.name, few_shot, seed)
+        usable = [i for i, row in enumerate(rows) if row_examples(task, dict(row), train=True)]
+        try:
+            rows = sample_few_shot(rows, task.name, few_shot, seed, usable)
+        except ValueError as exc:
+            raise LrptError(f"--few_shot {few_shot}: {exc}") from None
     dev = None
     if dev_size:
         rows, dev = carve_dev(rows, dev_size, seed)
@@ -130,6 +134,17 @@ def train_batches(rows: datasets.Dataset, batch_size: int, pad_id: int, seed: in
 
 def micro_batches_per_epoch(num_rows: int, batch_size: int, world_size: int) -> int:
     return num_rows // (batch_size * world_size)
+
+
+def fitted_micro_batch(num_rows: int, batch_size: int, world_size: int, accumulation: int) -> int:
+    """The per-rank micro batch: `batch_size`, or, for a training set smaller than one global batch (few-shot
+    K = 8 on 8 ranks), as many as it fills, so that each step trains on what there is."""
+    fills = num_rows // (world_size * accumulation)
+    if fills < 1:
+        raise LrptError(f"{num_rows} training examples are fewer than one per rank and accumulation step "
+                        f"({world_size} rank(s) x {accumulation}): lower --gradient_accumulation_steps, use fewer "
+                        "ranks, or train on more rows")
+    return min(batch_size, fills)
 
 
 def eval_batches(rows: datasets.Dataset, batch_size: int, pad_id: int, left_pad: bool,

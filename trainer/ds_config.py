@@ -46,8 +46,10 @@ def _fill(config: dict, key: str, value: Any) -> None:
         config[key] = value
 
 
-def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
-    """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors.
+def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None,
+                      micro_batch: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors. micro_batch: the
+    per-rank batch when the training set is smaller than one global batch of --per_device_train_batch_size.
 
     ZeRO-3's size-dependent fields follow transformers' rule: parameters smaller than 10·hidden
     stay whole on every rank (norms, biases), the rest is sharded; buckets scale with hidden².
@@ -57,7 +59,7 @@ def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None =
         if key in config:
             raise LrptError(f"--deepspeed config has an {key!r} section; lrpt builds AdamW and its linear "
                             f"schedule over the prompt parameters itself: remove {key!r} and use --learning_rate/--warmup_ratio")
-    micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    micro, accum = micro_batch or cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     for key, ours in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
         if config.get(key, "auto") not in ("auto", ours):
             raise LrptError(f"--deepspeed config sets {key}={config[key]} but the run uses {ours}; "

@@ -19,7 +19,8 @@ from lrpt.eval.tasks import Task, get_task
 from lrpt.trainer import build_lock, checkpoint, distributed, monitor, preempt, run_dir, weights_only
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
 from lrpt.trainer.config import RunConfig
-from lrpt.trainer.data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
+from lrpt.trainer.data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
+                                 train_batches)
 from lrpt.trainer.evaluate import evaluate
 from lrpt.trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from lrpt.trainer.errors import LrptError
@@ -155,7 +156,8 @@ class Session:
         return zero_stage(self.ds_config)
 
     def batches(self, epoch: int, skip: int = 0):
-        return train_batches(self.train_rows, self.cfg.per_device_train_batch_size, self.backbone.tokenizer.pad_token_id,
+        return train_batches(self.train_rows, self.ds_config["train_micro_batch_size_per_gpu"],
+                             self.backbone.tokenizer.pad_token_id,
                              self.cfg.seed, epoch, distributed.rank(), distributed.world_size(), skip=skip)
 
 
@@ -187,23 +189,28 @@ def setup(cfg: RunConfig) -> Session:
     build_lock.announce_cpu_comm_build(log)
     distributed.init_process_group()
     world = distributed.world_size()
-    ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size)
-    quantized = quant.mode(cfg) is not None
-    # weights arrive sharded; a quantized model is never built in zero.Init (loaded whole, sharded by initialize)
-    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
     run_dir.claim(cfg, distributed.is_main(), log)  # the directory's contract, before any weight loads
-    distributed.barrier()  # an --overwrite_output_dir is cleared before any rank writes into it
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        repeat = {**cfg.to_dict(), "overwrite_output_dir": False}  # `--config` of it resumes, never wipes
-        run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
-    monitor.add_sections(cfg, ds_config, out)
     torch.manual_seed(cfg.seed)
     # every row read and checked before the backbone (minutes at 11B) loads
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
                          cfg.max_eval_samples)
+    micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps)
+    if micro < cfg.per_device_train_batch_size:
+        log(f"{len(data.train)} training examples are fewer than one global batch of "
+            f"{cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps}: each step trains on "
+            f"{micro * world * cfg.gradient_accumulation_steps} ({micro} per rank and accumulation step)")
+    ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
+    quantized = quant.mode(cfg) is not None
+    # weights arrive sharded; a quantized model is never built in zero.Init (loaded whole, sharded by initialize)
+    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
+    distributed.barrier()  # an --overwrite_output_dir is cleared before any rank writes into it
+    if distributed.is_main():  # the contract is written once every check has passed
+        out.mkdir(parents=True, exist_ok=True)
+        repeat = {**cfg.to_dict(), "overwrite_output_dir": False}  # `--config` of it resumes, never wipes
+        run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
+    monitor.add_sections(cfg, ds_config, out)
 
     log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
     backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
@@ -224,12 +231,7 @@ def setup(cfg: RunConfig) -> Session:
     eval_rows = tokenize(data.val, encoder, for_generation=for_generation)
     dev_rows = tokenize(data.dev, encoder, for_generation=for_generation) if data.dev is not None else None
 
-    micro_per_epoch = micro_batches_per_epoch(len(train_rows), cfg.per_device_train_batch_size, world)
-    steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
-    if steps_per_epoch < 1:
-        raise LrptError(f"{len(train_rows)} training examples are fewer than one global batch "
-                        f"({ds_config['train_batch_size']}); lower --per_device_train_batch_size or "
-                        f"--gradient_accumulation_steps")
+    steps_per_epoch = micro_batches_per_epoch(len(train_rows), micro, world) // cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
 
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -280,18 +282,23 @@ def fit(run: Session) -> TrainResult:
                         synced_gpus=world > 1 and run.stage == 3, progress=cfg.progress,
                         predictions_file=predictions_file)
 
+    protocol = cfg.selection_protocol  # final | dev | paper-val
+    select_split, select_rows = {"dev": ("dev", run.dev_rows), "paper-val": ("val", run.eval_rows)}.get(
+        protocol, (None, None))
+
     def select() -> None:
-        """With a dev split: score the prompt on it and keep it under best/ if it is the best so far."""
-        metrics = evaluate_now(run.dev_rows)
+        """Score the prompt on the selection split and keep it under best/ if it is the best so far."""
+        metrics = evaluate_now(select_rows)
         score = run.task.score(metrics)
-        state["eval_history"].append({"step": state["step"], "split": "dev", "score": score, **metrics})
+        state["eval_history"].append({"step": state["step"], "split": select_split, "score": score, **metrics})
         if score > state.get("best", {}).get("score", float("-inf")):
             state["best"] = {"step": state["step"], "score": score}
             (out / "best").mkdir(exist_ok=True)
             checkpoint.save_prompt(prompt, out / "best", metadata)
-        log(f"step {state['step']}: dev {metrics} (best: step {state['best']['step']})")
+        log(f"step {state['step']}: {select_split} {metrics} (best: step {state['best']['step']})")
 
     total_steps, steps_per_epoch, accum = run.total_steps, run.steps_per_epoch, cfg.gradient_accumulation_steps
+    select_every = cfg.eval_steps or steps_per_epoch  # DPT picks the best epoch
     log(f"{cfg.method}: {prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
         f"{len(run.eval_rows)} eval examples; {total_steps} steps of {run.ds_config['train_batch_size']} examples")
     meter = StepMeter(warmup=min(2, total_steps // 5))
@@ -335,13 +342,13 @@ def fit(run: Session) -> TrainResult:
                     state.setdefault("diagnostics", []).append({"step": state["step"], **diagnostics})
             bar.update(1)
             bar.set_postfix(loss=f"{state['loss_curve'][-1]:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.3g}")
-            if cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and state["step"] < total_steps:
-                if run.dev_rows is not None:
-                    select()
-                else:
-                    metrics = evaluate_now(run.eval_rows)
-                    state["eval_history"].append({"step": state["step"], "split": "val", **metrics})
-                    log(f"step {state['step']}: {metrics}")
+            if select_rows is not None and state["step"] % select_every == 0 and state["step"] < total_steps:
+                select()
+            elif select_rows is None and cfg.eval_steps and state["step"] % cfg.eval_steps == 0 \
+                    and state["step"] < total_steps:
+                metrics = evaluate_now(run.eval_rows)
+                state["eval_history"].append({"step": state["step"], "split": "val", **metrics})
+                log(f"step {state['step']}: {metrics}")
             stop = preempt.stop_requested()  # collective, every step: all ranks agree
             if stop or (cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_steps):
                 save_checkpoint()
@@ -353,13 +360,13 @@ def fit(run: Session) -> TrainResult:
             if state["step"] >= total_steps:
                 break
     bar.close()
-    if run.dev_rows is not None and state.get("best", {}).get("step") != state["step"]:
+    if select_rows is not None and state.get("best", {}).get("step") != state["step"]:
         select()
     if resume is None or state["step"] > checkpoint.step_of(resume):
         save_checkpoint()
-    if run.dev_rows is not None and state["best"]["step"] != state["step"]:
+    if select_rows is not None and state["best"]["step"] != state["step"]:
         checkpoint.load_prompt(prompt, out / "best" / "prompt.safetensors")
-        log(f"evaluating the prompt of step {state['best']['step']} (best on dev)")
+        log(f"evaluating the prompt of step {state['best']['step']} (best on {select_split})")
     metrics = evaluate_now(run.eval_rows, predictions_file=out / "eval_predictions.jsonl")
     checkpoint.save_prompt(prompt, out, metadata)
 
@@ -368,8 +375,11 @@ def fit(run: Session) -> TrainResult:
                                    "load_peak_bytes": run.load_peak_bytes,
                                    "backbone_memory": backbone_memory or quant.backbone_memory(run.backbone.model, cfg.precision),
                                    "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
+    data = {"train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
+            "dev_examples": len(run.dev_rows) if run.dev_rows is not None else 0,
+            "train_batch_size": run.ds_config["train_batch_size"]}  # smaller than asked on a tiny (few-shot) set
     report = build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, run.stage, run.ds_config,
-                          run.model.shared_prefix)
+                          run.model.shared_prefix, data)
     if distributed.is_main():
         write(report, out)
         print(format_table(report), flush=True)
@@ -410,7 +420,7 @@ def prompt_diagnostics(prompt: methods.PromptModule) -> dict:
 
 
 def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config,
-                 shared_prefix: bool = False) -> dict:
+                 shared_prefix: bool = False, data: dict | None = None) -> dict:
     import deepspeed
     import transformers
 
@@ -434,7 +444,11 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "optimizer_state_bytes": sum(opt_bytes),
         "optimizer_state_bytes_per_rank": opt_bytes,
         "metrics": metrics,
+        "data": data or {},
         "selected_step": state.get("best", {}).get("step", state["step"]),
+        # paper-val: chosen on the split the metrics are reported on (DPT's protocol), an optimistic figure
+        "selection": {"protocol": cfg.selection_protocol, "step": state.get("best", {}).get("step", state["step"]),
+                      "optimistic": cfg.selection_protocol == "paper-val"},
         "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
                   "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),
                   "loss_curve": curve, "eval_history": state["eval_history"],

@@ -53,6 +53,20 @@ ARCHITECTURES: dict[str, PretrainedConfig] = {
     "llama-70b": LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                              num_key_value_heads=8, vocab_size=32000),
 }
+# T5 v1.1 (the released configs: gated GELU, untied embeddings), the checkpoints the templates launch
+_T5_V1_1 = dict(vocab_size=32128, dropout_rate=0.1, feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=64)
+ARCHITECTURES.update({
+    "google/t5-v1_1-small": T5Config(d_model=512, d_ff=1024, num_heads=6, num_layers=8, **_T5_V1_1),
+    "google/t5-v1_1-base": T5Config(d_model=768, d_ff=2048, num_heads=12, num_layers=12, **_T5_V1_1),
+    "google/t5-v1_1-large": T5Config(d_model=1024, d_ff=2816, num_heads=16, num_layers=24, **_T5_V1_1),
+    "google/t5-v1_1-xl": T5Config(d_model=2048, d_ff=5120, num_heads=32, num_layers=24, **_T5_V1_1),
+    "google/t5-v1_1-xxl": T5Config(d_model=4096, d_ff=10240, num_heads=64, num_layers=24, **_T5_V1_1),
+})
+# hub names of the same published architectures, so that a plan names what a run loads
+HUB_NAMES = {**{f"google-t5/{n}": n for n in ("t5-small", "t5-base", "t5-large", "t5-3b", "t5-11b")},
+             "meta-llama/Llama-2-7b-hf": "llama-7b", "meta-llama/Llama-2-13b-hf": "llama-13b",
+             "meta-llama/Llama-2-70b-hf": "llama-70b"}
+ARCHITECTURES.update({hub: ARCHITECTURES[short] for hub, short in HUB_NAMES.items()})
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 

@@ -20,6 +20,7 @@ from lrpt.trainer.errors import LrptError
 MAY_DIFFER = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "local_rank", "per_device_eval_batch_size",
     "logging_steps", "save_steps", "save_total_limit", "progress", "report_to",
+    "recipe",  # a name: the values it set are compared themselves
 })
 # what a run writes into its directory; --overwrite_output_dir removes these and nothing else
 RUN_FILES = ("config.yaml", "report.json", "prompt.safetensors", "prompt_dense.safetensors", "eval_predictions.jsonl")

@@ -25,10 +25,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="lrpt sweep", description=__doc__.split("\n")[0],
                                      epilog="Any other flag is passed to every run (see `lrpt train --help`).")
     parser.add_argument("--tasks", type=_names, required=True, help="comma-separated, e.g. boolq,cb,rte")
-    parser.add_argument("--methods", type=_names, required=True, help="comma-separated, e.g. pt,dpt,lamp")
+    parser.add_argument("--methods", type=_names, help="comma-separated, e.g. pt,dpt,lamp (default with --recipe: "
+                                                       "the recipe's methods)")
+    parser.add_argument("--recipe", help="a paper's setting for every run (`lrpt train --help`, --recipe)")
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--few_shot", "--few-shot", type=_ints, default=None, help="comma-separated K, e.g. 8,16,32")
     parser.add_argument("--output_dir", "--output-dir", required=True)
+    parser.add_argument("--layout", choices=("lrpt", "dpt"), default="lrpt",
+                        help="the table's layout (see `lrpt table --help`; a DPT recipe's table: dpt)")
     return parser.parse_known_args(argv)
 
 
@@ -45,6 +49,13 @@ def main(argv: list[str]) -> int:
     for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot"):
         if any(a == flag or a.startswith(flag + "=") or a == flag.replace("_", "-") for a in rest):
             raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot")
+    if args.recipe:
+        from lrpt.trainer import recipe
+
+        args.methods = args.methods or recipe.methods_of(args.recipe)
+        rest = [*rest, "--recipe", args.recipe]
+    if not args.methods:
+        raise LrptError("lrpt sweep needs --methods (or a --recipe, whose methods it runs)")
     out = Path(args.output_dir)
     plan = [(t, m, s, k) for t in args.tasks for k in (args.few_shot or [None]) for m in args.methods for s in args.seeds]
     configs = []
@@ -63,7 +74,7 @@ def main(argv: list[str]) -> int:
         train(cfg)
     from lrpt.trainer import distributed
     if distributed.is_main():
-        markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]))
+        markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout)
         (out / "table.md").write_text(markdown)
         (out / "table.csv").write_text(csv)
         print(markdown)

@@ -69,9 +69,11 @@ class WSC(Task):
                              0 if positive else -1, row.get("idx", ""))]
 
     def metrics(self, predictions: list[str], examples: list[dict]) -> dict[str, float]:
-        """Accuracy of "the prediction names the candidate" against the row's boolean label."""
+        """Accuracy of "the prediction names the candidate" against the row's boolean label. An empty generation
+        is wrong on every row: T5's rule would read it as "not the referent", right on every negative row."""
         gold = [a[0] for a in gold_answers(self.name, predictions, examples)]
-        said = [str(names_referent(p, e["candidates"][0])) for p, e in zip(predictions, examples)]
+        said = [str(names_referent(p, e["candidates"][0])) if self.is_valid(p, e) else "(no answer)"
+                for p, e in zip(predictions, examples)]
         return {"accuracy": accuracy(said, gold)}
 
     def is_valid(self, prediction: str, example: dict) -> bool:
