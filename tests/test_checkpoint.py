@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lrpt.trainer import checkpoint
 from lrpt.trainer.config import RunConfig
@@ -49,19 +51,59 @@ def test_crash_then_resume_reproduces_the_loss_curve(arch, backbone_dirs, memori
     assert resumed["metrics"] == straight["metrics"]
 
 
-def test_checkpoint_holds_no_frozen_weights(tiny_t5_dir, memorise_dir, tmp_path):
+def tensors_in(value, path: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a loaded checkpoint file, by its path of keys."""
+    if isinstance(value, torch.Tensor):
+        return {path: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return {k: t for key, v in items for k, t in tensors_in(v, f"{path}/{key}").items()}
+
+
+def test_checkpoint_holds_the_prompt_and_its_optimizer_state_only(tiny_t5_dir, memorise_dir, tmp_path):
+    """What the files contain, tensor by tensor: the prompt's trainable parameters (equal to the checkpoint's
+    own prompt.safetensors) and AdamW's step, exp_avg and exp_avg_sq for each of them; nothing else."""
+    from lrpt.trainer.weights_only import load
+
     run = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=3))
     ckpt = checkpoint.latest(tmp_path / "run")
-    files = {p.name: p.stat().st_size for p in ckpt.rglob("*") if p.is_file()}
-    total = sum(files.values())
-    backbone_bytes = sum(p.numel() * p.element_size() for p in run.model.backbone.parameters())
-    prompt_bytes = run.report["trainable_params"] * 4
-    assert {"prompt.safetensors", "prompt_dense.safetensors", "trainer_state.json"} <= files.keys()
-    # factors + 2 Adam moments + dense prompt + DeepSpeed's bookkeeping: kilobytes, never the backbone
-    assert total < 4 * prompt_bytes + 64 * 1024, files
-    assert total < backbone_bytes / 10
+    assert sorted(p.name for p in ckpt.iterdir()) == ["mp_rank_00_model_states.pt", "prompt.safetensors",
+                                                     "prompt_dense.safetensors", "trainer_state.json"]
+    params = {n: p for n, p in run.model.prompt.named_parameters()}  # LAMP: u, q, v
+    assert sorted(params) == ["q", "u", "v"]
+    found = tensors_in(load(ckpt / "mp_rank_00_model_states.pt", "cpu"))
+    wanted = {f"/module/prompt.{n}": p.shape for n, p in params.items()}
+    for i, p in enumerate(params.values()):
+        wanted.update({f"/optimizer/state/{i}/step": (), f"/optimizer/state/{i}/exp_avg": p.shape,
+                       f"/optimizer/state/{i}/exp_avg_sq": p.shape})
+    assert {k: tuple(t.shape) for k, t in found.items()} == {k: tuple(v) for k, v in wanted.items()}
+    saved = load_file(ckpt / "prompt.safetensors")
+    for name in params:
+        torch.testing.assert_close(found[f"/module/prompt.{name}"], saved[name], rtol=0, atol=0)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["step"] == 3 and len(state["loss_curve"]) == 3
+
+
+def test_latest_names_only_a_checkpoint_in_place(tiny_t5_dir, memorise_dir, tmp_path, monkeypatch):
+    """A save that dies while moving its staged directory into place leaves `latest` on the previous
+    checkpoint, which is whole; a run resumed from it ends on the uninterrupted run's curve."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    reference = train(config(tiny_t5_dir, memorise_dir, straight)).report
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        if str(src).endswith("step-000006"):  # the second checkpoint's move into place
+            raise Crash
+        calls.append(str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(Crash):
+        train(config(tiny_t5_dir, memorise_dir, out))
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert checkpoint.latest(out).name == "step-000003" and not (out / "checkpoints" / "step-000006").exists()
+    assert (checkpoint.latest(out) / "mp_rank_00_model_states.pt").is_file()
+    resumed = train(config(tiny_t5_dir, memorise_dir, out)).report
+    torch.testing.assert_close(resumed["train"]["loss_curve"], reference["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
 
 
 def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path):
@@ -150,3 +192,32 @@ def test_resume_unpickles_no_code_and_names_a_broken_file(damage, stopped_run, t
     if damage == "pickle payload":  # the planted file does run code when unpickled as DeepSpeed does
         torch.load(target, weights_only=False)
         assert marker.read_text() == "ran"
+
+
+def test_an_explicit_checkpoint_is_resumed_from_when_latest_is_gone(tiny_t5_dir, memorise_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """--resume_from_checkpoint PATH resumes from PATH: here `latest` names a checkpoint that was deleted (auto
+    is refused), and the run resumed from step 3 ends on the uninterrupted run's curve."""
+    from lrpt.trainer.cli import main
+
+    straight = train(config(tiny_t5_dir, memorise_dir, tmp_path / "straight")).report
+    out = tmp_path / "run"
+    real_save, saves = checkpoint.save, []
+
+    def save_then_crash(*args, **kwargs):
+        saves.append(real_save(*args, **kwargs))
+        if len(saves) == 2:
+            raise Crash
+        return saves[-1]
+
+    monkeypatch.setattr(checkpoint, "save", save_then_crash)
+    with pytest.raises(Crash):
+        train(config(tiny_t5_dir, memorise_dir, out))
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    shutil.rmtree(out / "checkpoints" / "step-000006")
+    relaunch = ["train", "--config", str(out / "config.yaml")]
+    assert main(relaunch) == 2 and "names step-000006, which does not exist" in capsys.readouterr().err
+    assert main([*relaunch, "--resume_from_checkpoint", str(out / "checkpoints" / "step-000003")]) == 0
+    assert f"resumed from {out}/checkpoints/step-000003 at step 3" in capsys.readouterr().out
+    resumed = json.loads((out / "report.json").read_text())
+    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)

@@ -1,7 +1,8 @@
 """slurm/*.sh on a real Slurm cluster (tests/slurm_cluster.sh: two nodes on one machine, CPU ranks): ZeRO-3
 jobs that complete on one node and across two, a SuperGLUE job array and its table, and preemption: SIGUSR1,
 checkpoint, requeue, resume to the same losses and prompt as an uninterrupted run (on one node and on two); a
-finished run is never trained again.
+finished run is never trained again. Every other template is submitted once, on its own defaults (tiny backbone,
+CPU, a few steps): t5_11b_dpt.sh, t5_11b_pt.sh (two nodes), llama_7b_dpt.sh (tiny LLaMA), a fewshot_sweep.sh array.
 
 The cluster tests skip only when `sbatch` is not on PATH; CI (.ci/run) installs and starts Slurm.
 """
@@ -423,3 +424,106 @@ def test_superglue_array_leaves_a_report_per_element_and_a_table(cluster, tiny_t
     assert any(line.split("|")[1].strip().startswith("dpt") for line in table.splitlines() if line.startswith("|"))
     # the last element to finish wrote the same table
     assert (sweep / "table.md").read_text().strip() == table.strip()
+
+
+# ---- the other templates, each submitted once with its own defaults ---------------------------------------
+
+# what every job below overrides: a CPU's precision and a short run; nothing else a template sets by default
+SHORT = {"PRECISION": "fp32", "PROMPT_LENGTH": "4", "MAX_STEPS": "6", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank",
+         "PROGRESS": "false"}
+# the templates' --exclusive would hold a whole node per job: let the jobs share the two nodes (never a core)
+SHARED = ["--oversubscribe"]
+FEWSHOT_GRID = {"TASKS": "cb rte", "METHODS": "dpt", "SHOTS": "8", "SEEDS": "0 1"}
+SINGLE_RUN_TEMPLATES = ["t5_11b_dpt.sh", "t5_11b_pt.sh", "llama_7b_dpt.sh"]
+
+
+def job_name(script: str) -> str:
+    return re.search(r"^#SBATCH --job-name=(\S+)$", (ROOT / "slurm" / script).read_text(), re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def template_jobs(cluster, tiny_t5_dir, tiny_llama_dir, tmp_path_factory):
+    """t5_11b_dpt.sh (2 ranks on one node), t5_11b_pt.sh (a rank on each of two nodes), llama_7b_dpt.sh (the tiny
+    LLaMA, 2 ranks on one node) and a 4-element fewshot_sweep.sh array (two at a time), submitted at once and
+    waited for together: script -> (job id, submit directory, final states)."""
+    launches = {"t5_11b_dpt.sh": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=2"], {}),
+                "t5_11b_pt.sh": (tiny_t5_dir, TWO_NODE_JOB, {}),
+                "llama_7b_dpt.sh": (tiny_llama_dir, [*CPU_JOB, "--ntasks-per-node=2"], {}),
+                "fewshot_sweep.sh": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"], FEWSHOT_GRID)}
+    submitted = {}
+    for script, (model, flags, grid) in launches.items():
+        assert set(SHORT) & set(template_defaults(ROOT / "slurm" / script)) == {"PRECISION"}, script
+        cwd = tmp_path_factory.mktemp(script.removesuffix(".sh"))
+        submitted[script] = cwd, cluster.sbatch(script, cwd, {**SHORT, **grid, "MODEL": model}, [*flags, *SHARED])
+    return {script: (job, cwd, cluster.wait(job, timeout=900, count=4 if script == "fewshot_sweep.sh" else 1))
+            for script, (cwd, job) in submitted.items()}
+
+
+@needs_slurm
+@pytest.mark.parametrize("script", SINGLE_RUN_TEMPLATES)
+def test_template_job_runs_on_its_own_defaults(template_jobs, script, tiny_t5_dir, tiny_llama_dir):
+    """The job completes, and its report is of the template's method, task, batch, ZeRO stage (its DEEPSPEED) and
+    SAVE_STEPS (a checkpoint at each multiple of it below MAX_STEPS, and the last), on the ranks and nodes it ran
+    on; llama_7b_dpt.sh trains the decoder-only LLaMA."""
+    job, cwd, (state,) = template_jobs[script]
+    log = log_of(cwd)
+    assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-4000:]
+    defaults = template_defaults(ROOT / "slurm" / script)
+    run = cwd / "runs" / f"{job_name(script)}-{job}"  # the template's default OUTPUT_DIR
+    report = json.loads((run / "report.json").read_text())
+    config = report["config"]
+    assert report["method"] == config["method"] == defaults["METHOD"]
+    assert config["task"] == defaults["TASK"] and config["precision"] == "fp32"
+    batch = int(defaults["PER_DEVICE_TRAIN_BATCH_SIZE"])
+    assert config["per_device_train_batch_size"] == batch and report["data"]["train_batch_size"] == 2 * batch
+    assert config["deepspeed"] == defaults["DEEPSPEED"].replace("$LRPT_ROOT", str(ROOT))
+    assert report["zero_stage"] == int(re.search(r"zero(\d)\.json$", defaults["DEEPSPEED"]).group(1)) == 3
+    assert report["world_size"] == 2 and report["train"]["steps"] == 6
+    save, steps = int(defaults["SAVE_STEPS"]), int(SHORT["MAX_STEPS"])
+    assert config["save_steps"] == save
+    want = [f"step-{s:06d}" for s in [*range(save, steps, save), steps]]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == want
+    assert (run / "checkpoints" / "latest").read_text().strip() == want[-1]
+
+    ((nodes, _, ranks),) = starts_of(log)
+    if script == "t5_11b_pt.sh":  # sbatch --nodes=2 --ntasks-per-node=1
+        assert_ran_across_two_nodes(log, starts=1)
+    else:
+        assert nodes == [state["BatchHost"]] and ranks == {0: nodes[0], 1: nodes[0]}, log[-4000:]
+    model = tiny_llama_dir if script == "llama_7b_dpt.sh" else tiny_t5_dir
+    backbone = json.loads((Path(model) / "config.json").read_text())
+    assert config["model"] == model
+    assert backbone.get("is_encoder_decoder", False) == (script != "llama_7b_dpt.sh"), backbone
+
+
+@needs_slurm
+def test_fewshot_array_leaves_a_k_shot_report_per_element_and_a_table(template_jobs):
+    """TASKS="cb rte" METHODS=dpt SHOTS=8 SEEDS="0 1" as --array=0-3%2: every element trains on K sampled rows of
+    the bundled data (CB and RTE: one example per row, so K examples, fewer than the file has), and the last
+    to finish writes the table `lrpt table` makes of the four runs."""
+    job, cwd, states = template_jobs["fewshot_sweep.sh"]
+    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(cwd)[-4000:])
+    sweep = cwd / "runs" / f"fewshot-{job}"
+    k = int(FEWSHOT_GRID["SHOTS"])
+    names = sorted(f"{t}-dpt-seed{s}-k{k}" for t in ("cb", "rte") for s in (0, 1))
+    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == names
+    defaults = template_defaults(ROOT / "slurm" / "fewshot_sweep.sh")
+    for name in names:
+        report = json.loads((sweep / name / "report.json").read_text())
+        task, method, seed, _ = name.split("-")
+        config = report["config"]
+        got = (config["task"], config["method"], config["seed"], config["few_shot"])
+        assert got == (task, method, int(seed[4:]), k)
+        assert config["save_steps"] == int(defaults["SAVE_STEPS"]) and report["world_size"] == 1
+        rows = (ROOT / "eval" / "demo_data" / task.upper() / "train.jsonl").read_text().splitlines()
+        assert report["data"]["train_examples"] == k < len(rows), report["data"]
+
+    lrpt = Path(sys.executable).parent / "lrpt"
+    table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in names]], capture_output=True, text=True,
+                           check=True).stdout
+    assert (sweep / "table.md").read_text().strip() == table.strip()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
+    head, body = rows[0], rows[2:]  # rows[1]: the alignment row
+    assert head[:2] == ["K", "Method"] and head[-1] == "Avg", table
+    assert [c.split()[0] for c in head[3:-1]] == ["CB", "RTE"], table
+    assert [r[:2] for r in body] == [[str(k), "dpt"]], table  # one row: the four runs' mean over seeds

@@ -1,6 +1,8 @@
 """End-to-end training of every method on tiny T5 and LLaMA backbones loaded from disk."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -87,3 +89,83 @@ def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_
     assert all(torch.equal(t, backbone.state_dict()[n]) for n, t in on_disk.items())
     state = optimizer_state_tensors(result.engine.optimizer)
     assert state and {t.dtype for t in state} <= {torch.float32}  # master weights and moments stay fp32
+
+
+def entailment_rows(n: int) -> list[dict]:
+    """RTE rows whose targets all have the same token count: a batch's mean loss is then the mean of its
+    micro-batches' means, whatever the split."""
+    return [{"premise": f"Row {i} says {'a' * (i % 5)} thing.", "hypothesis": f"Row {i}.", "label": "entailment",
+             "idx": i} for i in range(n)]
+
+
+def test_gradient_accumulation_equals_the_whole_batch(tiny_t5_dir, tmp_path):
+    """2 micro-batches of 2 accumulated = one batch of 4 (the same rows: the order depends on the seed alone):
+    the same loss curve and the same trained prompt (fp32 summation order: 1e-5)."""
+    from conftest import write_task
+
+    data = write_task(tmp_path / "data", "RTE", {"train": entailment_rows(8), "val": entailment_rows(2)})
+    whole = train(run_config(tiny_t5_dir, data, tmp_path / "whole", method="dpt", max_steps=4, decoding="rank"))
+    accumulated = train(run_config(tiny_t5_dir, data, tmp_path / "accum", method="dpt", max_steps=4, decoding="rank",
+                                   per_device_train_batch_size=2, gradient_accumulation_steps=2))
+    assert accumulated.report["deepspeed_config"]["gradient_accumulation_steps"] == 2
+    torch.testing.assert_close(accumulated.report["train"]["loss_curve"], whole.report["train"]["loss_curve"],
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(load_file(tmp_path / "accum" / "prompt.safetensors"),
+                               load_file(tmp_path / "whole" / "prompt.safetensors"), rtol=1e-5, atol=1e-6)
+    assert whole.report["train"]["loss_curve"][0] != whole.report["train"]["loss_curve"][1]  # it trains
+
+
+def test_few_shot_trains_on_the_drawn_rows_only(tiny_t5_dir, tmp_path):
+    """--few_shot K against a separately trained run on a file holding exactly the K rows of the documented
+    draw (random.Random(crc32("rte-K-seed")).sample over the rows): the same loss curve and prompt."""
+    import json
+    import random
+    import zlib
+
+    from conftest import write_task
+    from lrpt.eval.data import DEMO_DIR
+
+    rows = [json.loads(line) for line in (DEMO_DIR / "RTE" / "train.jsonl").read_text().splitlines()]
+    val = [json.loads(line) for line in (DEMO_DIR / "RTE" / "val.jsonl").read_text().splitlines()]
+    drawn = sorted(random.Random(zlib.crc32(b"rte-4-3")).sample(range(len(rows)), 4))
+    data = write_task(tmp_path / "drawn", "RTE", {"train": [rows[i] for i in drawn], "val": val})
+    settings = dict(method="pt", max_steps=3, per_device_train_batch_size=2, decoding="rank", max_eval_samples=4,
+                    seed=3)
+    few = train(run_config(tiny_t5_dir, DEMO_DIR, tmp_path / "few", few_shot=4, **settings)).report
+    reference = train(run_config(tiny_t5_dir, data, tmp_path / "ref", **settings)).report
+    assert few["data"]["train_examples"] == 4
+    assert few["train"]["loss_curve"] == reference["train"]["loss_curve"]
+    torch.testing.assert_close(load_file(tmp_path / "few" / "prompt.safetensors"),
+                               load_file(tmp_path / "ref" / "prompt.safetensors"), rtol=0, atol=0)
+
+
+def test_a_runs_config_yaml_repeats_it(tiny_t5_dir, memorise_dir, tmp_path):
+    """`lrpt train --config runs/x/config.yaml --output_dir elsewhere` trains the same run again: the same curve
+    and prompt, bit for bit (a setting config.yaml failed to record would change them)."""
+    from lrpt.trainer.cli import main
+
+    flags = ["--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--method", "lamp", "--rank", "3", "--pool",
+             "2", "--prompt_length", "6", "--learning_rate", "0.05", "--weight_decay", "0.01", "--seed", "11",
+             "--max_steps", "3", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.3", "--decoding", "rank",
+             "--progress", "false"]
+    assert main(["train", *flags, "--output_dir", str(tmp_path / "a")]) == 0
+    assert main(["train", "--config", str(tmp_path / "a" / "config.yaml"), "--output_dir", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert a["train"]["loss_curve"] == b["train"]["loss_curve"] and a["metrics"] == b["metrics"]
+    torch.testing.assert_close(load_file(tmp_path / "b" / "prompt.safetensors"),
+                               load_file(tmp_path / "a" / "prompt.safetensors"), rtol=0, atol=0)
+
+
+def test_init_text_starts_from_the_texts_embeddings(tiny_t5_dir, memorise_dir, tmp_path):
+    """--init text through `lrpt train`: the prompt starts as the backbone's own embedding rows of the text's
+    tokens, cycled to c (read with transformers, not lrpt); a learning rate of 1e-9 leaves it there."""
+    from transformers import AutoTokenizer
+
+    text = "Is it true?"
+    train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="pt", init="text", init_text=text,
+                     prompt_length=16, max_steps=1, learning_rate=1e-9, weight_decay=0.0, decoding="rank"))
+    ids = AutoTokenizer.from_pretrained(tiny_t5_dir)(text, add_special_tokens=False)["input_ids"]
+    rows = [ids[i % len(ids)] for i in range(16)]
+    embedding = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).get_input_embeddings().weight.detach()
+    prompt = load_file(tmp_path / "run" / "prompt_dense.safetensors")["prompt"]
+    torch.testing.assert_close(prompt, embedding[rows], rtol=0, atol=1e-6)

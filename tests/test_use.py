@@ -13,7 +13,8 @@ from lrpt.trainer.loop import train
 from lrpt.trainer.runs import load_run
 from lrpt.trainer.spectrum import spectrum
 
-EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3})]
+EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3}), ("lopt1", {"rank": 3}),
+                ("lopt2", {"rank": 3}), ("residual", {"bottleneck": 16})]
 
 
 @pytest.mark.parametrize("arch", ["t5", "llama"])
@@ -103,3 +104,40 @@ def test_rank_command_with_dpt_probe(tiny_t5_dir, memorise_dir, tmp_path, capsys
     assert numbers["probes"][name] == history
     assert (tmp_path / "rank.png").stat().st_size > 10_000
     assert "effective" in capsys.readouterr().out
+
+
+def test_predict_answers_what_the_models_own_logits_rank_first(tiny_t5_dir, tmp_path):
+    """Rank mode against the model's logits, one example and one candidate at a time (no batching, no padding):
+    the answer is the candidate whose tokens have the highest summed log-probability. ReCoRD: many candidates
+    (the passage's entities) per query."""
+    from lrpt.eval.data import DEMO_DIR
+    from lrpt.eval.tasks import get_task
+    from lrpt.trainer.data import Encoder
+
+    run = tmp_path / "run"
+    train(RunConfig(model=tiny_t5_dir, task="record", output_dir=str(run), method="dpt", prompt_length=8,
+                    max_steps=2, per_device_train_batch_size=4, progress=False, decoding="rank", max_eval_samples=2,
+                    seed=4))
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join((DEMO_DIR / "ReCoRD" / "val.jsonl").read_text().splitlines(keepends=True)[:6]))
+    assert main(["predict", str(run), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
+                 "--batch_size", "5"]) == 0
+    got = [json.loads(line)["prediction"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    cfg, backbone, model = load_run(run)
+    task = get_task("record")
+    encoder = Encoder(backbone.tokenizer, True, cfg.max_source_length, cfg.max_target_length)
+    expected, firsts = [], []
+    for line in source.read_text().splitlines():
+        for example in task.examples(json.loads(line), train=False):
+            scores = []
+            for candidate in example["candidates"]:
+                pair = encoder.pair(example["source"], candidate)
+                ids, labels = torch.tensor([pair["input_ids"]]), torch.tensor([pair["labels"]])
+                with torch.no_grad():
+                    logits = model(ids, torch.ones_like(ids), labels=labels).logits
+                scores.append(torch.log_softmax(logits.double(), -1)[0].gather(-1, labels[0, :, None]).sum().item())
+            expected.append(example["candidates"][max(range(len(scores)), key=scores.__getitem__)])
+            firsts.append(example["candidates"][0])
+    assert got == expected
+    assert expected != firsts, expected  # "always the first candidate" would fail here

@@ -55,6 +55,12 @@ def test_zero3_shards_frozen_weights_and_matches_one_process(arch, backbone_dirs
     torch.manual_seed(cfg.seed)
     model = PromptedModel(backbone.model, build_prompt(cfg, backbone), backbone.is_encoder_decoder).train()
     grads = []
+    for r in ranks:  # ZeRO-3 generation (gathering every layer per token) = one process's, token for token
+        source = torch.tensor(r["generation"]["source"])
+        with torch.no_grad():
+            tokens = model.eval().generate(source, torch.ones_like(source), max_new_tokens=6, min_new_tokens=6)
+        assert tokens.tolist() == r["generation"]["tokens"] and tokens.shape[1] >= 6
+    model.train()
     for r in ranks:
         batch = {k: torch.tensor(v) for k, v in r["batch"].items()}
         loss = model(**batch).loss
@@ -90,6 +96,12 @@ def test_zero_stages_give_the_same_loss_curve(stage, launcher, zero3_reference, 
         assert [x for x, _ in got] == [x for x, _ in want] == [4 * k for k in range(1, 9)]
         torch.testing.assert_close([v for _, v in got], [v for _, v in want], rtol=1e-4, atol=1e-6)
     assert [v for _, v in read_csv(tmp_path, "Train/Samples/loss")] == report["train"]["loss_curve"]
+    # greedy generation under ZeRO-3 (every rank gathers every layer per token) answers as ZeRO-0/2 do
+    assert report["metrics"] == reference["metrics"] and report["config"]["decoding"] == "generate"
+    def predictions(run) -> list[str]:
+        return [json.loads(line)["prediction"] for line in (run / "eval_predictions.jsonl").read_text().splitlines()]
+
+    assert predictions(tmp_path) == predictions(reference_dir)
     # the optimizer holds the prompt only, on every rank: at most fp32 master + Adam m, v per value
     for opt_bytes in report["optimizer_state_bytes_per_rank"] + reference["optimizer_state_bytes_per_rank"]:
         assert 0 < opt_bytes <= 3 * 4 * report["trainable_params"] + 64
@@ -97,10 +109,38 @@ def test_zero_stages_give_the_same_loss_curve(stage, launcher, zero3_reference, 
 
 
 def test_zero3_checkpoint_is_prompt_only(zero3_reference):
+    """What the files contain: each rank's model file has the prompt's parameters as empty placeholders (ZeRO-3
+    partitions them), its optimizer file the fp32 partition of the prompt and Adam's moments of it; the two
+    ranks' partitions together are the prompt of that checkpoint (prompt.safetensors), and nothing else."""
+    from safetensors.torch import load_file
+    from test_checkpoint import tensors_in
+
+    from lrpt.trainer.weights_only import load
+
     report, out = zero3_reference
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
-    size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
-    assert size < 64 * 1024, sorted((p.name, p.stat().st_size) for p in ckpt.rglob("*"))
+    saved = load_file(ckpt / "prompt.safetensors")  # DPT: a (8 x 8), b (8 x 64)
+    total = sum(t.numel() for t in saved.values())
+    assert total == report["trainable_params"]
+    partitions = []
+    for rank in (0, 1):
+        model = tensors_in(load(ckpt / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", "cpu"))
+        assert {k: t.numel() for k, t in model.items()} == {"/module/prompt.a": 0, "/module/prompt.b": 0}
+        optim = tensors_in(load(ckpt / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", "cpu"))
+        state = "/optimizer_state_dict/optimizer_state_dict/state/0"
+        flat = optim["/optimizer_state_dict/fp32_flat_groups/0"]
+        assert {k: tuple(t.shape) for k, t in optim.items()} == {
+            f"{state}/step": (), f"{state}/exp_avg": tuple(flat.shape), f"{state}/exp_avg_sq": tuple(flat.shape),
+            "/optimizer_state_dict/fp32_flat_groups/0": tuple(flat.shape)}
+        assert total / 2 <= flat.numel() < total / 2 + 64  # half each (DeepSpeed pads a partition)
+        partitions.append(flat)
+    # ZeRO-3 splits each parameter across the ranks: a rank's flat group is its slice of a, then of b
+    offset = 0
+    for name in ("a", "b"):
+        part = -(-saved[name].numel() // 2)
+        joined = torch.cat([flat[offset:offset + part] for flat in partitions])[:saved[name].numel()]
+        torch.testing.assert_close(joined, saved[name].flatten(), rtol=0, atol=0)
+        offset += part
 
 
 def test_zero3_killed_run_resumes_to_the_same_curve(zero3_reference, tiny_t5_dir, memorise_dir, tmp_path):

@@ -5,7 +5,8 @@ Builds lrpt's own engine with `trainer.loop.setup`, then writes OUT_DIR/rank<r>.
 - the loss and the full (all-reduced) prompt gradient of this rank's first micro-batch;
 - losses of a few optimizer steps on that batch;
 - the loss after every rank zeroes its own shard of the frozen weights on rank 1 only, which
-  proves the forward computes from the gathered shards and not from a hidden full copy.
+  proves the forward computes from the gathered shards and not from a hidden full copy;
+- the greedy tokens generated from the initial prompt for this rank's first source (synced_gpus).
 """
 import json
 import sys
@@ -33,6 +34,13 @@ def main() -> None:
     sharded = [p for p in frozen if hasattr(p, "ds_tensor") and p.ds_tensor.numel() < p.ds_numel]
 
     batch = next(run.batches(epoch=0))
+    # greedy generation from the initial prompt, every rank gathering every layer per token (synced_gpus);
+    # at least 6 new tokens, so that an immediate end of sequence cannot hide a difference
+    source = batch["input_ids"][:1, :int(batch["attention_mask"][0].sum())]
+    run.engine.eval()
+    with torch.no_grad():
+        generated = run.model.generate(source, torch.ones_like(source), max_new_tokens=6, min_new_tokens=6,
+                                       synced_gpus=True)
     run.engine.train()
     loss = run.engine(**batch).loss
     run.engine.backward(loss)
@@ -58,7 +66,8 @@ def main() -> None:
               "frozen_held": held, "frozen_total": total, "sharded_tensors": len(sharded),
               "loss": loss.item(), "grads": grads, "step_losses": steps,
               "loss_before_corruption": before, "gathered_after_release": still_gathered, "loss_after_rank1_zeroed": after,
-              "batch": {k: v.tolist() for k, v in batch.items()}}
+              "batch": {k: v.tolist() for k, v in batch.items()},
+              "generation": {"source": source.tolist(), "tokens": generated.tolist()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 

@@ -4,14 +4,20 @@ A frozen weight needs no gradient, so each weight matmul costs its forward (2·N
 backward for the input gradient (2·N·T): about 4·N·T, not the usual 6·N·T. Attention score and
 value products (activation × activation) need gradients for both operands: forward 4·T_q·T_k·d
 per layer, backward twice that, so 12·T_q·T_k·d per layer (halved for causal self-attention).
-N counts matmul parameters only (embedding lookups are not matmuls; the LM head is).
+N counts matmul parameters only (embedding lookups are not matmuls; the LM head is). In an
+encoder-decoder, cross-attention's key and value projections run over the encoder's tokens, not the
+decoder's.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-PEAK_FLOPS = {  # dense peak per device, by name fragment and precision (vendor figures, no sparsity)
+PEAK_FLOPS = {  # dense peak per device, by name fragment and precision (vendor figures, no sparsity);
+    # the first fragment found in the device's name wins: PCIe/NVL parts before the SXM ones
+    ("H100 PCIe", "bf16"): 756e12, ("H100 PCIe", "fp32"): 51e12,
+    ("H100 NVL", "bf16"): 835e12, ("H100 NVL", "fp32"): 60e12,
+    ("H200 NVL", "bf16"): 835e12, ("H200 NVL", "fp32"): 60e12,
     ("H100", "bf16"): 989e12, ("H100", "fp32"): 67e12,
     ("H200", "bf16"): 989e12, ("H200", "fp32"): 67e12,
     ("A100", "bf16"): 312e12, ("A100", "fp32"): 19.5e12,
@@ -40,7 +46,8 @@ def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], p
     if is_encoder_decoder:
         target = batch["labels"].shape[1]
         width = config.num_heads * config.d_kv
-        weights = 4 * rows * (params["encoder"] * source + params["decoder"] * target)
+        cross_kv = config.num_decoder_layers * 2 * config.d_model * width  # cross-attention k, v: over the source
+        weights = 4 * rows * (params["encoder"] * source + (params["decoder"] - cross_kv) * target + cross_kv * source)
         attention = 12 * rows * width * (config.num_layers * source * source
                                          + config.num_decoder_layers * (target * target / 2 + target * source))
         return float(weights + attention)

@@ -443,8 +443,8 @@ def smallest_world(spec: PlanSpec, limit: int = 4096) -> int | None:
 
     nodes = 1
     while spec.gpus * nodes <= limit:
-        if plan(replace(spec, nodes=nodes)).fits:
-            return spec.gpus * nodes
+        if plan(replace(spec, nodes=nodes)).fits:  # doubling finds a size that fits; the fewest lies above half of it
+            return spec.gpus * next(n for n in range(nodes // 2 + 1, nodes + 1) if plan(replace(spec, nodes=n)).fits)
         nodes *= 2
     return None
 
