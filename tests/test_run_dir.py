@@ -121,3 +121,18 @@ def test_a_crashed_run_resumes_with_settings_that_change_nothing_trained(finishe
                       "--report_to", "none", "--save_total_limit", "1")) == 0
     resumed, uninterrupted = (json.loads((d / "report.json").read_text()) for d in (out, finished))
     assert resumed["train"]["loss_curve"] == uninterrupted["train"]["loss_curve"]
+
+
+def test_a_copied_run_directory_is_the_one_its_config_repeats(finished, tmp_path, capsys):
+    """config.yaml records the directory it was written in; `--config copy/config.yaml` must work on the copy
+    (here: resume its last checkpoint and finish it), leaving the original untouched."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    (copy / "report.json").unlink()  # the copy is of a run stopped after its last checkpoint
+    before = snapshot(finished)
+    assert main(["train", "--config", str(copy / "config.yaml")]) == 0
+    assert f"resumed from {copy}/checkpoints/step-000004" in capsys.readouterr().out
+    assert json.loads((copy / "report.json").read_text())["output_dir"] == str(copy)
+    assert snapshot(finished) == before

@@ -313,9 +313,21 @@ def run_values(args: dict[str, Any]) -> dict[str, Any]:
         values = read_yaml(recipe.path_of(args["recipe"]), method=args.get("method"))
     elif args.get("config"):
         values = read_yaml(args["config"], method=args.get("method"))
+        values.update(_own_run_dir(Path(args["config"]).expanduser(), values))
     known = {f.name for f in dataclasses.fields(RunConfig)}
     values.update({k: v for k, v in args.items() if k in known})
     return values
+
+
+def _own_run_dir(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """A run directory's config.yaml records the directory it was written in. In a copied or moved run directory
+    it is the copy that `--config <copy>/config.yaml` repeats (resumes, or finds finished), never the original."""
+    run_dir = path.parent
+    is_run_dir = (run_dir / "report.json").is_file() or (run_dir / "checkpoints").is_dir()
+    recorded = values.get("output_dir")
+    if path.name == "config.yaml" and is_run_dir and recorded and Path(recorded).resolve() != run_dir.resolve():
+        return {"output_dir": str(run_dir)}
+    return {}
 
 
 def load_config(argv: list[str] | None = None) -> RunConfig:
