@@ -92,12 +92,11 @@ def row_examples(task: Task, row: dict, train: bool = False, labeled: bool = Fal
     have its label (a training row without one would train on an empty target)."""
     where = row.pop(WHERE, None) or f"{task.name} row {row.get('idx', '?')}"
     try:
-        if train or labeled:
-            unlabeled = [e for e in task.examples(row, False) if not e["answers"]]
-            if unlabeled:
-                raise DataError(f"{where}: no label; every {'training' if train else 'evaluation'} row needs one "
-                                "(an unlabeled split, such as test, is for `lrpt predict`)")
-        return task.examples(row, train)
+        examples = task.examples(row, False)  # every row, even one training drops (WSC's negatives), shows its label
+        if (train or labeled) and any(not e["answers"] for e in examples):
+            raise DataError(f"{where}: no label; every {'training' if train else 'evaluation'} row needs one "
+                            "(an unlabeled split, such as test, is for `lrpt predict`)")
+        return task.examples(row, True) if train else examples
     except (KeyError, ValueError) as exc:
         message = exc.args[0] if exc.args else repr(exc)
         raise DataError(message if isinstance(exc, DataError) else f"{where}: {message}") from None

@@ -146,6 +146,7 @@ class Session:
     total_steps: int
     load_peak_bytes: int = 0  # this rank's peak memory once the backbone was loaded and sharded
     keep_alive: object = None  # ZeRO-3's HfDeepSpeedConfig must outlive the model it sharded
+    resume: Path | None = None  # the checkpoint the run directory's claim found to resume from
 
     @property
     def prompt(self) -> methods.PromptModule:
@@ -191,7 +192,7 @@ def setup(cfg: RunConfig) -> Session:
     world = distributed.world_size()
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
-    run_dir.claim(cfg, distributed.is_main(), log)  # the directory's contract, before any weight loads
+    resume = run_dir.claim(cfg, distributed.is_main(), log)  # the directory's contract, before any weight loads
     torch.manual_seed(cfg.seed)
     # every row read and checked before the backbone (minutes at 11B) loads
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
@@ -246,7 +247,7 @@ def setup(cfg: RunConfig) -> Session:
         zero3_linear.install()  # frozen weights: linear layers save no input (trainer/zero3_linear.py)
     return Session(cfg=cfg, task=task, backbone=backbone, encoder=encoder, model=model, engine=engine, optimizer=optimizer,
                    scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows, dev_rows=dev_rows,
-                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive,
+                   steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive, resume=resume,
                    load_peak_bytes=peak_memory()["peak_bytes"])
 
 
@@ -267,7 +268,7 @@ def fit(run: Session) -> TrainResult:
     out = Path(cfg.output_dir)
     world = distributed.world_size()
     state = {"step": 0, "loss_curve": [], "eval_history": []}
-    resume = run_dir.resume_point(cfg)
+    resume = run.resume
     if resume is not None:
         state = checkpoint.load(engine, resume)
         log(f"resumed from {resume} at step {state['step']}")
@@ -434,6 +435,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         peak = device_peak_flops(cfg.precision)
         throughput["mfu"] = throughput["model_flops_per_s"] / (peak * world) if peak else None
     opt_bytes = [r["optimizer_state_bytes"] for r in per_rank]
+    selected = state.get("best", {}).get("step", state["step"])  # the step whose prompt the metrics are of
     return {
         "method": cfg.method,
         "trainable_params": prompt.num_trainable_params(),
@@ -445,9 +447,9 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "optimizer_state_bytes_per_rank": opt_bytes,
         "metrics": metrics,
         "data": data or {},
-        "selected_step": state.get("best", {}).get("step", state["step"]),
+        "selected_step": selected,
         # paper-val: chosen on the split the metrics are reported on (DPT's protocol), an optimistic figure
-        "selection": {"protocol": cfg.selection_protocol, "step": state.get("best", {}).get("step", state["step"]),
+        "selection": {"protocol": cfg.selection_protocol, "step": selected,
                       "optimistic": cfg.selection_protocol == "paper-val"},
         "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
                   "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),

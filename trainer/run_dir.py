@@ -73,8 +73,9 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
-def claim(cfg: RunConfig, is_main: bool, log) -> None:
-    """Everything about the run directory that is checked or cleared before any weight loads."""
+def claim(cfg: RunConfig, is_main: bool, log) -> Path | None:
+    """Everything about the run directory that is checked or cleared before any weight loads; returns the
+    checkpoint to resume from (None: step 0)."""
     out = Path(cfg.output_dir)
     if cfg.overwrite_output_dir and requeued():
         log("--overwrite_output_dir: not applied, this is a restart of the Slurm job that already started afresh; "
@@ -82,7 +83,7 @@ def claim(cfg: RunConfig, is_main: bool, log) -> None:
     elif cfg.overwrite_output_dir:
         if is_main:
             clear(out)
-        return
+        return None
     check_contract(cfg, out)
     if (out / "report.json").is_file():
         raise RunFinished(out)
@@ -93,6 +94,7 @@ def claim(cfg: RunConfig, is_main: bool, log) -> None:
     resume = resume_point(cfg)
     if resume is not None:
         weights_only.check(resume)  # a planted or broken file is refused now, not after the backbone loaded
+    return resume
 
 
 def resume_point(cfg: RunConfig) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lrpt.eval.layouts import LAYOUTS
 from lrpt.trainer.config import load_config
 from lrpt.trainer.errors import LrptError
 
@@ -31,7 +32,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--few_shot", "--few-shot", type=_ints, default=None, help="comma-separated K, e.g. 8,16,32")
     parser.add_argument("--output_dir", "--output-dir", required=True)
-    parser.add_argument("--layout", choices=("lrpt", "dpt"), default="lrpt",
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
                         help="the table's layout (see `lrpt table --help`; a DPT recipe's table: dpt)")
     return parser.parse_known_args(argv)
 
