@@ -7,7 +7,7 @@ import torch
 from lrpt import methods
 from lrpt.trainer.backbone import load_backbone
 from lrpt.trainer.data import Encoder, collate
-from lrpt.trainer.evaluate import rank_classify, sequence_log_likelihood
+from lrpt.trainer.evaluate import rank_classify
 from lrpt.trainer.prompted import PromptedModel
 
 
@@ -24,7 +24,7 @@ def test_sequence_log_likelihood_equals_loss_times_tokens(arch, backbone_dirs):
     pairs = [("rte hypothesis: a premise: b", "entailment"), ("cb hypothesis: longer text here premise: x", "neutral")]
     batch = collate([encoder.pair(s, t) for s, t in pairs], encoder.tokenizer.pad_token_id)
     with torch.no_grad():
-        scores = sequence_log_likelihood(model, batch)
+        scores = model.label_log_likelihood(**batch)
         for row, (s, t) in enumerate(pairs):  # one row at a time, no padding: HF's mean token loss
             single = collate([encoder.pair(s, t)], encoder.tokenizer.pad_token_id)
             n_tokens = (single["labels"] != -100).sum()
@@ -44,5 +44,5 @@ def test_rank_classify_picks_the_most_likely_candidate(arch, backbone_dirs):
     for i, row in enumerate(rows):
         batch = collate([encoder.pair(row["source"], c) for c in row["candidates"]], encoder.tokenizer.pad_token_id)
         with torch.no_grad():
-            scores = sequence_log_likelihood(model, batch)
+            scores = model.label_log_likelihood(**batch)
         assert chosen[i] == row["candidates"][int(scores.argmax())]

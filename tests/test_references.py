@@ -140,6 +140,34 @@ def test_llama_step_flops_match_flop_counter(tiny_llama_dir):
     assert measured == formula - norms + causal
 
 
+def test_shared_prefix_step_flops_match_flop_counter(tiny_llama_dir):
+    """Reference: FlopCounterMode on a real step of the shared path (c = 24, 3 rows of 20 tokens, every token but
+    the first a target). The prompt runs once: the layers over c + 3·20 tokens, the head over the 3·19 predicted
+    positions. Exact once the formula's conventions are undone by hand: the RMSNorm scales (no matmuls) over those
+    tokens, and causal squares counted as halves, the prompt's c x c and each row's 20 x 20 (6·d per element)."""
+    backbone = load_backbone(tiny_llama_dir)
+    backbone.model.set_attn_implementation("eager")
+    c, r, w = 24, 3, 20
+    model = PromptedModel(backbone.model, methods.build("pt", c, backbone.embed_dim, init="random"), False,
+                          shared_prefix=True)
+    ids = torch.randint(3, 250, (r, w), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, 0] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    ops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    assert set(ops) == {"aten.mm", "aten.bmm"}
+    config = backbone.model.config
+    params = flops.matmul_params(backbone.model, False)
+    formula = flops.step_flops(config, params, batch, c, shared_prefix=True)
+    norms = 4 * (c + r * w) * not_matmul(backbone.model.model, backbone.model.get_input_embeddings())
+    causal = 6 * config.hidden_size * config.num_hidden_layers * (c * c + r * w * w)
+    assert ops["aten.mm"] + ops["aten.bmm"] == formula - norms + causal
+    # and what the standard path would compute for the same batch is more, by the prompt's repeats
+    assert formula < flops.step_flops(config, params, batch, c)
+
+
 # ---------------------------------------------------------------- 3. MFU and device peaks
 
 
@@ -161,7 +189,8 @@ def test_mfu_adds_rank_rates_and_divides_by_every_device(monkeypatch):
         return {"throughput": {"steps_measured": 3, "warmup_steps": 0, "step_time_s": step, **rates,
                                "model_flops_per_s": model_flops},
                 "memory": {"peak_bytes": 1, "measured_by": "test"}, "backbone_bytes": {"held": 1, "total": 2},
-                "load_peak_bytes": 1, "backbone_memory": {"held_all": 1, "unquantized": 1, "quant_state": 0},
+                "load_peak_bytes": 1, "load_peak_measured_by": "test",
+                "backbone_memory": {"held_all": 1, "unquantized": 1, "quant_state": 0},
                 "optimizer_state_bytes": 8}
 
     prompt = methods.build("pt", 4, 8, init="random")

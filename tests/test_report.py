@@ -8,6 +8,7 @@ import torch
 
 from lrpt.trainer.cli import main
 from lrpt.trainer.config import RunConfig
+from lrpt.trainer.ds_config import shipped
 from lrpt.trainer.flops import matmul_params, step_flops
 from lrpt.trainer.loop import train
 from lrpt.trainer.presets import build_preset
@@ -55,8 +56,8 @@ def test_bench_writes_csv_and_plots(tiny_t5_dir, tmp_path):
     for r in rows:
         assert float(r["peak_bytes"]) > 0 and float(r["step_time_p50"]) > 0
         assert float(r["step_time_ratio_vs_peft"]) == pytest.approx(
-            float(r["step_time_p50"]) / float(next(b for b in rows if b["method"] == "peft"
-                                                   and b["prompt_length"] == r["prompt_length"])["step_time_p50"]))
+            float(r["step_time_min"]) / float(next(b for b in rows if b["method"] == "peft"
+                                                   and b["prompt_length"] == r["prompt_length"])["step_time_min"]))
     lamp = [r for r in rows if r["method"] == "lamp"]
     assert [int(r["prompt_tokens"]) for r in lamp] == [2, 4]  # pooling: c/p tokens reach the backbone
     for name in ("memory.png", "throughput.png"):
@@ -71,5 +72,22 @@ def test_bench_measures_the_shared_prefix_on_a_decoder_only_backbone(tiny_llama_
     assert set(rows) == {"peft", "standard", "shared_prefix"}
     shared, standard = rows["shared_prefix"], rows["standard"]
     assert float(shared["throughput_ratio_vs_standard"]) == pytest.approx(
-        float(standard["step_time_p50"]) / float(shared["step_time_p50"]))
+        float(standard["step_time_min"]) / float(shared["step_time_min"]))
     assert float(standard["throughput_ratio_vs_standard"]) == 1.0
+
+
+def test_bench_runs_zero3_ranks_quantized_with_checkpointing(tiny_llama_dir, tmp_path):
+    """The configurations the shared prefix is benchmarked in: ZeRO-3 on 2 ranks (the deepspeed launcher), an
+    8-bit backbone, gradient checkpointing. Reference for the counts: c x hidden trainable values (ZeRO-3 shards
+    them, ds_numel is the whole), the world size the launcher was asked for."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", tiny_llama_dir, "--methods", "pt", "--prompt_lengths", "4", "--batch", "2",
+                 "--seq_len", "16", "--steps", "1", "--deepspeed", shipped("zero3"), "--ranks", "2",
+                 "--load_in_8bit", "--gradient_checkpointing", "--output_dir", str(out)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader((out / "bench.csv").open())}
+    assert set(rows) == {"peft", "standard", "shared_prefix"}
+    for r in rows.values():
+        assert int(r["ranks"]) == 2 and int(r["trainable_params"]) == 4 * 64
+        assert float(r["eval_s_per_example"]) > 0
+    assert float(rows["shared_prefix"]["eval_speedup_vs_standard"]) == pytest.approx(
+        float(rows["standard"]["eval_s_per_example"]) / float(rows["shared_prefix"]["eval_s_per_example"]))

@@ -57,9 +57,10 @@ class RunSettings:
     gradient_checkpointing: bool = False
     shared_prefix: str = field(default="auto", metadata={
         "const": "true",
-        "help": "decoder-only: run the prompt once per step and share its key/value cache across the batch. "
-                "auto: on where proven (decoder-only, ZeRO-0/1/2, unquantized, no gradient checkpointing), "
-                "otherwise off; true: on, or an error saying why not; false: off"})
+        "help": "decoder-only: compute the prompt once per micro-batch (the batch packed as one sequence behind it). "
+                "auto: on where proven (LLaMA, Mistral, Qwen2 with sdpa/eager attention; every ZeRO stage, "
+                "quantization, gradient checkpointing, precision), otherwise off; true: on, or an error saying why "
+                "not; false: off"})
     max_source_length: int = 256
     max_target_length: int = 16
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)

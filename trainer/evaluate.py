@@ -36,18 +36,6 @@ def generate(model: PromptedModel, rows, tokenizer, batch_size: int, max_new_tok
     return texts
 
 
-def sequence_log_likelihood(model: PromptedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of log p(label tokens) per row, teacher-forced, prompt included."""
-    logits = model(**batch).logits.float()
-    labels = batch["labels"]
-    if not model.is_encoder_decoder:  # position t predicts t + 1; logits may also cover the prompt
-        logits = logits[:, logits.shape[1] - labels.shape[1]:-1]
-        labels = labels[:, 1:]
-    mask = labels != -100
-    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1)
-
-
 def rank_classify(model: PromptedModel, rows, encoder: Encoder, batch_size: int, progress: bool) -> dict[int, str]:
     """Score every candidate of this rank's rows; the most likely one is the answer."""
     rank, world = distributed.rank(), distributed.world_size()
@@ -64,7 +52,7 @@ def rank_classify(model: PromptedModel, rows, encoder: Encoder, batch_size: int,
         encoded = [encoder.pair(sources[max(i, 0)], candidates[max(i, 0)][j]) for i, j in chunk]
         batch = collate(encoded, encoder.tokenizer.pad_token_id)
         with torch.no_grad():
-            ll = sequence_log_likelihood(model, batch).tolist()
+            ll = model.label_log_likelihood(**batch).tolist()
         for (i, j), value in zip(chunk, ll):
             if i >= 0:
                 scores.setdefault(i, [float("-inf")] * len(candidates[i]))[j] = value

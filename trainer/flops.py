@@ -6,7 +6,7 @@ value products (activation × activation) need gradients for both operands: forw
 per layer, backward twice that, so 12·T_q·T_k·d per layer (halved for causal self-attention).
 N counts matmul parameters only (embedding lookups are not matmuls; the LM head is). In an
 encoder-decoder, cross-attention's key and value projections run over the encoder's tokens, not the
-decoder's.
+decoder's. The shared prefix counts the prompt once per micro-batch (`shared_prefix_flops`).
 """
 from __future__ import annotations
 
@@ -34,14 +34,17 @@ def matmul_params(model: nn.Module, is_encoder_decoder: bool) -> dict[str, int]:
     head_numel = getattr(head.weight, "ds_numel", head.weight.numel()) if head is not None else 0
     if is_encoder_decoder:
         return {"encoder": _numel(model.get_encoder()) - embed, "decoder": _numel(model.get_decoder()) - embed + head_numel}
-    return {"decoder": _numel(model.base_model) - embed + head_numel}
+    return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel}
 
 
-def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int) -> float:
+def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int,
+               shared_prefix: bool = False) -> float:
     """FLOPs of one forward + input-gradient backward over this (padded) micro-batch;
     `params` from `matmul_params` (an "encoder" entry means encoder-decoder)."""
     is_encoder_decoder = "encoder" in params
     rows, source = batch["input_ids"].shape
+    if shared_prefix:
+        return shared_prefix_flops(config, params, batch, prompt_length)
     source += prompt_length
     if is_encoder_decoder:
         target = batch["labels"].shape[1]
@@ -53,6 +56,18 @@ def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], p
         return float(weights + attention)
     weights = 4 * rows * params["decoder"] * source
     attention = 12 * rows * config.hidden_size * config.num_hidden_layers * source * source / 2
+    return float(weights + attention)
+
+
+def shared_prefix_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int) -> float:
+    """The shared path (trainer/shared_prefix.py) computes the prompt once per micro-batch: the layers
+    run over c + rows·L tokens, the head only where a target is predicted, and attention is the
+    prompt's causal square plus each row's L queries over c prompt keys and its own L (causal)."""
+    rows, width = batch["input_ids"].shape
+    c = prompt_length
+    predicted = int((batch["labels"][:, 1:] != -100).sum())
+    weights = 4 * ((params["decoder"] - params["head"]) * (c + rows * width) + params["head"] * predicted)
+    attention = 12 * config.hidden_size * config.num_hidden_layers * (c * c / 2 + rows * width * (c + width / 2))
     return float(weights + attention)
 
 

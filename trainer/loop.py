@@ -27,7 +27,7 @@ from lrpt.trainer.errors import LrptError
 from lrpt.trainer.flops import device_peak_flops, matmul_params, step_flops
 from lrpt.trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
 from lrpt.trainer.prompted import PromptedModel
-from lrpt.trainer import quant
+from lrpt.trainer import quant, shared_prefix
 from lrpt.trainer.report import format_table, write
 
 FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
@@ -71,25 +71,24 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
 
 
 def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
-    """Whether this run computes the prompt once per step. It is proven (tests/test_shared_prefix.py)
-    for plain fp32/bf16 decoder-only runs up to ZeRO-2: `auto` takes it there and the standard path
-    elsewhere; `true` where it is not proven is an error rather than an assumption."""
-    if cfg.shared_prefix == "false":
-        return False
-    refusals = [
-        (config.is_encoder_decoder, f"{config.model_type} is an encoder-decoder: its bidirectional encoder lets every "
-                                    "input token change the prompt's states, so there is nothing to share"),
-        (cfg.gradient_checkpointing, "gradient checkpointing recomputes blocks without their key/value cache; "
-                                     "drop --gradient_checkpointing or --shared_prefix"),
-        (zero_stage(read_ds_config(cfg.deepspeed)) == 3, "ZeRO-3 is not yet verified with the shared prefix (two "
-                                                         "gathered passes per step); use zero0/zero2 or drop --shared_prefix"),
-        (cfg.load_in_8bit or cfg.load_in_4bit,
-         "quantized backbones are not yet verified with the shared prefix; drop --shared_prefix"),
-    ]
-    reasons = [why for refused, why in refusals if refused]
-    if reasons and cfg.shared_prefix == "true":
-        raise LrptError(f"--shared_prefix: {reasons[0]}")
-    return not reasons
+    """Whether this run computes the prompt once per batch (trainer/shared_prefix.py). It is proven
+    (tests/test_shared_prefix.py) for every decoder-only backbone type it lists, on every ZeRO stage,
+    quantized or not, with or without gradient checkpointing: `auto` takes it there and the standard
+    path elsewhere; `true` where it is not proven is an error rather than an assumption."""
+    why = shared_prefix.refusal(config) if cfg.shared_prefix != "false" else None
+    if why and cfg.shared_prefix == "true":
+        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
+    return cfg.shared_prefix != "false" and why is None
+
+
+def use_shared_prefix(cfg: RunConfig, backbone: Backbone) -> bool:
+    """check_shared_prefix, then what only the loaded backbone tells (its attention kernel); logs the path taken."""
+    why = "--shared_prefix false" if cfg.shared_prefix == "false" else shared_prefix.install(backbone.model)
+    if why and cfg.shared_prefix == "true":
+        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
+    log("shared prefix: the prompt is computed once per batch" if why is None else
+        f"shared prefix off ({why}): the prompt is computed for every example")
+    return why is None
 
 
 def build_method(cfg: RunConfig, embed_dim: int, **context) -> methods.PromptModule:
@@ -224,7 +223,7 @@ def setup(cfg: RunConfig) -> Session:
         quant.prepare_for_zero3(backbone.model)
     prompt = build_prompt(cfg, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
-                          shared_prefix=check_shared_prefix(cfg, backbone_config))
+                          shared_prefix=use_shared_prefix(cfg, backbone))
 
     encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)
     train_rows = tokenize(data.train, encoder)
@@ -329,7 +328,8 @@ def fit(run: Session) -> TrainResult:
             losses.append(loss.item())
             samples += batch["input_ids"].shape[0]
             tokens += _tokens(batch, run.backbone.is_encoder_decoder)
-            flops += step_flops(run.backbone.model.config, matmul, batch, prompt.output_length)
+            flops += step_flops(run.backbone.model.config, matmul, batch, prompt.output_length,
+                                run.model.shared_prefix)  # the prompt once per micro-batch on the shared path
             if (i + 1) % accum:
                 continue
             meter.stop(samples, tokens, samples * prompt.output_length, flops)

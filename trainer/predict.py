@@ -32,7 +32,7 @@ def predict(run_dir: str, input_path: str, output_path: str, decoding: str | Non
         rows = format_rows(task, read_jsonl(path))
     except DataError as exc:
         raise LrptError(str(exc)) from None
-    cfg, backbone, model = load_run(run_dir)
+    cfg, backbone, model = load_run(run_dir, shared_prefix=True)
     decoding = decoding or cfg.decoding
     batch_size = batch_size or cfg.per_device_eval_batch_size
     encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)

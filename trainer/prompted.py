@@ -6,6 +6,9 @@ Decoder-only (LLaMA): P goes before the text; labels are -100 over the prompt (a
 already masks the source). Training batches are right-padded (prompt, text, pads); generation
 batches are left-padded and re-ordered to (pads, prompt, text), so no pad sits between prompt
 and text and position ids follow the attention mask.
+With `shared_prefix` (decoder-only) the prompt is computed once per batch: training and scoring
+run the batch packed behind it in one forward (trainer/shared_prefix.py), generation pre-fills
+its cache once and broadcasts it, laid out (prompt, pads, text).
 """
 from __future__ import annotations
 
@@ -14,17 +17,18 @@ import inspect
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lrpt.methods import PromptModule
+from lrpt.trainer import shared_prefix as shared_prefix_path
 
 
 class PromptedModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, prompt: PromptModule, is_encoder_decoder: bool,
                  shared_prefix: bool = False):
         super().__init__()
-        if shared_prefix and is_encoder_decoder:
-            raise ValueError("shared_prefix needs a decoder-only backbone: in a bidirectional encoder every input "
-                             "token changes the prompt's hidden states, so there is nothing to share")
+        if shared_prefix and (why := shared_prefix_path.install(backbone)):
+            raise ValueError(f"shared_prefix: {why}")
         self.backbone = backbone
         self.prompt = prompt
         self.is_encoder_decoder = is_encoder_decoder
@@ -55,37 +59,59 @@ class PromptedModel(nn.Module):
             labels = torch.cat([ignore, labels], dim=1)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
 
-    def _forward_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        """Causal backbones: prompt tokens attend only to each other, so their keys/values are the
-        same for every example. Run the prompt once (batch 1), broadcast its cache to the batch
-        (`expand`, a view), then run the inputs on top; gradients reach the prompt through the cache.
-        Logits cover the input positions only."""
-        if (labels[:, 0] != -100).any():
-            raise ValueError("shared_prefix: the first input token must not be a target (it would be predicted "
-                             "from the prompt's last position); lrpt's data always starts with the source")
+    def _shared_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        """The logits that predict each target token, and the targets (trainer/shared_prefix.py)."""
         tokens = self.backbone.get_input_embeddings()(input_ids)
+        where, wanted = shared_prefix_path.targets(labels)
         prompt = self.prompt().to(tokens.dtype)
-        prefix = self.backbone.base_model(inputs_embeds=prompt.unsqueeze(0), use_cache=True)
-        cache = getattr(prefix, "cache", None) or prefix.past_key_values
-        batch = input_ids.shape[0]
-        for layer in cache.layers:
-            layer.keys = layer.keys.expand(batch, -1, -1, -1)
-            layer.values = layer.values.expand(batch, -1, -1, -1)
-        mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1)
-        return self.backbone(inputs_embeds=tokens, attention_mask=mask, labels=labels, use_cache=True,
-                             **{self._cache_kw: cache})
+        logits = shared_prefix_path.packed_logits(self.backbone, prompt, tokens, attention_mask, where)
+        return logits.float(), wanted, torch.div(where, labels.shape[1], rounding_mode="floor")
+
+    def _forward_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        """The prompt once per batch, the rows on top in the same pass; loss as the backbone's own
+        (mean token cross-entropy over the targets)."""
+        logits, wanted, _ = self._shared_logits(input_ids, attention_mask, labels)
+        return CausalLMOutputWithPast(loss=nn.functional.cross_entropy(logits, wanted))
+
+    def label_log_likelihood(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             labels: torch.Tensor) -> torch.Tensor:
+        """Sum of log p(label tokens) per row, teacher-forced, prompt included (rank classification)."""
+        if self.shared_prefix:
+            logits, wanted, rows = self._shared_logits(input_ids, attention_mask, labels)
+            picked = logits.log_softmax(-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+            return picked.new_zeros(labels.shape[0]).index_add_(0, rows, picked)
+        logits = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits.float()
+        if not self.is_encoder_decoder:  # position t predicts t + 1; logits also cover the prompt
+            logits = logits[:, logits.shape[1] - labels.shape[1]:-1]
+            labels = labels[:, 1:]
+        mask = labels != -100
+        picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * mask).sum(-1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """Greedy generation; returns only the new tokens. Decoder-only input must be left-padded."""
         embeds, mask = self._embed(input_ids, attention_mask)
-        if not self.is_encoder_decoder:
+        if self.shared_prefix:  # the prompt pre-filled once, its cache broadcast to the batch: (prompt, pads, text)
+            kwargs[self._cache_kw] = self._prompt_cache(embeds[:1, :self.prompt.output_length], embeds.shape[0])
+        elif not self.is_encoder_decoder:
             embeds, mask = pads_first(embeds, mask, self.prompt.output_length)
         kwargs.setdefault("do_sample", False)
         pad = self.backbone.generation_config.pad_token_id
         if pad is not None and pad != self.backbone.generation_config.eos_token_id:
             kwargs.setdefault("suppress_tokens", [pad])  # padding is never an answer
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs)
+
+    def _prompt_cache(self, prompt: torch.Tensor, batch: int):
+        """The prompt's key/value cache, computed for one row and broadcast (`expand`, a view) to
+        `batch`: generation appends each row's own entries after it. Positions 0..c-1, as when the
+        prompt directly follows the pads on the standard path."""
+        prefix = self.backbone.base_model(inputs_embeds=prompt, use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(batch, -1, -1, -1)
+            layer.values = layer.values.expand(batch, -1, -1, -1)
+        return cache
 
 
 def pads_first(embeds: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:

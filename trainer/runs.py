@@ -32,9 +32,11 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
     return load_file(prompt_file(run_dir, "prompt_dense.safetensors"))["prompt"]
 
 
-def load_run(run_dir: str | Path) -> tuple[RunConfig, Backbone, PromptedModel]:
-    """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode."""
-    from lrpt.trainer.loop import build_method
+def load_run(run_dir: str | Path, shared_prefix: bool = False) -> tuple[RunConfig, Backbone, PromptedModel]:
+    """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode. `shared_prefix`:
+    where the run's --shared_prefix takes it (for scoring and generating, which it does as the standard path;
+    its forward returns no full logits)."""
+    from lrpt.trainer.loop import build_method, use_shared_prefix
 
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
@@ -42,4 +44,6 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Backbone, PromptedModel]:
     # shapes come from the config; the values from the file, so a random start is enough
     prompt = build_method(cfg, backbone.embed_dim, **methods.random_start(cfg.method))
     prompt.load_state_dict(state)
-    return cfg, backbone, PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder).eval()
+    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
+                          shared_prefix=shared_prefix and use_shared_prefix(cfg, backbone))
+    return cfg, backbone, model.eval()

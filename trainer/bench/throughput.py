@@ -1,12 +1,15 @@
 """`lrpt bench`: methods × prompt lengths on one backbone and batch shape, against HF peft.
 
 Each configuration runs in a fresh process, so its peak memory is its own (on CPU the peak RSS
-of a process can only grow). Every configuration trains the prompt with a plain loop (forward,
-backward, AdamW) on a fixed random batch; the baseline is peft's PromptTuningConfig (c virtual
-tokens, encoder only for T5) on the same backbone, batch and precision, with the same loop.
-On a decoder-only backbone every lrpt method is also measured with `--shared_prefix` (the prompt
-run once per step, its keys/values shared by the batch): those rows have path "shared_prefix"
-and the ratio shared/standard in `throughput_ratio_vs_standard`.
+of a process can only grow). Every configuration trains the prompt on a fixed random batch: a
+plain loop (forward, backward, AdamW), or DeepSpeed's engine under `--deepspeed` (with `--ranks`
+processes through the deepspeed launcher; peak = the largest rank's). The baseline is peft's
+PromptTuningConfig (c virtual tokens, encoder only for T5) on the same backbone (loaded as
+`lrpt train` loads it: ZeRO-3-sharded, 8-bit / 4-bit, gradient checkpointing), batch, precision
+and loop. On a decoder-only backbone every lrpt method is also measured with `--shared_prefix`
+(the prompt once per micro-batch): those rows have path "shared_prefix" and the ratio
+shared/standard in `throughput_ratio_vs_standard`. Every row also times rank classification's
+forward (no gradient) per example, `eval_s_per_example` (the fastest of --steps).
 Writes bench.csv (with lrpt/peft ratios per row), memory.png and throughput.png.
 """
 from __future__ import annotations
@@ -25,73 +28,155 @@ import torch
 from lrpt.trainer.distributed import env_without_launcher
 
 
-def measure(model: str, method: str, prompt_length: int, batch: int, seq_len: int, steps: int,
-            precision: str, options: dict, path: str = "standard") -> dict:
-    """One configuration, in this process: seconds per step (after 2 warm-up steps) and peak memory."""
-    from lrpt import methods
-    from lrpt.trainer.backbone import load_backbone
-    from lrpt.trainer.meter import peak_memory
-    from lrpt.trainer.prompted import PromptedModel
+def _run_config(settings: dict):
+    """The RunConfig a benchmark configuration corresponds to (its backbone, precision, ZeRO, quantization)."""
+    from lrpt.trainer.config import RunConfig
 
-    torch.manual_seed(0)
-    backbone = load_backbone(model, precision)
-    net = backbone.model.train()
-    ids = torch.randint(3, min(250, net.config.vocab_size), (batch, seq_len))
-    mask = torch.ones_like(ids)
-    if backbone.is_encoder_decoder:
-        labels = torch.randint(3, min(250, net.config.vocab_size), (batch, max(1, seq_len // 8)))
+    keys = ("model", "precision", "per_device_train_batch_size", "deepspeed", "load_in_8bit", "load_in_4bit",
+            "bnb_4bit_quant_type", "gradient_checkpointing")
+    return RunConfig(**{k: settings[k] for k in keys if k in settings})
+
+
+def _load(cfg, ds_config: dict | None):
+    """The frozen backbone as `lrpt train` loads it: sharded at load under unquantized ZeRO-3
+    (HfDeepSpeedConfig), quantized layers made ZeRO-3-shardable before `deepspeed.initialize`."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from lrpt.trainer import quant
+    from lrpt.trainer.backbone import load_backbone
+    from lrpt.trainer.ds_config import zero_stage
+
+    stage3 = ds_config is not None and zero_stage(ds_config) == 3
+    keep = HfDeepSpeedConfig(ds_config) if stage3 and quant.mode(cfg) is None else None
+    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
+    if stage3 and quant.mode(cfg) is not None:
+        keep = HfDeepSpeedConfig(ds_config)
+        quant.prepare_for_zero3(backbone.model)
+    return backbone, keep
+
+
+def random_batch(config, batch: int, seq_len: int, is_encoder_decoder: bool) -> dict:
+    ids = torch.randint(3, min(250, config.vocab_size), (batch, seq_len))
+    if is_encoder_decoder:
+        labels = torch.randint(3, min(250, config.vocab_size), (batch, max(1, seq_len // 8)))
     else:
         labels = ids.clone()
         labels[:, : seq_len - seq_len // 4] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def measure(settings: dict, method: str, prompt_length: int, path: str = "standard") -> dict:
+    """One configuration, in this process (every rank under a launcher): seconds per step after 2
+    warm-up steps, peak memory, and rank-classification seconds per example (no gradient)."""
+    from lrpt import methods
+    from lrpt.trainer import distributed
+    from lrpt.trainer.ds_config import resolve_ds_config
+    from lrpt.trainer.meter import peak_memory
+    from lrpt.trainer.prompted import PromptedModel
+
+    cfg = _run_config(settings)
+    batch_size, seq_len, steps = settings["per_device_train_batch_size"], settings["max_source_length"], settings["steps"]
+    ds_config = None
+    if cfg.deepspeed:
+        from lrpt.trainer.backbone import resolve_config
+
+        distributed.init_process_group()
+        ds_config = resolve_ds_config(cfg, distributed.world_size(), resolve_config(cfg.model).hidden_size)
+    torch.manual_seed(0)
+    backbone, keep_alive = _load(cfg, ds_config)
+    net = backbone.model.train()
+    batch = random_batch(net.config, batch_size, seq_len, backbone.is_encoder_decoder)
     if method == "peft":
         from peft import PromptTuningConfig, get_peft_model
 
         task = "SEQ_2_SEQ_LM" if backbone.is_encoder_decoder else "CAUSAL_LM"
-        net = get_peft_model(net, PromptTuningConfig(task_type=task, num_virtual_tokens=prompt_length,
-                                                     num_transformer_submodules=1))
-        params = [p for p in net.parameters() if p.requires_grad]
+        model = get_peft_model(net, PromptTuningConfig(task_type=task, num_virtual_tokens=prompt_length,
+                                                       num_transformer_submodules=1))
+        params = [p for p in model.parameters() if p.requires_grad]
         output_length = prompt_length
-
-        def loss():
-            return net(input_ids=ids, attention_mask=mask, labels=labels).loss
     else:
-        own = {k: v for k, v in options.items() if k in methods.option_names(method)}
+        own = {k: v for k, v in method_settings(settings).items() if k in methods.option_names(method)}
         prompt = methods.build(method, prompt_length, backbone.embed_dim, **{**own, **methods.random_start(method)})
-        model_ = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
+        model = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
         output_length = prompt.output_length
-
-        def loss():
-            return model_(ids, mask, labels=labels).loss
-    optimizer = torch.optim.AdamW(params, lr=0.3)
-    times = []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+    step, engine = _stepper(model, params, ds_config)
+    times = [_timed(step, batch) for _ in range(steps + 2)][2:]
+    evaluation = [_timed(lambda b: _score(model, b), batch) for _ in range(steps + 1)][1:]
     p50 = statistics.median(times)
-    tokens = batch * (seq_len + output_length + (labels.shape[1] if backbone.is_encoder_decoder else 0))
+    tokens = batch_size * (seq_len + output_length + (batch["labels"].shape[1] if backbone.is_encoder_decoder else 0))
+    world = distributed.world_size()
+    peaks = distributed.gather(peak_memory())
+    del keep_alive, engine
     return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": prompt_length,
-            "prompt_tokens": output_length,
-            "trainable_params": sum(p.numel() for p in params), "step_time_p50": p50,
-            "samples_per_s": batch / p50, "tokens_per_s": tokens / p50, **peak_memory()}
+            "prompt_tokens": output_length, "ranks": world,
+            "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "step_time_p50": p50,
+            "step_time_min": min(times),
+            # rates from the fastest step: least disturbed by whatever else the machine runs
+            "samples_per_s": world * batch_size / min(times), "tokens_per_s": world * tokens / min(times),
+            "eval_s_per_example": min(evaluation) / batch_size,
+            "peak_bytes": max(p["peak_bytes"] for p in peaks), "measured_by": peaks[0]["measured_by"]}
+
+
+def _stepper(model, params: list, ds_config: dict | None):
+    """One training step (forward, backward, AdamW): a plain loop, or DeepSpeed's engine under --deepspeed."""
+    optimizer = torch.optim.AdamW(params, lr=0.3)
+    if ds_config is None:
+        def step(batch: dict) -> None:
+            optimizer.zero_grad()
+            model(**batch).loss.backward()
+            optimizer.step()
+        return step, None
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if ds_config["zero_optimization"].get("stage") == 3:
+        from lrpt.trainer import zero3_linear
+
+        zero3_linear.install()
+
+    def step(batch: dict) -> None:
+        engine.backward(engine(**batch).loss)
+        engine.step()
+    return step, engine
+
+
+def _score(model, batch: dict) -> None:
+    """Rank classification's work on one batch: each row's label log-likelihood, no gradient."""
+    with torch.no_grad():
+        if hasattr(model, "label_log_likelihood"):
+            model.label_log_likelihood(**batch)
+        else:  # peft: the backbone's own forward with its virtual tokens
+            model(**batch)
+
+
+def _timed(fn, batch: dict) -> float:
+    start = time.perf_counter()
+    fn(batch)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def run_isolated(settings: dict, method: str, prompt_length: int, path: str) -> dict:
+    """A configuration in a fresh process (its peak memory its own); under --deepspeed through the
+    deepspeed launcher with --ranks processes."""
+    from lrpt.trainer.distributed import free_port
+
     env = env_without_launcher()
-    given = {**{k: settings[k] for k in ("model", "precision", "per_device_train_batch_size", "max_source_length",
-                                          "steps")}, **method_settings(settings)}
-    cmd = [sys.executable, "-m", "lrpt.trainer.bench.throughput", "--worker", method, str(prompt_length), path,
-           *(flag for key, value in given.items() for flag in (f"--{key}", str(value)))]
+    given = {k: settings[k] for k in WORKER_FLAGS if k in settings}
+    flags = [flag for key, value in {**given, **method_settings(settings)}.items() for flag in (f"--{key}", str(value))]
+    worker = ["--worker", method, str(prompt_length), path, *flags]
+    if settings.get("deepspeed"):
+        launcher = str(Path(sys.executable).parent / "deepspeed")
+        cmd = [launcher, "--num_gpus", str(settings["ranks"]), "--master_port", str(free_port()),
+               "--module", "lrpt.trainer.bench.throughput", *worker]
+    else:
+        cmd = [sys.executable, "-m", "lrpt.trainer.bench.throughput", *worker]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {method} c={prompt_length} ({path}) failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -117,10 +202,14 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 # `lrpt train`'s settings that shape a benchmark configuration, and the bench's defaults for them
-RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "shared_prefix", "output_dir")
+RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "shared_prefix", "output_dir",
+             "deepspeed", "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing")
+# what a worker process is given (booleans as true/false, which lrpt's flags accept)
+WORKER_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "steps", "deepspeed",
+                "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing")
 DEFAULTS = {"model": "tiny-t5", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
             "shared_prefix": "auto", "output_dir": "bench", "pool": 2, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
-            "prompt_lengths": "20,50,100,200,400", "steps": 5}
+            "prompt_lengths": "20,50,100,200,400", "steps": 5, "ranks": 1}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,8 +226,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods")
     p.add_argument("--prompt_lengths", "--prompt-lengths", help="comma-separated prompt lengths c")
     p.add_argument("--steps", type=int, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--ranks", type=int, help="processes per configuration under --deepspeed (the deepspeed launcher)")
     add_run_arguments(p, only=RUN_FLAGS + tuple(name for name, _, _ in methods.option_fields()))
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "C", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's, to its workers
     return p
 
 
@@ -171,9 +262,12 @@ def main(argv: list[str]) -> int:
     settings = settings_from(argv)
     batch, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
     if "worker" in settings:
+        from lrpt.trainer import distributed
+
         method, c, path = settings["worker"]
-        print(json.dumps(measure(settings["model"], method, int(c), batch, seq_len, settings["steps"],
-                                 settings["precision"], method_settings(settings), path)))
+        row = measure(settings, method, int(c), path)
+        if distributed.is_main():
+            print(json.dumps(row), flush=True)
         return 0
     from tqdm.auto import tqdm
 
@@ -197,9 +291,11 @@ def main(argv: list[str]) -> int:
         base = baseline[r["prompt_length"]]
         r["peak_ratio_vs_peft"] = r["peak_bytes"] / base["peak_bytes"]
         r["throughput_ratio_vs_peft"] = r["tokens_per_s"] / base["tokens_per_s"]
-        r["step_time_ratio_vs_peft"] = r["step_time_p50"] / base["step_time_p50"]
+        r["step_time_ratio_vs_peft"] = r["step_time_min"] / base["step_time_min"]
         # the same work in both paths, so the throughput ratio is the inverse step-time ratio
-        r["throughput_ratio_vs_standard"] = standard[r["method"], r["prompt_length"]]["step_time_p50"] / r["step_time_p50"]
+        reference = standard[r["method"], r["prompt_length"]]
+        r["throughput_ratio_vs_standard"] = reference["step_time_min"] / r["step_time_min"]
+        r["eval_speedup_vs_standard"] = reference["eval_s_per_example"] / r["eval_s_per_example"]
     out = Path(settings["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     with (out / "bench.csv").open("w", newline="") as f:
@@ -207,16 +303,21 @@ def main(argv: list[str]) -> int:
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, out)
-    print(f"{settings['model']}, batch {batch} x {seq_len}, {settings['precision']}, "
-          f"peak measured by: {rows[0]['measured_by']}")
-    print("| method | path | c | prompt tokens | trainable | s/step | tokens/s | peak MiB | time/peft | peak/peft "
-          "| throughput vs peft | vs standard |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    setup = [settings.get("deepspeed") and f"{settings['deepspeed']} x {settings['ranks']} ranks",
+             settings.get("load_in_8bit") and "8-bit", settings.get("load_in_4bit") and "4-bit",
+             settings.get("gradient_checkpointing") and "gradient checkpointing"]
+    print(f"{settings['model']}, batch {batch} x {seq_len} per rank, {settings['precision']}, "
+          f"{', '.join(x for x in setup if x) or 'one process'}; peak (max over ranks) measured by: "
+          f"{rows[0]['measured_by']}")
+    print("| method | path | c | prompt tokens | trainable | s/step (fastest) | tokens/s | peak MiB | time/peft | peak/peft "
+          "| throughput vs peft | vs standard | eval s/example | eval vs standard |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['path']} | {r['prompt_length']} | {r['prompt_tokens']} | {r['trainable_params']:,} | "
-              f"{r['step_time_p50']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
+              f"{r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
               f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} | "
-              f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} |")
+              f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} | "
+              f"{r['eval_s_per_example']:.4f} | {r['eval_speedup_vs_standard']:.2f} |")
     print(f"wrote {out / 'bench.csv'}, {out / 'memory.png'}, {out / 'throughput.png'}")
     return 0
 
