@@ -7,8 +7,9 @@ precision). Each cell builds lrpt's own engine once (`trainer.loop.setup`, --sha
 saves its step-0 checkpoint, trains STEPS steps on the standard path, restores the checkpoint
 (lrpt's resume, bit-exact) and trains the same steps on the shared path. Per rank r it writes
 OUT_DIR/<cell>/rank<r>.json: whether setup resolved the shared path (what the report states) and,
-for each path, the first micro-batch's loss and full prompt gradient, the loss curve, and each step's all-gathers (count and bytes, from DeepSpeed's comms
-logger; the first step of an engine is ZeRO-3's trace-recording one, gathering module by module).
+for each path, the first micro-batch's loss and full prompt gradient, the loss curve, and each
+step's all-gathers (count and bytes, from DeepSpeed's comms logger; the first step of an engine is
+ZeRO-3's trace-recording one, gathering module by module).
 """
 import gc
 import itertools

@@ -136,7 +136,8 @@ def test_predicted_peak_within_20_percent_of_measured(backbone, options, request
 
     model = request.getfixturevalue(backbone)
     flags = ["--model", model, "--output_dir", str(tmp_path / "run"), "--method", "dpt", "--prompt_length", "20",
-             "--per_device_train_batch_size", "8", "--progress", "false"]
+             "--per_device_train_batch_size", "8", "--progress", "false",
+             "--shared_prefix", "false"]  # the planner plans the standard path
     flags += ["--gradient_checkpointing", "true"] if options.get("grad_ckpt") else []
     flags += ["--load_in_8bit", "true"] if options.get("quant") == "8bit" else []
     worker(tmp_path, flags, batch=8, seq_len=96, target_len=16, steps=3)

@@ -41,7 +41,8 @@ def batch(left: bool) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", METHODS)
 def test_shared_prefix_equals_standard_path(method, left, tiny_llama_dir):
     backbone = load_backbone(tiny_llama_dir)
-    prompt = methods.build(method, 6, backbone.embed_dim, init="random" if method in ("pt", "lamp", "residual") else None,
+    init = "random" if method in ("pt", "lamp", "residual") else None
+    prompt = methods.build(method, 6, backbone.embed_dim, init=init,
                            generator=torch.Generator().manual_seed(1), **OPTIONS.get(method, {}))
     results = []
     for shared in (False, True):

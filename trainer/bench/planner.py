@@ -140,7 +140,8 @@ def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list
         [f"--load_in_{args.quant}", "true"] if getattr(args, "quant", "none") != "none" else [])
     flags = [*extra, "--model", model_dir, "--deepspeed", ds_config,
              "--output_dir", str(out / "run"), "--per_device_train_batch_size", str(args.batch),
-             "--method", args.method, "--prompt_length", str(args.prompt_length), "--progress", "false"]
+             "--method", args.method, "--prompt_length", str(args.prompt_length), "--progress", "false",
+             "--shared_prefix", "false"]  # the planner plans the standard path (an upper bound of the shared one)
     env = env_without_launcher()
     import torch
 

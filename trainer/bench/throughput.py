@@ -75,7 +75,8 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     from lrpt.trainer.prompted import PromptedModel
 
     cfg = _run_config(settings)
-    batch_size, seq_len, steps = settings["per_device_train_batch_size"], settings["max_source_length"], settings["steps"]
+    batch_size, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
+    steps = settings["steps"]
     ds_config = None
     if cfg.deepspeed:
         from lrpt.trainer.backbone import resolve_config
