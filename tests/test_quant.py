@@ -59,8 +59,9 @@ def resolve_ds_flags(flags: list[str], directory) -> list[str]:
 SESSIONS = {
     ("t5", "8bit"): {"zero3": ds("zero3"), "zero3_offload": ds("zero3_offload"), "zero2": ds("zero2")},
     ("llama", "8bit"): {"zero3": ds("zero3"), "zero3_offload": ds("zero3_offload"), "zero2": ds("zero2"),
-                        # control: bitsandbytes' own layer under ZeRO-3, without lrpt's conversion
-                        "zero3_bnb_native": ds("zero3")},
+                        # control: bitsandbytes' own layer under ZeRO-3, without lrpt's conversion (loaded
+                        # whole: the sharded load builds lrpt's layers as it loads)
+                        "zero3_bnb_native": ds("zero3") + ["--quantized_load", "whole"]},
     ("t5", "4bit"): {"zero3": ds("zero3") + NF4_DQ, "zero3_offload": ds("zero3_offload") + NF4_DQ,
                      "zero2": ds("zero2") + NF4_DQ},
     ("llama", "4bit"): {
@@ -74,7 +75,7 @@ SESSIONS = {
         # no double quant: fp32 absmax per 64 weights is replicated (1/8 of the packed bytes)
         "zero3_single": ds("zero3") + ["--bnb_4bit_quant_type", "nf4"],
         # control: bitsandbytes' own 4-bit forward under ZeRO-3 (MatMul4Bit keeps the gathered weight)
-        "zero3_bnb_native": ds("zero3") + NF4_DQ,
+        "zero3_bnb_native": ds("zero3") + NF4_DQ + ["--quantized_load", "whole"],
     },
 }
 CELLS = [(arch, q, s) for (arch, q), sessions in SESSIONS.items() for s in sessions]

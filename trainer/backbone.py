@@ -46,23 +46,25 @@ def resolve_config(name: str) -> PretrainedConfig:
 
 
 def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bool = False,
-                  quantization=None) -> Backbone:
+                  quantization=None, sharded: dict | None = None) -> Backbone:
     """Frozen model + tokenizer. Under ZeRO-3 the caller keeps an `HfDeepSpeedConfig` alive first,
     so `from_pretrained`/`from_config` build the weights already partitioned.
 
     `quantization` (a transformers `BitsAndBytesConfig`, see trainer/quant.py) loads the model
     quantized; transformers leaves the model's `_keep_in_fp32_modules` (T5's `wo`) and the
-    output head unquantized. A quantized model is never built inside `zero.Init`: every rank
-    loads it whole and ZeRO-3 shards it in `deepspeed.initialize`."""
+    output head unquantized. transformers never builds a quantized model inside `zero.Init`: with
+    `sharded` (the run's resolved ZeRO-3 config) lrpt loads it partitioned itself, one tensor at a
+    time (trainer/quant_load.py); without it every rank loads it whole and ZeRO-3 shards it in
+    `deepspeed.initialize`."""
     config = resolve_config(name)
     dtype = DTYPES[precision]
     if name in PRESETS and quantization is None:
         model, tokenizer = build_preset(name, dtype=dtype)
     elif name in PRESETS:  # quantization_config needs from_pretrained: write the preset out first
         with tempfile.TemporaryDirectory() as tmp:
-            model, tokenizer = _from_pretrained(_write_preset(name, tmp), name, config, dtype, quantization)
+            model, tokenizer = _from_pretrained(_write_preset(name, tmp), name, config, dtype, quantization, sharded)
     else:
-        model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization)
+        model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization, sharded)
     if quantization is not None:
         from lrpt.trainer.quant import prepare_loaded
 
@@ -90,11 +92,17 @@ def _write_preset(name: str, directory: str) -> str:
     return directory
 
 
-def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torch.dtype, quantization=None):
+def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torch.dtype, quantization=None,
+                     sharded: dict | None = None):
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     extra = {} if quantization is None else {"quantization_config": quantization}
     try:
-        model = auto.from_pretrained(path, dtype=dtype, **extra)
+        if sharded is not None and quantization is not None:
+            from lrpt.trainer.quant_load import load_sharded
+
+            model = load_sharded(path, config, dtype, quantization, sharded)
+        else:
+            model = auto.from_pretrained(path, dtype=dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0]) from None

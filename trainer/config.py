@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
 SELECTIONS = ("auto", "final", "dev", "paper-val")
+QUANTIZED_LOADS = ("auto", "sharded", "whole")  # trainer/quant_load.py
 
 
 @dataclass
@@ -70,6 +71,11 @@ class RunSettings:
     bnb_4bit_compute_dtype: str | None = field(default=None, metadata={"help": "fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)"})
     bnb_4bit_use_double_quant: bool = field(default=False, metadata={"help": "quantize the 4-bit block scales too (4-bit only)"})
     bnb_4bit_quant_storage: str = field(default="uint8", metadata={"help": "uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in"})
+    quantized_load: str = field(default="auto", metadata={
+        "help": "auto | sharded | whole: how a quantized backbone loads under ZeRO-3. sharded: each rank reads the "
+                "safetensors checkpoint one tensor at a time and keeps only its ZeRO-3 share (no rank holds the whole "
+                "model); whole: every rank loads the whole quantized model, deepspeed.initialize shards it (the "
+                "reference); auto: sharded under ZeRO-3, else whole"})
     # DeepSpeed
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (default: ZeRO-0 built in)"})
     local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher; the LOCAL_RANK env var wins"})
@@ -161,6 +167,12 @@ class RunSettings:
         if self.bnb_4bit_quant_storage not in QUANT_STORAGES:
             raise LrptError(f"--bnb_4bit_quant_storage must be one of {', '.join(QUANT_STORAGES)}, "
                             f"got {self.bnb_4bit_quant_storage!r}")
+        if self.quantized_load not in QUANTIZED_LOADS:
+            raise LrptError(f"--quantized_load must be one of {', '.join(QUANTIZED_LOADS)}, "
+                            f"got {self.quantized_load!r}")
+        if self.quantized_load != "auto" and not (self.load_in_8bit or self.load_in_4bit):
+            raise LrptError(f"--quantized_load {self.quantized_load} only applies to a quantized backbone: add "
+                            "--load_in_8bit or --load_in_4bit, or drop --quantized_load")
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("bnb_4bit_")}
         changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
         if changed and not self.load_in_4bit:

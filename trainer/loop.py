@@ -25,9 +25,11 @@ from lrpt.trainer.evaluate import evaluate
 from lrpt.trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.flops import device_peak_flops, matmul_params, step_flops
-from lrpt.trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
+from lrpt.trainer.meter import (LoadPeak, StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory,
+                                tensor_bytes)
 from lrpt.trainer.prompted import PromptedModel
 from lrpt.trainer import quant, shared_prefix
+from lrpt.trainer.quant_load import sharded as sharded_quantized_load
 from lrpt.trainer.report import format_table, write
 
 FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
@@ -81,8 +83,32 @@ def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
     return cfg.shared_prefix != "false" and why is None
 
 
+def load_frozen(cfg: RunConfig, ds_config: dict, world: int) -> tuple[Backbone, object]:
+    """The frozen backbone as `deepspeed.initialize` must receive it, and ZeRO-3's `HfDeepSpeedConfig`, which
+    the caller keeps alive while the model lives (None below ZeRO-3). Under ZeRO-3 the weights arrive
+    sharded: unquantized ones built inside `zero.Init`, quantized ones partitioned as they load
+    (trainer/quant_load.py) or, with --quantized_load whole, loaded whole and sharded by initialize."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    stage3, quantized = zero_stage(ds_config) == 3, quant.mode(cfg) is not None
+    keep_alive = HfDeepSpeedConfig(ds_config) if stage3 and not quantized else None
+    sharded_load = sharded_quantized_load(cfg, ds_config)
+    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {zero_stage(ds_config)}"
+        + (", each rank keeping only its share of the quantized weights" if sharded_load else ""))
+    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg),
+                             sharded=ds_config if sharded_load else None)
+    if stage3 and quantized:
+        keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
+        # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
+        # and hooks the layers, so the layers it must see are the ones that compute from the gathered
+        # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
+        quant.prepare_for_zero3(backbone.model)
+    return backbone, keep_alive
+
+
 def use_shared_prefix(cfg: RunConfig, backbone: Backbone) -> bool:
-    """check_shared_prefix, then what only the loaded backbone tells (its attention kernel); logs the path taken."""
+    """Install the shared prefix where the loaded backbone takes it (shared_prefix.install: the model type and
+    its attention kernel); --shared_prefix true refuses where it cannot. Logs the path taken."""
     why = "--shared_prefix false" if cfg.shared_prefix == "false" else shared_prefix.install(backbone.model)
     if why and cfg.shared_prefix == "true":
         raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
@@ -143,7 +169,9 @@ class Session:
     dev_rows: object
     steps_per_epoch: int
     total_steps: int
-    load_peak_bytes: int = 0  # this rank's peak memory once the backbone was loaded and sharded
+    load_peak_bytes: int | None = 0  # this rank's allocator peak while the backbone loaded
+    load_peak_measured_by: str = ""
+    load_seconds: float = 0.0  # wall time from the start of the load until deepspeed.initialize has sharded it
     keep_alive: object = None  # ZeRO-3's HfDeepSpeedConfig must outlive the model it sharded
     resume: Path | None = None  # the checkpoint the run directory's claim found to resume from
 
@@ -174,7 +202,6 @@ def setup(cfg: RunConfig) -> Session:
     """Validate, join the process group, load the (sharded) backbone, build prompt, data, engine."""
     import deepspeed
     from transformers import get_linear_schedule_with_warmup
-    from transformers.integrations import HfDeepSpeedConfig
 
     task, backbone_config = check_run(cfg)
     _quiet_libraries()
@@ -202,9 +229,6 @@ def setup(cfg: RunConfig) -> Session:
             f"{cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps}: each step trains on "
             f"{micro * world * cfg.gradient_accumulation_steps} ({micro} per rank and accumulation step)")
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
-    quantized = quant.mode(cfg) is not None
-    # weights arrive sharded; a quantized model is never built in zero.Init (loaded whole, sharded by initialize)
-    keep_alive = HfDeepSpeedConfig(ds_config) if ds_stage == 3 and not quantized else None
     distributed.barrier()  # an --overwrite_output_dir is cleared before any rank writes into it
     if distributed.is_main():  # the contract is written once every check has passed
         out.mkdir(parents=True, exist_ok=True)
@@ -212,15 +236,10 @@ def setup(cfg: RunConfig) -> Session:
         run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
     monitor.add_sections(cfg, ds_config, out)
 
-    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_stage}")
-    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
-    if ds_stage == 3 and quantized:
-        keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
-    if ds_stage == 3 and quantized:
-        # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
-        # and hooks the layers, so the layers it must see are the ones that compute from the gathered
-        # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
-        quant.prepare_for_zero3(backbone.model)
+    load_meter = LoadPeak().start()  # this rank's allocator peak while the backbone loads
+    backbone, keep_alive = load_frozen(cfg, ds_config, world)
+    load_peak = load_meter.stop()  # loaded: partitioned already, or whole until initialize shards it
+    loaded = time.perf_counter()
     prompt = build_prompt(cfg, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
                           shared_prefix=use_shared_prefix(cfg, backbone))
@@ -239,6 +258,7 @@ def setup(cfg: RunConfig) -> Session:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+    load_seconds = load_peak["seconds"] + time.perf_counter() - loaded  # the profiler's own work left out
     weights_only.install(engine)  # resume reads tensors and data, never code (trainer/weights_only.py)
     if ds_stage == 3:
         from lrpt.trainer import zero3_linear
@@ -247,7 +267,8 @@ def setup(cfg: RunConfig) -> Session:
     return Session(cfg=cfg, task=task, backbone=backbone, encoder=encoder, model=model, engine=engine, optimizer=optimizer,
                    scheduler=scheduler, ds_config=ds_config, train_rows=train_rows, eval_rows=eval_rows, dev_rows=dev_rows,
                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_alive=keep_alive, resume=resume,
-                   load_peak_bytes=peak_memory()["peak_bytes"])
+                   load_peak_bytes=load_peak["peak_bytes"], load_peak_measured_by=load_peak["measured_by"],
+                   load_seconds=load_seconds)
 
 
 def train(cfg: RunConfig) -> TrainResult:
@@ -374,6 +395,7 @@ def fit(run: Session) -> TrainResult:
     per_rank = distributed.gather({"throughput": meter.summary(), "memory": peak_memory(),
                                    "backbone_bytes": parameter_bytes(run.backbone.model),
                                    "load_peak_bytes": run.load_peak_bytes,
+                                   "load_peak_measured_by": run.load_peak_measured_by,
                                    "backbone_memory": backbone_memory or quant.backbone_memory(run.backbone.model, cfg.precision),
                                    "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
     data = {"train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
@@ -459,6 +481,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "memory": {"peak_bytes": [r["memory"]["peak_bytes"] for r in per_rank],
                    "measured_by": per_rank[0]["memory"]["measured_by"],
                    "load_peak_bytes": [r["load_peak_bytes"] for r in per_rank],
+                   "load_peak_measured_by": per_rank[0]["load_peak_measured_by"],
                    "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
                    "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"],
                    # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step; trainer/quant.py

@@ -23,8 +23,10 @@ arithmetic written out below and in docs/benchmarks.md ("Memory planner"):
 - the transient peak of the backward: the output head's logits, log-softmax and their gradients,
   or one layer's recomputation under gradient checkpointing, or one dequantized weight.
 
-Load-time peak: a quantized model is loaded whole on every rank before ZeRO-3 shards it
-(docs/quantization.md); an unquantized one arrives sharded through zero.Init.
+Load-time peak: under ZeRO-3 a quantized model loads sharded (`sharded_load_peak`: each rank's share
+plus the tensor being converted; trainer/quant_load.py), or with --quantized_load whole (and below
+ZeRO-3) whole on every rank (docs/quantization.md); an unquantized one arrives sharded through
+zero.Init.
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ class PlanSpec:
     nodes: int = 1
     quant: str = "none"           # none | 8bit | 4bit
     double_quant: bool = False    # 4-bit: --bnb_4bit_use_double_quant
+    quantized_load: str = "auto"  # --quantized_load: auto | sharded | whole (trainer/quant_load.py)
     method: str = "dpt"
     prompt_length: int = 100
     options: dict = field(default_factory=dict)  # the method's options (rank, pool, ...): RunConfig.method_options()
@@ -104,8 +107,8 @@ class PlanSpec:
             seq_len += cfg.max_target_length + (config.bos_token_id is not None)
         quant = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else "none"
         return cls(model=cfg.model, zero=zero_stage(read_ds_config(cfg.deepspeed)), gpus=gpus, nodes=nodes,
-                   quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, method=cfg.method,
-                   prompt_length=cfg.prompt_length, options=cfg.method_options(),
+                   quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, quantized_load=cfg.quantized_load,
+                   method=cfg.method, prompt_length=cfg.prompt_length, options=cfg.method_options(),
                    batch=cfg.per_device_train_batch_size, seq_len=seq_len, target_len=cfg.max_target_length,
                    precision=cfg.precision, grad_ckpt=cfg.gradient_checkpointing, gpu_memory_gib=gpu_memory_gib,
                    overhead_gib=overhead_gib, ds_config=cfg.deepspeed)
@@ -207,6 +210,27 @@ def stored_bytes(t: ParamInfo, quant: str, precision: str, double_quant: bool) -
     blocks = math.ceil(t.numel / 64)                           # bitsandbytes' 4-bit blocksize
     state = blocks + 4 * math.ceil(blocks / 256) + 4 * 256 if double_quant else 4 * blocks
     return t.numel / 2, float(state)                           # packed nibbles; absmax (+ nested) per block
+
+
+def sharded_load_peak(tensors: list[ParamInfo], spec: PlanSpec, world: int) -> int:
+    """A rank's peak under --quantized_load sharded (trainer/quant_load.py): each parameter becomes its ZeRO-3
+    partition as it loads, so a rank holds 1/N of every stored tensor and the replicated statistics, plus
+    the tensor being converted. The checkpoint is assumed stored in --precision."""
+    held = sum(math.ceil(big / world) + small for big, small in
+               (stored_bytes(t, spec.quant, spec.precision, spec.double_quant) for t in tensors))
+    return int(held + max(_converting(t, spec) for t in tensors))
+
+
+def _converting(t: ParamInfo, spec: PlanSpec) -> float:
+    """Bytes in flight while one tensor loads: an unquantized one read whole; a quantized one's whole quantized
+    form, one slab of rows read in --precision and one slice's fp16 copy (8-bit; trainer/quant_slices.py)."""
+    from lrpt.trainer.quant_slices import CHUNK_ELEMENTS, READ_ELEMENTS
+
+    big, _ = stored_bytes(t, spec.quant, spec.precision, spec.double_quant)
+    if not t.quantized:
+        return big
+    fp16_copy = min(t.numel, CHUNK_ELEMENTS) * 2 if spec.quant == "8bit" else 0
+    return big + min(t.numel, READ_ELEMENTS) * BYTES[spec.precision] + fp16_copy
 
 
 def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:
@@ -412,7 +436,11 @@ def plan(spec: PlanSpec) -> Plan:
     per_rank["backward_transient"] = transient
     train_peak = int(sum(per_rank.values()))
 
-    if spec.quant != "none":  # every rank loads the whole quantized model before ZeRO-3 shards it
+    if spec.quant != "none" and stage == 3 and spec.quantized_load != "whole":
+        load_peak = sharded_load_peak(tensors, spec, world)
+        notes.append("loading: each rank reads, quantizes and keeps only its share, one tensor at a time "
+                     "(--quantized_load sharded; --quantized_load whole loads the whole quantized model on every rank)")
+    elif spec.quant != "none":  # every rank loads the whole quantized model before ZeRO-3 shards it
         full = sum(sum(stored_bytes(t, spec.quant, spec.precision, spec.double_quant)) for t in tensors)
         load_peak = int(full + max(t.numel for t in quantized) * s)  # + one weight before quantization
         if stage == 3:

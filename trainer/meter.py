@@ -65,6 +65,87 @@ def peak_memory() -> dict:
     return {"peak_bytes": rss * scale, "measured_by": "peak RSS of the process (getrusage ru_maxrss; CPU run)"}
 
 
+class AllocationPeak:
+    """Peak of the live bytes PyTorch's CPU allocator handed out while the context is open (blocks allocated
+    before it do not count), before `mark()` (the load) and after it (training) - from the profiler's
+    allocation events."""
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._mark_ns: int | None = None
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def mark(self) -> None:
+        self._mark_ns = time.time_ns()
+
+    def __exit__(self, *exc) -> None:
+        self._prof.__exit__(*exc)
+        events = []
+        stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
+        allocation = torch._C._profiler._EventType.Allocation
+        while stack:
+            event = stack.pop()
+            if event.tag == allocation:
+                events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.ptr))
+            stack.extend(event.children)
+        events.sort()
+        live = self.peak = self.before_mark = self.after_mark = 0
+        blocks: dict[int, int] = {}  # address -> bytes of the blocks allocated in the window and not freed
+        for t, size, ptr in events:  # event times are epoch nanoseconds, as time.time_ns()
+            # the profiler records frees of the threads it profiles only: a tensor whose last reference
+            # went in another thread (gloo's, after a collective) leaves no free event. The allocator
+            # handing out a block's address again proves that block was freed.
+            if size > 0:
+                live += size - blocks.pop(ptr, 0)
+                blocks[ptr] = size
+            elif blocks.pop(ptr, None) is not None:  # frees of blocks from before the window do not count
+                live += size
+            self.peak = max(self.peak, live)
+            if self._mark_ns is None or t <= self._mark_ns:
+                self.before_mark = max(self.before_mark, live)
+            else:
+                self.after_mark = max(self.after_mark, live)
+
+
+class LoadPeak:
+    """This rank's peak while the backbone loads, measured by the allocator (not RSS): on a GPU
+    `torch.cuda.max_memory_allocated` (reset at `start`); on CPU the live bytes allocated since `start`,
+    from torch.profiler's allocation events. `start()`/`stop()` bracket the load."""
+
+    _open: "LoadPeak | None" = None  # one left open by an exception in between is closed by the next start
+
+    def start(self) -> "LoadPeak":
+        if LoadPeak._open is not None:
+            LoadPeak._open.stop()
+        self._cpu = None
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        elif not torch.autograd.profiler._is_profiler_enabled:  # a profiler of the caller's would clash
+            self._cpu = AllocationPeak().__enter__()
+        LoadPeak._open = self
+        self._start = time.perf_counter()
+        return self
+
+    def stop(self) -> dict:
+        """{"peak_bytes", "measured_by", "seconds"}; peak_bytes is None where another profiler was running."""
+        LoadPeak._open = None
+        seconds = time.perf_counter() - self._start  # the load's wall time, before the profiler's own work
+        if torch.cuda.is_available():
+            return {"peak_bytes": torch.cuda.max_memory_allocated(), "measured_by": "torch.cuda.max_memory_allocated",
+                    "seconds": seconds}
+        if self._cpu is None:
+            return {"peak_bytes": None, "measured_by": "not measured: another torch.profiler session was running",
+                    "seconds": seconds}
+        self._cpu.__exit__(None, None, None)
+        self._cpu, peak = None, self._cpu.peak
+        return {"peak_bytes": peak, "seconds": seconds,
+                "measured_by": "torch.profiler allocation events (CPU allocator): peak of the live bytes allocated "
+                               "since the load began"}
+
+
 def tensor_bytes(tensors) -> int:
     """Bytes of distinct storages (a tensor seen twice, or a view, counts once)."""
     seen, total = set(), 0

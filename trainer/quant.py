@@ -16,6 +16,8 @@
   autograd function keeps a view of the gathered weight until backward, so under ZeRO-3 the layer
   gets a forward whose context holds the parameter object instead (`prepare_for_zero3`).
 - `prepare_loaded`: after any quantized load (training layout on CPU, shared lookup tables).
+- Loading under ZeRO-3 without any rank holding the whole model: trainer/quant_load.py (it builds
+  the `ZeroLinear8bit` / `Zero<Linear4bit>` layers itself, partitioned as they load).
 - `backbone_memory`: the report's attribute-aware held bytes, unquantized size, quant_state bytes.
 """
 from __future__ import annotations
@@ -96,6 +98,9 @@ def check_support(cfg, model_type: str, ds_config: dict) -> None:
                 f"casts every floating-point parameter to {cfg.precision} by value, which would corrupt the packed "
                 f"4-bit bytes silently. Use --bnb_4bit_quant_storage uint8 (the default; never cast)"
                 + (f", or {cfg.precision}" if cfg.precision == "bf16" else ""))
+    from lrpt.trainer import quant_load
+
+    quant_load.check(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
 
 
 # ---------------------------------------------------------------- ZeRO-3 x 8-bit
@@ -171,22 +176,28 @@ def shard_8bit_for_zero3(model: nn.Module) -> int:
 
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, Linear8bitLt)]
     for name, old in targets:
-        weight, state = old.weight, old.state
-        matrix = weight.CB if getattr(weight, "CB", None) is not None else state.CB
-        scb = weight.SCB if getattr(weight, "SCB", None) is not None else state.SCB
-        if matrix is None:
-            matrix = weight.data
-        if scb is None or matrix.dtype != torch.int8:
-            raise LrptError(f"{name}: an 8-bit layer without int8 weights and row scales (not quantized yet?)")
-        if state.has_fp16_weights:
-            raise LrptError(f"{name}: an 8-bit layer with has_fp16_weights=True is not a frozen int8 layer")
-        new = ZeroLinear8bit(matrix.detach(), scb.detach(), old.bias)
-        # nothing but the new parameter may keep the full int8 matrix alive
-        weight.CB = weight.SCB = state.CB = state.SCB = None
-        weight.data = torch.empty(0, dtype=torch.int8)
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, zero_linear_8bit(name, old))
     return len(targets)
+
+
+def zero_linear_8bit(name: str, old: nn.Module) -> ZeroLinear8bit:
+    """The `ZeroLinear8bit` of one quantized bitsandbytes `Linear8bitLt` (same int8 matrix, no copy; same
+    scales); every other reference to the full matrix (`weight.CB`, `state.CB`) is dropped."""
+    weight, state = old.weight, old.state
+    matrix = weight.CB if getattr(weight, "CB", None) is not None else state.CB
+    scb = weight.SCB if getattr(weight, "SCB", None) is not None else state.SCB
+    if matrix is None:
+        matrix = weight.data
+    if scb is None or matrix.dtype != torch.int8:
+        raise LrptError(f"{name}: an 8-bit layer without int8 weights and row scales (not quantized yet?)")
+    if state.has_fp16_weights:
+        raise LrptError(f"{name}: an 8-bit layer with has_fp16_weights=True is not a frozen int8 layer")
+    new = ZeroLinear8bit(matrix.detach(), scb.detach(), old.bias)
+    # nothing but the new parameter may keep the full int8 matrix alive
+    weight.CB = weight.SCB = state.CB = state.SCB = None
+    weight.data = torch.empty(0, dtype=torch.int8)
+    return new
 
 
 def _records_no_graph(x: torch.Tensor) -> bool:
@@ -258,12 +269,17 @@ def prepare_for_zero3(model: nn.Module) -> dict[str, int]:
     from bitsandbytes.nn import Linear4bit
 
     eight = shard_8bit_for_zero3(model)
-    four = 0
-    for module in model.modules():
-        if isinstance(module, Linear4bit) and type(module) not in _ZERO3_4BIT_CLASSES.values():
-            module.__class__ = _zero3_class(type(module))
-            four += 1
+    four = sum(zero_linear_4bit(module) for module in model.modules() if isinstance(module, Linear4bit))
     return {"8bit": eight, "4bit": four}
+
+
+def zero_linear_4bit(module: nn.Module) -> bool:
+    """Give one bitsandbytes 4-bit layer the ZeRO-3 forward (its class becomes `Zero<Linear4bit>`, its
+    parameters and `quant_state` stay); False if it already has it."""
+    if type(module) in _ZERO3_4BIT_CLASSES.values():
+        return False
+    module.__class__ = _zero3_class(type(module))
+    return True
 
 
 def prepare_loaded(model: nn.Module) -> None:

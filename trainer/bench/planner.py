@@ -19,47 +19,7 @@ import tempfile
 from pathlib import Path
 
 from lrpt.trainer.ds_config import shipped
-
-
-
-class AllocationPeak:
-    """Peak of live bytes handed out by PyTorch's CPU allocator while the context is open, before
-    `mark()` (the load) and after it (training) - from the profiler's allocation events."""
-
-    def __enter__(self):
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        self._mark_ns: int | None = None
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
-        self._torch = torch
-        return self
-
-    def mark(self) -> None:
-        import time
-
-        self._mark_ns = time.time_ns()
-
-    def __exit__(self, *exc) -> None:
-        self._prof.__exit__(*exc)
-        events = []
-        stack = list(self._prof.profiler.kineto_results.experimental_event_tree())
-        allocation = self._torch._C._profiler._EventType.Allocation
-        while stack:
-            event = stack.pop()
-            if event.tag == allocation:
-                events.append((event.start_time_ns, event.extra_fields.alloc_size))
-            stack.extend(event.children)
-        events.sort()
-        live = self.peak = self.before_mark = self.after_mark = 0
-        for t, size in events:  # event times are epoch nanoseconds, as time.time_ns()
-            live += size
-            self.peak = max(self.peak, live)
-            if self._mark_ns is None or t <= self._mark_ns:
-                self.before_mark = max(self.before_mark, live)
-            else:
-                self.after_mark = max(self.after_mark, live)
+from lrpt.trainer.meter import AllocationPeak
 
 
 def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int,

@@ -9,7 +9,8 @@ trainer/run.py` for a few DPT steps and prints, per rank, from each run's report
   shards, buffers, tensors hung on them as attributes; once per storage);
 - its share of the same run at 1 rank, and of the unquantized unsharded backbone;
 - the replicated 4-bit quant_state bytes (included in held);
-- the peak RSS right after loading and sharding (every rank loads the whole quantized model first).
+- the load peak (memory.load_peak_bytes: the allocator's, while the backbone loads; sharded under ZeRO-3,
+  trainer/quant_load.py).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"machine: {machine()}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
           f"transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}")
     print("| backbone | quantization | DeepSpeed | ranks | rank | held | vs 1 rank | vs unquantized | "
-          "quant_state (replicated) | peak RSS after load |")
+          "quant_state (replicated) | load peak |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     kib, mib = 1024, 2 ** 20
     summary = []

@@ -38,21 +38,14 @@ def _run_config(settings: dict):
 
 
 def _load(cfg, ds_config: dict | None):
-    """The frozen backbone as `lrpt train` loads it: sharded at load under unquantized ZeRO-3
-    (HfDeepSpeedConfig), quantized layers made ZeRO-3-shardable before `deepspeed.initialize`."""
-    from transformers.integrations import HfDeepSpeedConfig
-
-    from lrpt.trainer import quant
+    """The frozen backbone as `lrpt train` loads it (trainer/loop.py: sharded under ZeRO-3, quantized layers
+    made ZeRO-3-shardable), and the HfDeepSpeedConfig to keep alive."""
     from lrpt.trainer.backbone import load_backbone
-    from lrpt.trainer.ds_config import zero_stage
+    from lrpt.trainer import distributed, loop, quant
 
-    stage3 = ds_config is not None and zero_stage(ds_config) == 3
-    keep = HfDeepSpeedConfig(ds_config) if stage3 and quant.mode(cfg) is None else None
-    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg))
-    if stage3 and quant.mode(cfg) is not None:
-        keep = HfDeepSpeedConfig(ds_config)
-        quant.prepare_for_zero3(backbone.model)
-    return backbone, keep
+    if ds_config is None:
+        return load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg)), None
+    return loop.load_frozen(cfg, ds_config, distributed.world_size())
 
 
 def random_batch(config, batch: int, seq_len: int, is_encoder_decoder: bool) -> dict:

@@ -49,7 +49,7 @@ def main() -> None:
     print(f"T5 width {args.width}, {args.layers}+{args.layers} layers: {total / 4 / 1e6:.1f}M frozen parameters "
           f"({total / mib:.0f} MiB fp32), ZeRO-3, DPT c=20")
     print(f"DeepSpeed config: {args.ds_config}")
-    print("| ranks | rank | backbone bytes held | share | peak RSS after load | peak RSS | step time p50 |")
+    print("| ranks | rank | backbone bytes held | share | load peak (allocator) | peak RSS | step time p50 |")
     print("|---|---|---|---|---|---|---|")
     for n, report in reports.items():
         mem = report["memory"]
@@ -58,7 +58,7 @@ def main() -> None:
             print(f"| {n} | {r} | {held / mib:.1f} MiB | {held / total:.3f} | {load / mib:.0f} MiB | {peak / mib:.0f} MiB | {p50:.3f} s |")
     held_ratio = max(reports[2]["memory"]["backbone_bytes_held"]) / reports[1]["memory"]["backbone_bytes_held"][0]
     ratio = {k: max(reports[2]["memory"][k]) / reports[1]["memory"][k][0] for k in ("load_peak_bytes", "peak_bytes")}
-    print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, peak RSS after load "
+    print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, load peak "
           f"{ratio['load_peak_bytes']:.3f}, peak RSS {ratio['peak_bytes']:.3f}")
 
 

@@ -1,0 +1,276 @@
+"""A quantized backbone that never exists whole on a rank: the sharded 8-bit / 4-bit load under ZeRO-3.
+
+transformers quantizes only in `from_pretrained` and never builds a quantized model inside `zero.Init`,
+so on the whole path (`--quantized_load whole`, the reference) every rank reads the whole checkpoint,
+quantizes the whole backbone, and ZeRO-3 shards it only in `deepspeed.initialize`. Both bitsandbytes
+quantizations are local - 8-bit keeps one absmax scale per output row, 4-bit quantizes fixed blocks of
+64 values (and, with double quant, blocks of 256 of those scales) - so a weight quantized alone has the
+bytes it has when the whole model is quantized. `load_sharded` (the default under ZeRO-3) therefore:
+
+1. builds the model with its parameters on the meta device (buffers such as RoPE's are computed for
+   real) and lets transformers' own bitsandbytes quantizer swap in the layers it would quantize
+   (`preprocess_model`: its rules - not the output head, `_keep_in_fp32_modules`, `llm_int8_skip_modules`);
+2. walks the modules, children first; reads each one's tensors from the safetensors files one tensor
+   at a time, quantizes a quantized layer's weight slice by slice with bitsandbytes' own functions (the
+   bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; trainer/quant_slices.py), makes it
+   lrpt's ZeRO-3 layer (trainer/quant.py) and partitions the module at once with
+   `deepspeed.zero.Init(module=...)`: the full tensor is freed before the next one is read;
+3. `deepspeed.initialize` takes the partitioned model as it takes one built inside `zero.Init`.
+
+So a rank's peak while loading is its share of the quantized backbone, the replicated statistics
+(8-bit SCB, 4-bit quant_state) and one tensor being converted.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import time
+
+import torch
+from torch import nn
+
+from lrpt.trainer import quant, quant_slices
+from lrpt.trainer.errors import LrptError
+
+
+def sharded(cfg, ds_config: dict) -> bool:
+    """Whether this run loads its quantized backbone sharded: quantized, ZeRO-3, --quantized_load auto|sharded."""
+    return quant.mode(cfg) is not None and quant.zero_cell(ds_config).startswith("3") and cfg.quantized_load != "whole"
+
+
+def check(cfg, ds_config: dict) -> None:
+    """Refuse, before any weight loads, a sharded load that cannot happen."""
+    from lrpt.trainer.presets import PRESETS
+
+    if cfg.quantized_load == "sharded" and not quant.zero_cell(ds_config).startswith("3"):
+        raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "
+                        "a ZeRO-3 config (--zero 3) or drop --quantized_load")
+    if sharded(cfg, ds_config) and cfg.model not in PRESETS and checkpoint_format(cfg.model) == "bin":
+        raise LrptError(f"--quantized_load sharded reads the checkpoint tensor by tensor from safetensors files, and "
+                        f"{cfg.model} holds only pytorch_model.bin (a pickle: it cannot be read by slice). Convert it "
+                        "(from_pretrained, then save_pretrained(dir, safe_serialization=True)) or use "
+                        "--quantized_load whole")
+
+
+def checkpoint_format(name: str) -> str | None:
+    """'safetensors', 'bin' or None (no weights found) for a local directory or a hub name (its cache first,
+    then the hub's file list; nothing is downloaded)."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+    from transformers.utils.hub import has_file
+
+    path = os.path.expanduser(name)
+    kinds = (("safetensors", (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME)), ("bin", (WEIGHTS_INDEX_NAME, WEIGHTS_NAME)))
+    try:
+        return next((kind for kind, files in kinds if any(has_file(path, f) for f in files)), None)
+    except OSError:  # not a repository: resolve_config has said so already
+        return None
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """The checkpoint's safetensors files, resolved as `from_pretrained` resolves them: a local directory,
+    else the hub cache, else the hub (HF_HUB_OFFLINE=1: the cache only); sharded (index) or single."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+    from transformers.utils.hub import get_checkpoint_shard_files
+
+    index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
+    if index is not None:
+        return get_checkpoint_shard_files(path, index)[0]
+    single = cached_file(path, SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False)
+    if single is None:
+        raise LrptError(f"{path} has no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}: --quantized_load sharded "
+                        "reads safetensors checkpoints only; use --quantized_load whole")
+    return [single]
+
+
+class TensorReader:
+    """Checkpoint tensors by name, one at a time, from safetensors files (nothing is unpickled).
+
+    safetensors' default "mmap" backend maps each whole file into one PyTorch storage that stays alive while the
+    file is open (a sharded checkpoint's files add up to the whole checkpoint); the "pread" backend reads one
+    tensor's bytes only. Those land outside PyTorch's allocator, so each is copied into it: the load peak counts
+    the tensor being converted."""
+
+    def __init__(self, files: list[str]):
+        from safetensors import safe_open
+
+        self.files = files
+        try:
+            handles = [safe_open(f, framework="pt", device="cpu", backend="pread") for f in files]
+        except TypeError:  # safetensors < 0.8: no backend choice
+            handles = [safe_open(f, framework="pt", device="cpu") for f in files]
+        self._where = {key: handle for handle in handles for key in handle.keys()}
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def key(self, names: list[str]) -> str:
+        """The first of `names` (a parameter's names, tied aliases included) the checkpoint stores."""
+        key = next((n for n in names if n in self._where), None)
+        if key is None:
+            raise LrptError(f"{names[0]} is not in the checkpoint ({os.path.dirname(self.files[0])}): --quantized_load "
+                            "sharded needs every weight under its model name; use --quantized_load whole")
+        return key
+
+    def read(self, names: list[str], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A whole tensor, copied into PyTorch's allocator in `dtype` (the read buffer is safetensors' own)."""
+        key = self.key(names)
+        return self._where[key].get_tensor(key).to(device=device, dtype=dtype, copy=True)
+
+    def shape(self, names: list[str]) -> torch.Size:
+        key = self.key(names)
+        return torch.Size(self._where[key].get_slice(key).get_shape())
+
+    def rows(self, names: list[str], first: int, end: int) -> torch.Tensor:
+        """Rows [first, end) of a tensor, read alone, in safetensors' own buffer (quant_slices copies them)."""
+        key = self.key(names)
+        return self._where[key].get_slice(key)[first:end]
+
+
+def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
+    """The model with every parameter on the meta device and transformers' bitsandbytes layers swapped in,
+    tied as the checkpoint ties it; and transformers' quantizer for it."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.modeling_utils import local_torch_dtype
+    from transformers.quantizers import AutoHfQuantizer
+
+    if is_deepspeed_zero3_enabled():  # from_config would build inside zero.Init, never on meta
+        raise RuntimeError("load_sharded: create the HfDeepSpeedConfig after loading, as trainer/loop.py does")
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    with init_empty_weights(include_buffers=False):
+        model = auto.from_config(copy.deepcopy(config), dtype=dtype)
+    quantizer = AutoHfQuantizer.from_config(bnb_config, pre_quantized=False)
+    with local_torch_dtype(dtype):  # as from_pretrained swaps the layers: a quantized layer's bias in `dtype`
+        quantizer.preprocess_model(model=model, dtype=dtype, device_map=_device_map(quantizer), use_kernels=False)
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    model.tie_weights(missing_keys=names - checkpoint_keys, recompute_mapping=False)
+    return model, quantizer
+
+
+def _device_map(quantizer) -> dict:
+    """Where `from_pretrained` would quantize (bitsandbytes quantizes on the move to the device)."""
+    return quantizer.update_device_map(None)
+
+
+def aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter (tied parameters have several), by parameter id."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
+class ShardedLoader:
+    """One rank's walk through the model: read, quantize, partition, free - one module at a time."""
+
+    def __init__(self, model, quantizer, reader: TensorReader, dtype: torch.dtype, ds_config: dict):
+        self.model, self.quantizer, self.reader, self.dtype, self.ds_config = model, quantizer, reader, dtype, ds_config
+        self.device = torch.device(_device_map(quantizer)[""])
+        self.names = aliases(model)
+        self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # meta parameter id -> (meta, loaded)
+
+    def run(self) -> None:
+        import bitsandbytes as bnb
+
+        for name, module in reversed(list(self.model.named_modules())):  # children before their parents
+            self.buffers(name, module)
+            if isinstance(module, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)):
+                module = self.quantized(name, module)
+            elif not self.materialize(module):
+                continue
+            self.partition(module)
+
+    def materialize(self, module: nn.Module, skip: tuple[str, ...] = ()) -> bool:
+        """Set the module's own parameters from the checkpoint, cast as `from_pretrained` casts them (to the
+        dtype the model was built in); a tied parameter is read once. False if the module has none."""
+        params = [(n, p) for n, p in module.named_parameters(recurse=False) if n not in skip]
+        for pname, meta in params:
+            if id(meta) not in self.done:
+                value = self.reader.read(self.names[id(meta)], meta.dtype, self.device)
+                self.done[id(meta)] = (meta, nn.Parameter(value, requires_grad=False))
+            setattr(module, pname, self.done[id(meta)][1])
+        return bool(params)
+
+    def buffers(self, name: str, module: nn.Module) -> None:
+        """Persistent buffers from the checkpoint when it has them; the others (RoPE's inv_freq) as the
+        model computed them; all on the device. ZeRO-3 never partitions buffers."""
+        for bname, buffer in list(module.named_buffers(recurse=False)):
+            key = f"{name}.{bname}" if name else bname
+            stored = bname not in module._non_persistent_buffers_set and key in self.reader
+            setattr(module, bname, self.reader.read([key], buffer.dtype, self.device) if stored
+                    else buffer.to(self.device))
+
+    def quantized(self, name: str, module: nn.Module) -> nn.Module:
+        """The lrpt ZeRO-3 layer of one bitsandbytes layer transformers put in place: its weight quantized
+        in slices (trainer/quant_slices.py) with the settings transformers gave the layer's meta parameter."""
+        import bitsandbytes as bnb
+        from transformers.pytorch_utils import Conv1D
+
+        if issubclass(getattr(module, "source_cls", nn.Linear), Conv1D):
+            raise LrptError(f"{name}: a Conv1D layer (stored transposed) does not load sharded; "
+                            "use --quantized_load whole")
+        self.materialize(module, skip=("weight",))  # the bias, if any
+        weight, names = module.weight, self.names[id(module.weight)]
+        shape, read = self.reader.shape(names), functools.partial(self.reader.rows, names)
+        if isinstance(module, bnb.nn.Linear4bit):
+            settings = dict(blocksize=weight.blocksize, compress_statistics=weight.compress_statistics,
+                            quant_type=weight.quant_type, quant_storage=weight.quant_storage)
+            packed, state = quant_slices.quantize_4bit(read, shape, self.dtype, self.device, **settings)
+            module.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, module=module,
+                                              bnb_quantized=True, **settings)
+            module.quant_state = state
+            quant.zero_linear_4bit(module)
+            return module
+        if weight.has_fp16_weights:
+            raise LrptError(f"{name}: an 8-bit layer with has_fp16_weights=True is not a frozen int8 layer")
+        new = quant.ZeroLinear8bit(*quant_slices.quantize_8bit(read, shape, self.dtype, self.device), module.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, child, new)
+        return new
+
+    def partition(self, module: nn.Module) -> None:
+        """ZeRO-3 partitions the module's parameters now (each rank keeps its share; the full tensors go)."""
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import is_zero_param
+
+        full = [p.data for p in module.parameters() if not is_zero_param(p)]
+        deepspeed.zero.Init(module=module, config_dict_or_path=self.ds_config)
+        if self.device.type == "cpu":
+            release_here(full)
+
+
+def release_here(tensors: list[torch.Tensor], timeout_s: float = 1.0) -> None:
+    """Wait until this thread holds the last reference to each tensor, so that it is freed here. ZeRO's
+    partitioning broadcasts each parameter, and gloo's worker thread keeps the broadcast tensor a moment after
+    the collective has returned; freed in that thread, the free escapes torch.profiler (which records the
+    thread it profiles) and the measured load peak would count the tensor long after it is gone."""
+    def users(tensor: torch.Tensor) -> int:  # references to the tensor's storage (tensors, views)
+        return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+    sole = users(torch.empty(1))
+    deadline = time.monotonic() + timeout_s
+    for t in tensors:
+        while users(t) > sole and time.monotonic() < deadline:
+            time.sleep(0)
+
+
+def load_sharded(path: str, config, dtype: torch.dtype, bnb_config, ds_config: dict):
+    """The quantized model, every parameter already a ZeRO-3 partition (see the module docstring)."""
+    from transformers import GenerationConfig
+
+    reader = TensorReader(checkpoint_files(path))
+    model, quantizer = skeleton(config, dtype, bnb_config, reader.keys())
+    ShardedLoader(model, quantizer, reader, dtype, ds_config).run()
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model)  # config.quantization_config, is_loaded_in_8bit/4bit, as from_pretrained
+    model.eval()
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # none saved: the one derived from the model config stays, as from_pretrained keeps it
+        pass
+    return model

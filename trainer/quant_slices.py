@@ -1,0 +1,89 @@
+"""One weight quantized slice by slice, with the bytes bitsandbytes gives the whole tensor.
+
+transformers quantizes a weight in one call (`Int8Params` / `Params4bit` -> bitsandbytes'
+`int8_vectorwise_quant` / `quantize_4bit`), which needs the whole tensor read first and, on CPU,
+bitsandbytes' torch kernels hold 15-20 bytes of temporaries per element (fp16 copy, fp32 products,
+int32/int64 bucket indices): for a 70B LLaMA MLP weight that is ~4.7 GB on top of a rank's share.
+Both quantizations are local, so a slice of rows is quantized alone with the same bitsandbytes
+calls: 8-bit scales are per row; 4-bit blocks are 64 consecutive values of the flattened weight, so
+slices that hold whole blocks quantize as they would inside the whole tensor. Double quantization
+is over the whole tensor's block scales, done once they are all known, as `quantize_4bit` does it.
+Rows are read from the checkpoint in slabs (`read(first_row, end_row)`; each read has a fixed cost of
+about a millisecond), copied into PyTorch's allocator in the load dtype, and quantized slice by slice.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+# weights quantized per bitsandbytes call, at most: ~5 MB of CPU temporaries, while each call is still
+# large enough that its fixed cost (dispatch, thread-pool start) stays small beside the work
+CHUNK_ELEMENTS = 1 << 18
+READ_ELEMENTS = 1 << 20  # weights read from the checkpoint at once, at most (4 MB in fp32)
+
+Read = Callable[[int, int], torch.Tensor]  # rows [first, end) of the weight as stored in the checkpoint
+
+
+def row_step(cols: int, align: int, elements: int) -> int:
+    """Rows per slice: at most `elements` weights (at least one row), a multiple of `align` elements
+    (4-bit blocks never straddle two slices)."""
+    unit = align // math.gcd(cols, align)
+    return max(unit, elements // cols // unit * unit)
+
+
+def _slices(rows: int, step: int):
+    return ((first, min(rows, first + step)) for first in range(0, rows, step))
+
+
+def _parts(read: Read, shape: torch.Size, dtype: torch.dtype, device, align: int = 1):
+    """(first row, rows in the load dtype) slice by slice; each slab read is one copy the allocator counts."""
+    rows, cols = shape
+    for first, end in _slices(rows, row_step(cols, align, READ_ELEMENTS)):
+        slab = read(first, end).to(device=device, dtype=dtype, copy=True)
+        for start, stop in _slices(end - first, row_step(cols, align, CHUNK_ELEMENTS)):
+            yield first + start, slab[start:stop]
+
+
+def quantize_8bit(read: Read, shape: torch.Size, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLM.int8()'s int8 matrix and per-row scales (SCB), as `Int8Params` makes them: the weight in the
+    load dtype, then fp16, then `int8_vectorwise_quant` (no outlier threshold)."""
+    from bitsandbytes.functional import int8_vectorwise_quant
+
+    rows, cols = shape
+    cb = torch.empty(rows, cols, dtype=torch.int8, device=device)
+    scb = torch.empty(rows, dtype=torch.float32, device=device)
+    for first, part in _parts(read, shape, dtype, device):
+        cb[first:first + len(part)], scb[first:first + len(part)], _ = int8_vectorwise_quant(part.to(torch.float16))
+    return cb, scb
+
+
+def quantize_4bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, blocksize: int, compress_statistics: bool,
+                  quant_type: str, quant_storage: torch.dtype):
+    """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`."""
+    from bitsandbytes.functional import QuantState, get_4bit_type, quantize_4bit as bnb_quantize_4bit
+
+    rows, cols = shape
+    numel = rows * cols
+    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8, device=device)
+    absmax = torch.empty(math.ceil(numel / blocksize), dtype=torch.float32, device=device)
+    for first, rows_in in _parts(read, shape, dtype, device, blocksize):
+        part, state = bnb_quantize_4bit(rows_in, blocksize=blocksize, compress_statistics=False, quant_type=quant_type,
+                                        quant_storage=quant_storage)
+        byte, block = first * cols // 2, first * cols // blocksize
+        packed[byte:byte + part.numel() * part.element_size()] = part.view(-1).view(torch.uint8)
+        absmax[block:block + state.absmax.numel()] = state.absmax
+    common = dict(shape=torch.Size(shape), dtype=dtype, blocksize=blocksize, quant_type=quant_type,
+                  code=get_4bit_type(quant_type, device=device))
+    return packed.view(quant_storage).unsqueeze(1), (_double_quant(absmax, common) if compress_statistics else
+                                                     QuantState(absmax=absmax, **common))
+
+
+def _double_quant(absmax: torch.Tensor, common: dict):
+    """`quantize_4bit`'s second level: the block scales less their mean, in 8-bit blocks of 256."""
+    from bitsandbytes.functional import QuantState, quantize_blockwise
+
+    offset = absmax.mean()
+    qabsmax, state2 = quantize_blockwise(absmax - offset, blocksize=256)
+    return QuantState(absmax=qabsmax, offset=offset, state2=state2, **common)
