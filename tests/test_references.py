@@ -20,7 +20,7 @@ from lrpt import methods
 from lrpt.eval.data import row_examples
 from lrpt.eval.metrics import normalize_answer
 from lrpt.eval.tasks import get_task
-from lrpt.trainer import flops, loop
+from lrpt.trainer import flops, loop, run_loop
 from lrpt.trainer.backbone import load_backbone
 from lrpt.trainer.cli import main
 from lrpt.trainer.config import RunConfig
@@ -42,7 +42,7 @@ def lamp_run(request, backbone_dirs, memorise_dir, tmp_path_factory):
     steps, all measured (warm-up min(2, 4 // 5) = 0). The device peak is patched to PEAK."""
     model_dir = backbone_dirs[request.param]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "device_peak_flops", lambda precision: PEAK)
+        patch.setattr(run_loop, "device_peak_flops", lambda precision: PEAK)
         report = loop.train(RunConfig(model=model_dir, data_dir=str(memorise_dir), method="lamp", prompt_length=5,
                                       pool=2, rank=2, max_steps=4, per_device_train_batch_size=4, progress=False,
                                       output_dir=str(tmp_path_factory.mktemp("lamp")))).report
@@ -181,7 +181,7 @@ def test_mfu_is_model_flops_over_peak_times_world(lamp_run):
 
 def test_mfu_adds_rank_rates_and_divides_by_every_device(monkeypatch):
     """Reference: two ranks at 2e11 and 3e11 FLOP/s on devices of 1e12: (2e11 + 3e11) / (2 x 1e12) = 0.25."""
-    monkeypatch.setattr(loop, "device_peak_flops", lambda precision: PEAK)
+    monkeypatch.setattr(run_loop, "device_peak_flops", lambda precision: PEAK)
 
     def rank(model_flops: float) -> dict:
         step = {"mean": 1.0, "p50": 1.0, "p95": 1.0}
@@ -195,7 +195,7 @@ def test_mfu_adds_rank_rates_and_divides_by_every_device(monkeypatch):
 
     prompt = methods.build("pt", 4, 8, init="random")
     state = {"step": 3, "loss_curve": [1.0], "eval_history": []}
-    report = loop.build_report(RunConfig(), prompt, state, 3, {}, [rank(2e11), rank(3e11)], 2, 3, {})
+    report = run_loop.build_report(RunConfig(), prompt, state, 3, {}, [rank(2e11), rank(3e11)], 2, 3, {})
     assert report["throughput"]["model_flops_per_s"] == 5e11
     assert report["throughput"]["mfu"] == pytest.approx(0.25, rel=1e-12)
 

@@ -114,3 +114,12 @@ def gather(value) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def shutdown() -> None:
+    """Leave the process group together (every rank calls it): a rank that exits while the group's
+    communication threads still run can abort in their destructors ("terminate called without an active
+    exception"), which fails the launch after the work was done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

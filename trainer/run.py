@@ -1,5 +1,6 @@
 """Entry point for launchers: `deepspeed trainer/run.py ...`, `torchrun trainer/run.py ...`,
-`srun python trainer/run.py ...` and `python -m lrpt.trainer.run ...` all land here."""
+`srun python trainer/run.py ...` and `python -m lrpt.trainer.run ...` all land here; `... trainer/run.py sweep ...`
+runs `lrpt sweep` on every rank (a fused sweep under ZeRO-3)."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{sys.executable} has no lrpt installed: `pip install -e .` in the lrpt checkout, or launch the "
                  "interpreter of the environment that has it")
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    argv = sys.argv[1:] if argv is None else argv
+    # `deepspeed trainer/run.py sweep --fuse ...`: a sweep on every rank (the launcher puts its --local_rank=N first;
+    # LOCAL_RANK in the environment says the same)
+    rest = [a for a in argv if not a.startswith("--local_rank=")]
+    if rest[:1] == ["sweep"]:
+        return cli_main(rest)
+    return cli_main(["train", *argv])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--few_shot", "--few-shot", type=_ints, default=None, help="comma-separated K, e.g. 8,16,32")
     parser.add_argument("--output_dir", "--output-dir", required=True)
+    parser.add_argument("--fuse", action="store_true",
+                        help="train each task's runs together: one backbone load, one forward and backward per step "
+                             "for all of them, each run with its own prompt, optimizer, schedule, checkpoints and "
+                             "report (trainer/fused.py)")
+    parser.add_argument("--fuse_max", "--fuse-max", type=int, default=None,
+                        help="with --fuse: at most N runs per group (a task's runs split into groups; memory grows "
+                             "with the group: its micro-batch is the sum of its runs')")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
                         help="the table's layout (see `lrpt table --help`; a DPT recipe's table: dpt)")
     return parser.parse_known_args(argv)
@@ -41,12 +48,22 @@ def run_name(task: str, method: str, seed: int, k: int | None) -> str:
     return f"{task}-{method}-seed{seed}" + (f"-k{k}" if k else "")
 
 
+def fuse_groups(configs: list, most: int | None) -> list[list]:
+    """Each task's runs in sweep order, split into groups of at most `most` (all of them: None)."""
+    by_task: dict[str, list] = {}
+    for cfg in configs:
+        by_task.setdefault(cfg.task, []).append(cfg)
+    size = most or max(len(runs) for runs in by_task.values())
+    return [runs[i:i + size] for runs in by_task.values() for i in range(0, len(runs), size)]
+
+
 def main(argv: list[str]) -> int:
     from lrpt.eval.aggregate import collect, table
     from lrpt.trainer import run_dir
-    from lrpt.trainer.loop import train
 
     args, rest = parse(argv)
+    if args.fuse_max is not None and (not args.fuse or args.fuse_max < 1):
+        raise LrptError("--fuse_max N needs --fuse and N >= 1")
     for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot"):
         if any(a == flag or a.startswith(flag + "=") or a == flag.replace("_", "-") for a in rest):
             raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot")
@@ -58,7 +75,8 @@ def main(argv: list[str]) -> int:
     if not args.methods:
         raise LrptError("lrpt sweep needs --methods (or a --recipe, whose methods it runs)")
     out = Path(args.output_dir)
-    plan = [(t, m, s, k) for t in args.tasks for k in (args.few_shot or [None]) for m in args.methods for s in args.seeds]
+    plan = [(t, m, s, k) for t in args.tasks for k in (args.few_shot or [None])
+            for m in args.methods for s in args.seeds]
     configs = []
     for task, method, seed, k in plan:  # validate every run before training any
         flags = [*rest, "--task", task, "--method", method, "--seed", str(seed),
@@ -67,16 +85,41 @@ def main(argv: list[str]) -> int:
         cfg.validate()
         run_dir.check_contract(cfg, Path(cfg.output_dir))  # a finished run is skipped only if it ran these settings
         configs.append(cfg)
-    for i, cfg in enumerate(configs, 1):
-        if (Path(cfg.output_dir) / "report.json").exists():
-            print(f"[lrpt sweep] {i}/{len(configs)} {Path(cfg.output_dir).name}: done before, skipped", flush=True)
-            continue
-        print(f"[lrpt sweep] {i}/{len(configs)} {Path(cfg.output_dir).name}", flush=True)
-        train(cfg)
+    if args.fuse:
+        train_groups(fuse_groups(configs, args.fuse_max))
+    else:
+        train_in_turn(configs)
     from lrpt.trainer import distributed
+
     if distributed.is_main():
         markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout)
         (out / "table.md").write_text(markdown)
         (out / "table.csv").write_text(csv)
         print(markdown)
     return 0
+
+
+def train_in_turn(configs: list) -> None:
+    from lrpt.trainer.loop import train
+
+    for i, cfg in enumerate(configs, 1):
+        if (Path(cfg.output_dir) / "report.json").exists():
+            print(f"[lrpt sweep] {i}/{len(configs)} {Path(cfg.output_dir).name}: done before, skipped", flush=True)
+            continue
+        print(f"[lrpt sweep] {i}/{len(configs)} {Path(cfg.output_dir).name}", flush=True)
+        train(cfg)
+
+
+def train_groups(groups: list[list]) -> None:
+    """Every group checked before any trains (trainer/fused.py), then each trained in one pass."""
+    from lrpt.trainer.fused import check_group, train_fused
+
+    for group in groups:
+        check_group(group)
+    for n, group in enumerate(groups, 1):
+        todo = [cfg for cfg in group if not (Path(cfg.output_dir) / "report.json").exists()]
+        names = ", ".join(Path(cfg.output_dir).name for cfg in group)
+        print(f"[lrpt sweep] group {n}/{len(groups)}, fused: {names}"
+              + ("" if todo else ": done before, skipped"), flush=True)
+        if todo:
+            train_fused(todo)

@@ -249,7 +249,8 @@ def settings_from(argv: list[str]) -> dict:
 def method_settings(settings: dict) -> dict:
     from lrpt import methods
 
-    return {name: settings[name] for name, _, f in methods.option_fields() if settings.get(name, f.default) != f.default}
+    return {name: settings[name] for name, _, f in methods.option_fields()
+            if settings.get(name, f.default) != f.default}
 
 
 def main(argv: list[str]) -> int:
@@ -262,6 +263,7 @@ def main(argv: list[str]) -> int:
         row = measure(settings, method, int(c), path)
         if distributed.is_main():
             print(json.dumps(row), flush=True)
+        distributed.shutdown()
         return 0
     from tqdm.auto import tqdm
 
@@ -303,12 +305,12 @@ def main(argv: list[str]) -> int:
     print(f"{settings['model']}, batch {batch} x {seq_len} per rank, {settings['precision']}, "
           f"{', '.join(x for x in setup if x) or 'one process'}; peak (max over ranks) measured by: "
           f"{rows[0]['measured_by']}")
-    print("| method | path | c | prompt tokens | trainable | s/step (fastest) | tokens/s | peak MiB | time/peft | peak/peft "
-          "| throughput vs peft | vs standard | eval s/example | eval vs standard |")
+    print("| method | path | c | prompt tokens | trainable | s/step (fastest) | tokens/s | peak MiB | time/peft "
+          "| peak/peft | throughput vs peft | vs standard | eval s/example | eval vs standard |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['path']} | {r['prompt_length']} | {r['prompt_tokens']} | {r['trainable_params']:,} | "
-              f"{r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
+        print(f"| {r['method']} | {r['path']} | {r['prompt_length']} | {r['prompt_tokens']} | "
+              f"{r['trainable_params']:,} | {r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
               f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} | "
               f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} | "
               f"{r['eval_s_per_example']:.4f} | {r['eval_speedup_vs_standard']:.2f} |")

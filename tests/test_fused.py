@@ -1,0 +1,177 @@
+"""Fused runs (`lrpt sweep --fuse`, trainer/fused.py) against the same runs trained one after another.
+
+The reference for every fused run is its run trained alone by `lrpt sweep` without --fuse (its own
+engine, its own forward of the backbone), never the fused code: loss curves to fp32 rtol 1e-5, the final
+prompt's factors (to 1e-4 of their norm: a fused batch is padded to its longest row, and the other matmul
+shapes round differently, which AdamW's normalised steps grow), the metrics, the checkpoint's files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launch import ROOT, clean_env, run_group
+from lrpt.trainer.cli import main
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.distributed import free_port
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.fused import check_group, train_fused
+from lrpt.trainer.loop import train
+
+SWEEP = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0,1"]
+RUNS = [f"rte-{m}-seed{s}" for m in ("pt", "dpt") for s in (0, 1)]
+
+
+def run_flags(model_dir: str, data_dir, *extra: str) -> list[str]:
+    return ["--model", model_dir, "--data_dir", str(data_dir), "--prompt_length", "4", "--max_steps", "6",
+            "--per_device_train_batch_size", "2", "--warmup_ratio", "0.25", "--decoding", "rank", "--progress",
+            "false", *extra]
+
+
+def assert_same_run(fused: Path, alone: Path, others: list[str]) -> None:
+    """A fused run's directory against its run trained alone: curve, prompt, metrics, checkpoint files."""
+    got, want = (json.loads((d / "report.json").read_text()) for d in (fused, alone))
+    torch.testing.assert_close(got["train"]["loss_curve"], want["train"]["loss_curve"], rtol=1e-5, atol=1e-7)
+    assert len(got["train"]["loss_curve"]) == want["train"]["steps"]
+    assert got["metrics"] == want["metrics"]
+    assert got["fused"] == {"with": others, "runs": len(others) + 1} and "fused" not in want
+    prompt, reference = load_file(fused / "prompt.safetensors"), load_file(alone / "prompt.safetensors")
+    assert prompt.keys() == reference.keys()
+    for name in prompt:  # the padded batch's other shapes round differently; AdamW's normalised steps grow that
+        difference = float((prompt[name] - reference[name]).norm() / reference[name].norm())  # (measured ≤ 1.3e-5)
+        assert difference <= 1e-4, (name, difference)
+    last = (alone / "checkpoints" / "latest").read_text()
+    assert (fused / "checkpoints" / "latest").read_text() == last
+    assert sorted(os.listdir(fused / "checkpoints" / last)) == sorted(os.listdir(alone / "checkpoints" / last))
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama"])
+def test_fused_sweep_equals_the_runs_trained_alone(arch, backbone_dirs, memorise_dir, tmp_path, capsys):
+    """LLaMA's runs alone take the standard path too (--shared_prefix false), as fused rows do: the shared
+    prefix agrees with it to float rounding only, which AdamW's normalised steps grow in the prompt."""
+    flags = run_flags(backbone_dirs[arch], memorise_dir, *(["--shared_prefix", "false"] if arch == "llama" else []))
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]) == 0
+    assert "group 1/1, fused: " + ", ".join(RUNS) in capsys.readouterr().out
+    for name in RUNS:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])
+    assert (tmp_path / "fused" / "table.md").read_text() == (tmp_path / "alone" / "table.md").read_text()
+
+
+def test_fuse_max_splits_a_task_into_groups(tiny_t5_dir, memorise_dir, tmp_path, capsys):
+    flags = run_flags(tiny_t5_dir, memorise_dir, "--max_steps", "2")
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path), "--fuse", "--fuse_max", "3", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "group 1/2, fused: " + ", ".join(RUNS[:3]) in out and "group 2/2, fused: " + RUNS[3] in out
+    assert json.loads((tmp_path / RUNS[3] / "report.json").read_text())["fused"] == {"with": [], "runs": 1}
+
+
+def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, memorise_dir, tmp_path):
+    """LAMP pooling 7 tokens to 4 next to DPT with 6 and PT with 3: rows of three widths in one batch."""
+    base = dict(model=tiny_llama_dir, data_dir=str(memorise_dir), per_device_train_batch_size=2, max_steps=5,
+                learning_rate=0.05,  # AdamW moves a near-zero gradient entry by ~lr·(its rounding)/eps
+                warmup_ratio=0.25, decoding="rank", progress=False, seed=4, shared_prefix="false")
+    runs = {"lamp": dict(method="lamp", prompt_length=7, pool=2, rank=2), "dpt": dict(method="dpt", prompt_length=6),
+            "pt": dict(method="pt", prompt_length=3, learning_rate=0.02, max_grad_norm=0.05, seed=9)}
+
+    def cfgs(root: Path) -> list[RunConfig]:
+        return [RunConfig(**{**base, **kw, "output_dir": str(root / name)}) for name, kw in runs.items()]
+
+    for cfg in cfgs(tmp_path / "alone"):
+        train(cfg)
+    train_fused(cfgs(tmp_path / "fused"))
+    for name in runs:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in runs if n != name])
+
+
+REFUSALS = [
+    ({"model": "tiny-llama"}, "--model"),
+    ({"precision": "bf16"}, "--precision"),
+    ({"load_in_8bit": True}, "--load_in_8bit"),
+    ({"task": "cb"}, "--task"),
+    ({"max_source_length": 64}, "--max_source_length"),
+    ({"max_target_length": 4}, "--max_target_length"),
+    ({"gradient_accumulation_steps": 2}, "--gradient_accumulation_steps"),
+    ({"shared_prefix": "true"}, "--shared_prefix true"),
+]
+
+
+@pytest.mark.parametrize("differs, named", REFUSALS, ids=[n for _, n in REFUSALS])
+def test_runs_that_cannot_share_a_pass_are_refused_naming_what_differs(differs, named, tmp_path):
+    first = RunConfig(model="tiny-t5", output_dir=str(tmp_path / "a"))
+    second = RunConfig(**{"model": "tiny-t5", "output_dir": str(tmp_path / "b"), **differs})
+    with pytest.raises(LrptError, match=named):
+        check_group([first, second])
+    assert not (tmp_path / "a").exists()  # refused before any directory was claimed
+
+
+def test_a_backbone_with_dropout_is_refused(tmp_path):
+    from transformers import T5Config
+
+    from lrpt.trainer.presets import save_preset
+
+    path = save_preset("tiny-t5", str(tmp_path / "t5"), width=32)
+    config = T5Config.from_pretrained(path)
+    config.dropout_rate = 0.1
+    config.save_pretrained(path)
+    with pytest.raises(LrptError, match="dropout_rate=0.1"):
+        check_group([RunConfig(model=path, output_dir=str(tmp_path / "a"))])
+
+
+def test_fuse_max_without_fuse_is_refused(tmp_path):
+    with pytest.raises(LrptError, match="--fuse_max N needs --fuse"):
+        from lrpt.trainer.sweep import main as sweep_main
+
+        sweep_main([*SWEEP, "--output_dir", str(tmp_path), "--fuse_max", "2"])
+
+
+def sweep_command(ranks: int, argv: list[str]) -> list[str]:
+    """`deepspeed --num_gpus N trainer/run.py sweep ...`: the sweep on every rank."""
+    exe = str(Path(sys.executable).parent / "deepspeed")
+    return [exe, "--num_gpus", str(ranks), "--master_port", str(free_port()), str(ROOT / "trainer" / "run.py"),
+            "sweep", *argv]
+
+
+def test_fused_sweep_under_zero3_equals_the_runs_trained_alone(tiny_t5_dir, memorise_dir, tmp_path):
+    """2 ranks through the launcher, ZeRO-3: the backbone sharded and gathered once per step for all runs."""
+    flags = run_flags(tiny_t5_dir, memorise_dir, "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"))
+    for out, fuse in ((tmp_path / "alone", []), (tmp_path / "fused", ["--fuse"])):
+        done = run_group(sweep_command(2, [*SWEEP, "--output_dir", str(out), *fuse, *flags]), 600, cwd=ROOT,
+                         env=clean_env())
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    for name in RUNS:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])
+
+
+def test_a_fused_sweep_killed_mid_run_resumes_every_run_on_its_own_curve(tiny_llama_dir, memorise_dir, tmp_path):
+    """kill -9 of the whole job once every run has a checkpoint and none has finished; relaunched, each run
+    ends on the curve of its run trained alone."""
+    # a gentle learning rate: at 0.3 these 4 memorised rows make the curve chaotic, and any rounding grows
+    flags = run_flags(tiny_llama_dir, memorise_dir, "--max_steps", "16", "--save_steps", "4", "--learning_rate",
+                      "0.02", "--shared_prefix", "false")
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
+    argv = [*SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]
+    job = subprocess.Popen([sys.executable, "-m", "lrpt.trainer.cli", "sweep", *argv], cwd=ROOT, env=clean_env(),
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = [tmp_path / "fused" / name / "checkpoints" / "latest" for name in RUNS]
+    deadline = time.monotonic() + 300
+    while not all(p.is_file() for p in latest) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, job.stderr.read().decode()[-3000:]
+    steps = [int(p.read_text().split("-")[-1]) for p in latest]
+    assert all(0 < s < 16 for s in steps) and not any((p.parents[1] / "report.json").exists() for p in latest)
+
+    assert main(["sweep", *argv]) == 0
+    for name in RUNS:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])

@@ -1,0 +1,148 @@
+"""Benchmark: a sweep fused (`lrpt sweep --fuse`, trainer/fused.py) against the same runs one after another.
+
+    python -m lrpt.trainer.bench.fused walltime                          # tiny-t5, 3 methods x 2 seeds
+    python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
+    python -m lrpt.trainer.bench.fused gathers --width 768 --layers 8    # ZeRO-3, 2 ranks: all-gather bytes
+
+walltime: `lrpt sweep` and `lrpt sweep --fuse` over the same runs, each a fresh process, alternated
+--repeats times; prints the wall time to all reports and the ratio. gathers: both sweeps under
+`deepspeed --num_gpus 2 trainer/run.py sweep` with ZeRO-3 and DeepSpeed's comms logger; each rank sums the
+all-gathers of the training steps (from a run's first step to its last, evaluation left out) and prints
+the bytes per trained example of both and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+def sweep_flags(model: str, methods: str, seeds: str, out: Path, steps: int) -> list[str]:
+    """The benchmarked sweep: RTE (the bundled demo rows), c = 20, 4 rows per rank and step."""
+    return ["--tasks", "rte", "--methods", methods, "--seeds", seeds, "--output_dir", str(out), "--model", model,
+            "--prompt_length", "20", "--per_device_train_batch_size", "4", "--max_steps", str(steps),
+            "--max_source_length", "128", "--decoding", "rank", "--max_eval_samples", "8", "--progress", "false"]
+
+
+def backbone(args, root: Path) -> str:
+    """tiny-t5 at its defaults, or saved at --width/--layers (random weights, dropout 0)."""
+    if args.width is None:
+        return "tiny-t5"
+    from lrpt.trainer.presets import save_preset
+
+    return save_preset("tiny-t5", str(root / "t5"), width=args.width, layers=args.layers)
+
+
+def walltime(args) -> None:
+    from lrpt.trainer.distributed import env_without_launcher
+
+    root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
+    model = backbone(args, root)
+    times: dict[str, list[float]] = {"one after another": [], "fused": []}
+    for repeat in range(args.repeats):
+        for name, fuse in (("one after another", []), ("fused", ["--fuse"])):
+            out = root / f"{repeat}-{'fused' if fuse else 'alone'}"
+            cmd = [sys.executable, "-m", "lrpt.trainer.cli", "sweep",
+                   *sweep_flags(model, args.methods, args.seeds, out, args.steps), *fuse]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env_without_launcher(), capture_output=True)
+            times[name].append(time.perf_counter() - start)
+            print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+    runs = len(args.methods.split(",")) * len(args.seeds.split(","))
+    best = {name: min(t) for name, t in times.items()}
+    print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
+          f"{args.repeats}\n| sweep | wall time to all reports (s) |\n|---|---|")
+    for name, t in best.items():
+        print(f"| {name} | {t:.1f} |")
+    print(f"fused speed-up: {best['one after another'] / best['fused']:.2f}x")
+
+
+def gathers(args) -> None:
+    from lrpt.trainer.distributed import env_without_launcher, free_port
+
+    root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
+    model = backbone(args, root)
+    from lrpt.trainer.ds_config import shipped
+
+    config = root / "zero3-comms.json"
+    ds = json.loads(Path(shipped("zero3")).read_text())
+    ds["comms_logger"] = {"enabled": True, "prof_all": True, "verbose": False, "debug": False}
+    config.write_text(json.dumps(ds))
+    env = {**env_without_launcher(), "DS_ACCELERATOR": "cpu"}
+    per_example = {}
+    for name, fuse in (("one after another", []), ("fused", ["--fuse"])):
+        out = root / ("fused" if fuse else "alone")
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "lrpt.trainer.bench.fused", "worker",
+               *sweep_flags(model, args.methods, args.seeds, out, args.steps), "--deepspeed", str(config), *fuse]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        counted = json.loads((out / "gathers-rank0.json").read_text())
+        per_example[name] = counted["bytes"] / counted["examples"]
+        print(f"{name}: {counted['bytes']:,} all-gather bytes on rank 0 over {counted['examples']} trained examples "
+              f"({counted['count']:,} all-gathers)", flush=True)
+    k = len(args.methods.split(",")) * len(args.seeds.split(","))
+    ratio = per_example["one after another"] / per_example["fused"]
+    print(f"\nall-gather bytes per trained example, rank 0: one after another {per_example['one after another']:,.0f}, "
+          f"fused {per_example['fused']:,.0f}: divided by {ratio:.2f} (K = {k})")
+
+
+def worker(argv: list[str]) -> int:
+    """One rank of a sweep, its training steps' all-gathers summed (trainer/run_loop.py's begin .. finish)."""
+    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+    from deepspeed.comm import comms_logger
+
+    from lrpt.trainer import distributed, run_loop
+    from lrpt.trainer.sweep import main as sweep
+
+    counted = {"count": 0, "bytes": 0, "examples": 0, "recording": False}
+    begin, finish = run_loop.RunLoop.begin, run_loop.RunLoop.finish
+
+    def begin_counting(self, *a, **kw):
+        comms_logger.comms_dict.clear()
+        counted["recording"] = True
+        return begin(self, *a, **kw)
+
+    def finish_counting(self, *a, **kw):
+        if counted["recording"]:  # the first finish after training: the steps' gathers, before any evaluation
+            for op, by_size in comms_logger.comms_dict.items():
+                if "gather" in op:
+                    for size, record in by_size.items():
+                        counted["count"] += record[0]
+                        counted["bytes"] += record[0] * size
+            counted["recording"] = False
+        counted["examples"] += self.state["step"] * self.run.ds_config["train_batch_size"]
+        return finish(self, *a, **kw)
+
+    run_loop.RunLoop.begin, run_loop.RunLoop.finish = begin_counting, finish_counting
+    code = sweep([a for a in argv if not a.startswith("--local_rank")])
+    out = Path(argv[argv.index("--output_dir") + 1])
+    counted.pop("recording")
+    (out / f"gathers-rank{distributed.rank()}.json").write_text(json.dumps(counted))
+    distributed.shutdown()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return worker(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m lrpt.trainer.bench.fused", description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=("walltime", "gathers"))
+    parser.add_argument("--methods", default="pt,dpt,lamp")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per run")
+    parser.add_argument("--width", type=int, help="a T5 of this width (default: tiny-t5 as shipped)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    walltime(args) if args.what == "walltime" else gathers(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Fused runs: several runs' prompts trained in one pass over one frozen backbone (`lrpt sweep --fuse`).
+
+A paper table is many runs on one backbone, and only the prompt differs between them. Trained one
+after another, every run loads the backbone again and, under ZeRO-3, every step of every run gathers
+the whole backbone to move a few kilobytes of prompt. Fused, the runs of a group share one load and
+one forward and backward per step:
+- each step's batch is the concatenation of every run's own micro-batch (its own data order, from its
+  seed); each row is laid out as it is in its run alone - [its run's prompt, its text] - and padded
+  after its end to the longest row, so prompts of different lengths (LAMP's pooling, other c) mix;
+- each run's loss is the backbone's own (token-mean cross-entropy) over its own rows and targets: the
+  prompts are disjoint, so the gradient of the summed losses that reaches run k's prompt is the one of
+  run k's loss alone;
+- each run keeps its own DeepSpeed engine over its prompt alone (`PromptOnly`): AdamW state, schedule,
+  gradient clipping (DeepSpeed's, per engine), ZeRO partitioning of the prompt, and checkpoints in the
+  layout of the run trained alone. The backbone runs outside them, under an engine of its own without
+  optimizer (ZeRO-3: DeepSpeed's parameter offload gathers each layer once for the whole group), and
+  each prompt's gradient is handed to its engine as `engine.backward(<P, dL/dP>)`;
+- evaluation, selection, logs, checkpoints and the report are each run's own (trainer/run_loop.py).
+What would make a fused run differ from its run alone is refused before anything loads (`check_group`).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lrpt.trainer import distributed, preempt, run_dir
+from lrpt.trainer.backbone import resolve_config
+from lrpt.trainer.config import RunConfig
+from lrpt.trainer.ds_config import zero_stage
+from lrpt.trainer.errors import LrptError
+from lrpt.trainer.flops import step_flops
+from lrpt.trainer.loop import build_session, load_frozen, prepare
+from lrpt.trainer.meter import LoadPeak
+from lrpt.trainer.run_loop import RunLoop, gradient_norm, log
+
+# what one forward over one backbone needs the runs to agree on; everything else may differ per run
+SHARED = ("model", "task", "precision", "gradient_checkpointing", "max_source_length", "max_target_length",
+          "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
+          "bnb_4bit_quant_storage", "quantized_load", "deepspeed", "gradient_accumulation_steps")
+
+
+def run_name(cfg: RunConfig) -> str:
+    return Path(cfg.output_dir).name
+
+
+def check_group(cfgs: list[RunConfig]) -> None:
+    """Refuse, before any weight loads, runs that cannot share one pass, naming what differs."""
+    first = cfgs[0]
+    for name in SHARED:
+        other = next((c for c in cfgs if getattr(c, name) != getattr(first, name)), None)
+        if other is not None:
+            raise LrptError(f"--fuse: {run_name(first)} has --{name} {getattr(first, name)} and {run_name(other)} "
+                            f"{getattr(other, name)}; fused runs share one backbone and one forward, so they must "
+                            f"agree on it: give every run the same --{name}, or drop --fuse")
+    if any(c.shared_prefix == "true" for c in cfgs):
+        raise LrptError("--fuse with --shared_prefix true: a fused batch carries a different prompt per run, so its "
+                        "rows take the standard path (the prompt with every row); drop --shared_prefix")
+    dropout = active_dropout(resolve_config(first.model))
+    if dropout:
+        raise LrptError(f"--fuse: {first.model} trains with dropout ({dropout}): a fused forward draws one set of "
+                        "dropout masks for every run's rows, so no fused run could equal its run alone. Use a copy of "
+                        "the backbone saved with that dropout set to 0 (for the separate runs too), or drop --fuse")
+
+
+def active_dropout(config) -> str:
+    """The backbone config's dropout probabilities above 0 ('dropout_rate=0.1'), '' if none."""
+    found = [f"{name}={value}" for name, value in sorted(config.to_dict().items())
+             if "dropout" in name and isinstance(value, float) and value > 0]
+    return ", ".join(found)
+
+
+class PromptOnly(nn.Module):
+    """What a fused run's engine wraps: its prompt alone, named as PromptedModel names it (`prompt.*`), so
+    that its checkpoints are the ones the run alone writes. The forward returns a copy: under ZeRO-3 the
+    parameters are released when it ends, and the prompt is used after it."""
+
+    def __init__(self, prompt: nn.Module):
+        super().__init__()
+        self.prompt = prompt
+
+    def forward(self) -> torch.Tensor:
+        return self.prompt().clone()
+
+
+def backbone_engine(model: nn.Module, ds_config: dict):
+    """The frozen backbone under a DeepSpeed engine without optimizer: cast and placed as the run alone's
+    engine would, and under ZeRO-3 its layers gathered by DeepSpeed's parameter offload. Below ZeRO-3 it
+    holds no shard, so ZeRO-0 (ZeRO-1/2 partition optimizer state, and it has none)."""
+    import deepspeed
+
+    config = copy.deepcopy(ds_config)
+    if zero_stage(config) < 3:
+        config["zero_optimization"] = {"stage": 0}
+    config.pop("gradient_clipping", None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
+def row_layout(prompt: torch.Tensor, batch: dict, embed: nn.Module, is_encoder_decoder: bool):
+    """One run's rows as its run alone lays them out: embeddings [P, text], mask, labels (-100 over P)."""
+    tokens = embed(batch["input_ids"])
+    rows = len(tokens)
+    p = prompt.to(tokens.dtype).unsqueeze(0).expand(rows, -1, -1)
+    mask = batch["attention_mask"]
+    mask = torch.cat([mask.new_ones(rows, prompt.shape[0]), mask], dim=1)
+    labels = batch["labels"]
+    if not is_encoder_decoder:
+        labels = torch.cat([labels.new_full((rows, prompt.shape[0]), -100), labels], dim=1)
+    return torch.cat([p, tokens], dim=1), mask, labels
+
+
+def _pad(tensors: list[torch.Tensor], width: int, value=0) -> torch.Tensor:
+    """Concatenated along the rows, each padded after its end to `width` columns."""
+    return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[tuple[torch.Tensor, dict]]):
+    """Each run's loss, the backbone's own (token-mean cross-entropy over its targets), from one forward over
+    every run's rows behind its run's prompt; and the padded width each run's rows took (for their FLOPs)."""
+    laid = [row_layout(prompt, batch, backbone.get_input_embeddings(), is_encoder_decoder) for prompt, batch in parts]
+    width = max(e.shape[1] for e, _, _ in laid)
+    embeds, mask = _pad([e for e, _, _ in laid], width), _pad([m for _, m, _ in laid], width)
+    target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
+    labels = _pad([lab for _, _, lab in laid], target, value=-100)
+    if is_encoder_decoder:  # T5 derives the decoder input from the labels, as with labels= (no loss computed)
+        logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                          decoder_input_ids=backbone.prepare_decoder_input_ids_from_labels(labels=labels)).logits
+    else:
+        logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    losses, start = [], 0
+    for _, _, lab in laid:
+        end = start + len(lab)
+        losses.append(own_loss(backbone, logits[start:end], labels[start:end], is_encoder_decoder))
+        start = end
+    return losses, width, target
+
+
+def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool):
+    """The loss the backbone computes from `labels=` (T5: cross-entropy on its logits as they are; causal
+    LMs: transformers' loss_function, which shifts and upcasts)."""
+    if is_encoder_decoder:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return backbone.loss_function(logits=logits, labels=labels, vocab_size=backbone.config.vocab_size)
+
+
+def train_fused(cfgs: list[RunConfig]) -> list[dict]:
+    """Train the runs together; returns each run's report (a finished run's as it was written)."""
+    import json
+
+    check_group(cfgs)
+    preps, reports = [], {}
+    for cfg in cfgs:  # every run's checks, claim and data before the backbone loads
+        try:
+            preps.append(prepare(cfg))
+        except run_dir.RunFinished as finished:
+            log(str(finished))
+            reports[cfg.output_dir] = json.loads(finished.report_path.read_text())
+    if preps:
+        for report in train_prepared(preps):
+            reports[report["output_dir"]] = report
+    return [reports[c.output_dir] for c in cfgs]
+
+
+def train_prepared(preps: list) -> list[dict]:
+    """One load of the backbone, every run's engine on it, the runs trained together, each one's report."""
+    first = preps[0]
+    load_meter = LoadPeak().start()
+    backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
+    load_peak = load_meter.stop()
+    loaded = time.perf_counter()
+    frozen = backbone_engine(backbone.model, first.ds_config)
+    log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its run's "
+        "prompt)")
+    runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
+    for run in runs:
+        run.keep_alive = keep_alive
+        run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
+        run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded
+    names = [run_name(r.cfg) for r in runs]
+    loops = [RunLoop(run, fused_with=[n for n in names if n != run_name(run.cfg)]) for run in runs]
+    preempt.install()  # SIGUSR1: every run of the group checkpoints, then the job exits
+    for position, loop in enumerate(loops):
+        loop.begin(position)
+    frozen.train()
+    for run in runs:
+        run.engine.train()
+    train_together(runs, loops)
+    return [loop.finish({"fused": {"with": loop.fused_with, "runs": len(loops)}}) for loop in loops]
+
+
+def train_together(runs: list, loops: list[RunLoop]) -> None:
+    """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done."""
+    streams = [loop.micro_batches() for loop in loops]
+    backbone, is_encoder_decoder = runs[0].backbone.model, runs[0].backbone.is_encoder_decoder
+    while True:
+        items = []  # (run index, micro-batch index, micro-batch)
+        for k, stream in enumerate(streams):
+            item = None if loops[k].done else next(stream, None)
+            if item is not None:
+                items.append((k, *item))
+        if not items:
+            return
+        prompts = []
+        for k, i, _ in items:
+            loops[k].micro_start(i)
+            prompts.append(runs[k].engine())  # its engine's forward: under ZeRO-3 it gathers the prompt
+        leaves = [p.detach().requires_grad_() for p in prompts]
+        losses, width, target = fused_losses(backbone, is_encoder_decoder,
+                                             [(leaf, batch) for leaf, (_, _, batch) in zip(leaves, items)])
+        torch.autograd.backward(sum(losses))
+        stepped = []
+        for (k, i, batch), prompt, leaf, loss in zip(items, prompts, leaves, losses):
+            run = runs[k]
+            run.engine.backward((prompt * leaf.grad).sum())  # d/dθ of it is d loss / dθ: the run's own gradient
+            if loops[k].boundary(i):
+                loops[k].window["grad_norm"] = gradient_norm(run)
+            run.engine.step()
+            flops = padded_flops(loops[k], batch, width, target, prompt.shape[0])
+            if loops[k].micro_done(i, batch, loss.item(), flops):
+                stepped.append(loops[k])
+        if stepped:
+            stop = preempt.stop_requested()  # collective, once per step of the group: all ranks agree
+            for loop in stepped:
+                loop.step_done(stop)
+            if stop:
+                for loop in loops:
+                    if loop not in stepped and not loop.done:
+                        loop.save_checkpoint()
+                    loop.exit_preempted()
+                raise SystemExit(preempt.EXIT_CODE)
+
+
+def padded_flops(loop: RunLoop, batch: dict, width: int, target: int, prompt_rows: int) -> float:
+    """FLOPs computed for this run's rows in the fused forward: its rows at the group's padded width."""
+    rows, backbone = batch["input_ids"].shape[0], loop.run.backbone
+    shape = {"input_ids": batch["input_ids"].new_empty(rows, width - prompt_rows),
+             "labels": batch["labels"].new_empty(rows, target)}
+    return step_flops(backbone.model.config, loop.matmul, shape, prompt_rows)
