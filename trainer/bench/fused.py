@@ -4,8 +4,8 @@
     python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
     python -m lrpt.trainer.bench.fused gathers --width 768 --layers 8    # ZeRO-3, 2 ranks: all-gather bytes
 
-walltime: `lrpt sweep` and `lrpt sweep --fuse` over the same runs, each a fresh process, alternated
---repeats times; prints the wall time to all reports and the ratio. gathers: both sweeps under
+walltime: `lrpt sweep`, `lrpt sweep --fuse` and one `lrpt train` process per run over the same runs,
+alternated --repeats times; prints the wall time to all reports and each against the fused sweep. gathers: both sweeps under
 `deepspeed --num_gpus 2 trainer/run.py sweep` with ZeRO-3 and DeepSpeed's comms logger; each rank sums the
 all-gathers of the training steps (from a run's first step to its last, evaluation left out) and prints
 the bytes per trained example of both and their ratio.
@@ -37,27 +37,47 @@ def backbone(args, root: Path) -> str:
 
 
 def walltime(args) -> None:
+    """Three ways to the same reports: `lrpt sweep` (one process, runs in turn), `lrpt sweep --fuse`, and one
+    `lrpt train` process per run in turn (what a Slurm array element runs)."""
     from lrpt.trainer.distributed import env_without_launcher
 
     root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
     model = backbone(args, root)
-    times: dict[str, list[float]] = {"one after another": [], "fused": []}
+    ways = {"lrpt sweep (one after another)": "sweep", "lrpt sweep --fuse": "fused",
+            "one lrpt train process per run": "processes"}
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for repeat in range(args.repeats):
-        for name, fuse in (("one after another", []), ("fused", ["--fuse"])):
-            out = root / f"{repeat}-{'fused' if fuse else 'alone'}"
-            cmd = [sys.executable, "-m", "lrpt.trainer.cli", "sweep",
-                   *sweep_flags(model, args.methods, args.seeds, out, args.steps), *fuse]
+        for name, way in ways.items():
+            out = root / f"{repeat}-{way}"
+            flags = sweep_flags(model, args.methods, args.seeds, out, args.steps)
+            if way == "processes":
+                commands = [[sys.executable, "-m", "lrpt.trainer.cli", "train", *train_flags(flags, m, s)]
+                            for m in args.methods.split(",") for s in args.seeds.split(",")]
+            else:
+                commands = [[sys.executable, "-m", "lrpt.trainer.cli", "sweep", *flags,
+                             *(["--fuse"] if way == "fused" else [])]]
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, env=env_without_launcher(), capture_output=True)
+            for cmd in commands:
+                subprocess.run(cmd, check=True, env=env_without_launcher(), capture_output=True)
             times[name].append(time.perf_counter() - start)
             print(f"{name}: {times[name][-1]:.1f} s", flush=True)
     runs = len(args.methods.split(",")) * len(args.seeds.split(","))
     best = {name: min(t) for name, t in times.items()}
+    fused = best["lrpt sweep --fuse"]
     print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
-          f"{args.repeats}\n| sweep | wall time to all reports (s) |\n|---|---|")
+          f"{args.repeats}\n| how | wall time to all reports (s) | / fused |\n|---|---|---|")
     for name, t in best.items():
-        print(f"| {name} | {t:.1f} |")
-    print(f"fused speed-up: {best['one after another'] / best['fused']:.2f}x")
+        print(f"| {name} | {t:.1f} | {t / fused:.2f} |")
+
+
+def train_flags(sweep: list[str], method: str, seed: str) -> list[str]:
+    """One run of the sweep as `lrpt train` flags, in the directory the sweep gives it."""
+    given = dict(zip(sweep[::2], sweep[1::2]))
+    out = Path(given.pop("--output_dir")) / f"rte-{method}-seed{seed}"
+    for flag in ("--tasks", "--methods", "--seeds"):
+        given.pop(flag)
+    return ["--task", "rte", "--method", method, "--seed", seed, "--output_dir", str(out),
+            *[x for pair in given.items() for x in pair]]
 
 
 def gathers(args) -> None:
@@ -119,7 +139,7 @@ def worker(argv: list[str]) -> int:
         return finish(self, *a, **kw)
 
     run_loop.RunLoop.begin, run_loop.RunLoop.finish = begin_counting, finish_counting
-    code = sweep([a for a in argv if not a.startswith("--local_rank")])
+    code = sweep(argv)
     out = Path(argv[argv.index("--output_dir") + 1])
     counted.pop("recording")
     (out / f"gathers-rank{distributed.rank()}.json").write_text(json.dumps(counted))
@@ -128,7 +148,7 @@ def worker(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank=")]  # launcher's
     if argv[:1] == ["worker"]:
         return worker(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m lrpt.trainer.bench.fused", description=__doc__.split("\n")[0])
