@@ -93,6 +93,18 @@ def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, me
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in runs if n != name])
 
 
+@pytest.mark.parametrize("quant", [["--load_in_8bit"], ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"]],
+                         ids=["8bit", "4bit-nf4"])
+def test_fused_runs_on_a_quantized_backbone_equal_the_runs_alone(quant, tiny_llama_dir, memorise_dir, tmp_path):
+    flags = run_flags(tiny_llama_dir, memorise_dir, "--max_steps", "4", "--shared_prefix", "false", *quant)
+    sweep = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0"]
+    assert main(["sweep", *sweep, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
+    assert main(["sweep", *sweep, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]) == 0
+    names = ["rte-pt-seed0", "rte-dpt-seed0"]
+    for name in names:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in names if n != name])
+
+
 REFUSALS = [
     ({"model": "tiny-llama"}, "--model"),
     ({"precision": "bf16"}, "--precision"),
@@ -141,9 +153,11 @@ def sweep_command(ranks: int, argv: list[str]) -> list[str]:
             "sweep", *argv]
 
 
-def test_fused_sweep_under_zero3_equals_the_runs_trained_alone(tiny_t5_dir, memorise_dir, tmp_path):
-    """2 ranks through the launcher, ZeRO-3: the backbone sharded and gathered once per step for all runs."""
-    flags = run_flags(tiny_t5_dir, memorise_dir, "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"))
+@pytest.mark.parametrize("quant", [[], ["--load_in_8bit"]], ids=["unquantized", "8bit"])
+def test_fused_sweep_under_zero3_equals_the_runs_trained_alone(quant, tiny_t5_dir, memorise_dir, tmp_path):
+    """2 ranks through the launcher, ZeRO-3: the backbone sharded (8-bit: loaded sharded, lrpt's ZeRO-3 int8
+    layers) and gathered once per step for all runs."""
+    flags = run_flags(tiny_t5_dir, memorise_dir, "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), *quant)
     for out, fuse in ((tmp_path / "alone", []), (tmp_path / "fused", ["--fuse"])):
         done = run_group(sweep_command(2, [*SWEEP, "--output_dir", str(out), *fuse, *flags]), 600, cwd=ROOT,
                          env=clean_env())
