@@ -196,7 +196,6 @@ def train_prepared(preps: list) -> list[dict]:
 def train_together(runs: list, loops: list[RunLoop]) -> None:
     """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done."""
     streams = [loop.micro_batches() for loop in loops]
-    backbone, is_encoder_decoder = runs[0].backbone.model, runs[0].backbone.is_encoder_decoder
     while True:
         items = []  # (run index, micro-batch index, micro-batch)
         for k, stream in enumerate(streams):
@@ -205,22 +204,16 @@ def train_together(runs: list, loops: list[RunLoop]) -> None:
                 items.append((k, *item))
         if not items:
             return
-        prompts = []
         for k, i, _ in items:
             loops[k].micro_start(i)
-            prompts.append(runs[k].engine())  # its engine's forward: under ZeRO-3 it gathers the prompt
-        leaves = [p.detach().requires_grad_() for p in prompts]
-        losses, width, target = fused_losses(backbone, is_encoder_decoder,
-                                             [(leaf, batch) for leaf, (_, _, batch) in zip(leaves, items)])
-        torch.autograd.backward(sum(losses))
+        losses, width, target = fused_backward([runs[k] for k, _, _ in items], [batch for _, _, batch in items])
         stepped = []
-        for (k, i, batch), prompt, leaf, loss in zip(items, prompts, leaves, losses):
+        for (k, i, batch), loss in zip(items, losses):
             run = runs[k]
-            run.engine.backward((prompt * leaf.grad).sum())  # d/dθ of it is d loss / dθ: the run's own gradient
             if loops[k].boundary(i):
                 loops[k].window["grad_norm"] = gradient_norm(run)
             run.engine.step()
-            flops = padded_flops(loops[k], batch, width, target, prompt.shape[0])
+            flops = padded_flops(loops[k], batch, width, target, run.prompt.output_length)
             if loops[k].micro_done(i, batch, loss.item(), flops):
                 stepped.append(loops[k])
         if stepped:
@@ -233,6 +226,20 @@ def train_together(runs: list, loops: list[RunLoop]) -> None:
                         loop.save_checkpoint()
                     loop.exit_preempted()
                 raise SystemExit(preempt.EXIT_CODE)
+
+
+def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int, int]:
+    """One micro-batch of each run: its engine's forward (under ZeRO-3 it gathers the prompt), one forward and
+    backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP>, whose gradient
+    is the run's own. Returns each run's loss and the padded widths (fused_losses)."""
+    prompts = [run.engine() for run in runs]
+    leaves = [p.detach().requires_grad_() for p in prompts]
+    backbone = runs[0].backbone
+    losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, list(zip(leaves, batches)))
+    torch.autograd.backward(sum(losses))
+    for run, prompt, leaf in zip(runs, prompts, leaves):
+        run.engine.backward((prompt * leaf.grad).sum())
+    return losses, width, target
 
 
 def padded_flops(loop: RunLoop, batch: dict, width: int, target: int, prompt_rows: int) -> float:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import LlamaConfig, PretrainedConfig, T5Config
@@ -93,10 +93,12 @@ class PlanSpec:
     gpu_memory_gib: float = 80.0
     overhead_gib: float = 1.0     # CUDA context + NCCL, outside max_memory_allocated
     ds_config: str | None = None  # DeepSpeed JSON (default: ds_configs/zero{N}.json)
+    fused: int = 1                # runs like this one trained together (lrpt sweep --fuse): one backbone,
+    #                               their micro-batches concatenated, a prompt + optimizer + engine each
 
     @classmethod
     def from_run(cls, cfg, gpus: int = 1, nodes: int = 1, gpu_memory_gib: float = 80.0,
-                 overhead_gib: float = 1.0) -> "PlanSpec":
+                 overhead_gib: float = 1.0, fused: int = 1) -> "PlanSpec":
         """The plan of a RunConfig (`lrpt train`'s settings) on `nodes` x `gpus`: its longest batch,
         max_source_length input tokens (decoder-only: + [bos] + max_target_length answer tokens)."""
         from lrpt.trainer.ds_config import read_ds_config, zero_stage
@@ -111,7 +113,7 @@ class PlanSpec:
                    method=cfg.method, prompt_length=cfg.prompt_length, options=cfg.method_options(),
                    batch=cfg.per_device_train_batch_size, seq_len=seq_len, target_len=cfg.max_target_length,
                    precision=cfg.precision, grad_ckpt=cfg.gradient_checkpointing, gpu_memory_gib=gpu_memory_gib,
-                   overhead_gib=overhead_gib, ds_config=cfg.deepspeed)
+                   overhead_gib=overhead_gib, ds_config=cfg.deepspeed, fused=fused)
 
 
 @dataclass
@@ -362,8 +364,8 @@ def plan(spec: PlanSpec) -> Plan:
         raise LrptError(f"--quant {spec.quant!r}: choose none, 8bit or 4bit")
     if spec.precision not in BYTES:
         raise LrptError(f"--precision {spec.precision!r}: choose fp32 or bf16")
-    if min(spec.gpus, spec.nodes, spec.batch, spec.seq_len, spec.prompt_length) < 1:
-        raise LrptError("--gpus, --nodes, --batch, --seq_len and --prompt_length must be at least 1")
+    if min(spec.gpus, spec.nodes, spec.batch, spec.seq_len, spec.prompt_length, spec.fused) < 1:
+        raise LrptError("--gpus, --nodes, --batch, --seq_len, --prompt_length and --fuse must be at least 1")
     config = model_config(spec.model)
     world = spec.gpus * spec.nodes
     hidden = config.d_model if config.is_encoder_decoder else config.hidden_size
@@ -422,12 +424,14 @@ def plan(spec: PlanSpec) -> Plan:
                          f"keeps all of it gathered ({gathered / GiB:.2f} GiB) from forward to backward: at this size "
                          f"ZeRO-0/2 need less per rank")
 
-    # prompt, its gradient, AdamW's moments (+ fp32 master weights in bf16)
-    per_rank["prompt_and_optimizer"] = n_prompt * (2 * s + 8 + (4 if s != 4 else 0))
-    if stage >= 1 and zero.get("contiguous_gradients", True):
+    # prompt, its gradient, AdamW's moments (+ fp32 master weights in bf16); fused: one each per run
+    per_rank["prompt_and_optimizer"] = spec.fused * n_prompt * (2 * s + 8 + (4 if s != 4 else 0))
+    if stage >= 1 and zero.get("contiguous_gradients", True):  # each run's engine has its own bucket
         grad_bytes = s if stage == 3 else 4
-        per_rank["deepspeed_reduce_bucket"] = int(zero.get("reduce_bucket_size", 500_000_000)) * grad_bytes
-    acts = activations(config, spec, prompt_tokens, int8_inputs=spec.quant == "8bit" and stage != 3)
+        bucket = int(zero.get("reduce_bucket_size", 500_000_000))
+        per_rank["deepspeed_reduce_bucket"] = spec.fused * bucket * grad_bytes
+    group = replace(spec, batch=spec.batch * spec.fused)  # a fused forward: every run's rows
+    acts = activations(config, group, prompt_tokens, int8_inputs=spec.quant == "8bit" and stage != 3)
     per_rank["activations_saved"] = acts["saved"]
     transient = acts["transient"]
     quantized = [t for t in tensors if t.quantized]
@@ -484,7 +488,9 @@ def render(p: Plan) -> str:
              f"ZeRO-{s.zero} on {p.world_size} rank(s) ({s.nodes} node(s) x {s.gpus}); {s.method} c={s.prompt_length}"
              f"{options} ({p.prompt_tokens} prompt tokens, {p.trainable_params:,} trainable); micro batch {s.batch} x "
              f"{s.seq_len} input tokens" + (f" (+{s.target_len} decoder tokens)" if model_config(s.model).is_encoder_decoder
-                                            else "") + (", gradient checkpointing" if s.grad_ckpt else ""),
+                                            else "") + (", gradient checkpointing" if s.grad_ckpt else "")
+             + (f"; {s.fused} such runs fused (lrpt sweep --fuse): micro batch {s.batch * s.fused} in one forward"
+                if s.fused > 1 else ""),
              "", "| per rank | GiB |", "|---|---|"]
     for key, value in p.per_rank.items():
         lines.append(f"| {LABELS[key]} | {value / GiB:.3f} |")
@@ -513,6 +519,9 @@ def parser():
     cluster.add_argument("--overhead", type=float, default=1.0,
                          help="GiB per GPU outside PyTorch's allocator: CUDA context, NCCL (default 1)")
     cluster.add_argument("--json", action="store_true", default=False, help="print the plan as JSON")
+    cluster.add_argument("--fuse", type=int, default=1,
+                         help="plan a fused group (lrpt sweep --fuse) of this many runs like this one: one backbone, "
+                              "their micro-batches summed, a prompt, optimizer and engine each (default 1)")
     add_run_arguments(a.add_argument_group("the run (`lrpt train`'s flags; --model also takes the presets "
                                            f"{', '.join(ARCHITECTURES)})"))
     return a
@@ -528,7 +537,7 @@ def main(argv: list[str]) -> int:
     cfg = RunConfig(**run_values(args))
     cfg.validate()
     spec = PlanSpec.from_run(cfg, gpus=args["gpus"], nodes=args["nodes"], gpu_memory_gib=args["gpu_memory"],
-                             overhead_gib=args["overhead"])
+                             overhead_gib=args["overhead"], fused=args["fuse"])
     p = plan(spec)
     if args["json"]:
         print(json.dumps(p.to_dict(), indent=2))

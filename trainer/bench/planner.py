@@ -23,41 +23,31 @@ from lrpt.trainer.meter import AllocationPeak
 
 
 def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int,
-           deepspeed_linear: bool = False) -> None:
+           deepspeed_linear: bool = False, fused: int = 1) -> None:
+    """One rank: lrpt's own setup, then `steps` steps on a random batch of the planned shape; with `fused`
+    > 1, that many runs of these flags trained fused (trainer/fused.py), each on such a batch."""
     import torch
 
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from lrpt.trainer import distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
 
     cuda = torch.cuda.is_available()
     with AllocationPeak() as peak:
-        run = setup(load_config(flags))
-        if deepspeed_linear and run.stage == 3:  # for comparison: DeepSpeed's linear, which saves inputs
-            from deepspeed.runtime.zero.linear import zero3_linear_wrap
-
-            torch.nn.functional.linear = zero3_linear_wrap
+        runs = fused_sessions(flags, fused) if fused > 1 else [one_session(flags, deepspeed_linear)]
         load = torch.cuda.max_memory_allocated() if cuda else None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         peak.mark()
-        vocab = run.backbone.model.config.vocab_size
-        gen = torch.Generator().manual_seed(0)
-        ids = torch.randint(3, min(250, vocab), (batch, seq_len), generator=gen)
-        if run.backbone.is_encoder_decoder:
-            labels = torch.randint(3, min(250, vocab), (batch, target_len), generator=gen)
-        else:
-            labels = ids.clone()
-            labels[:, : seq_len // 2] = -100
-        mask = torch.ones_like(ids)
-        mask[-1, -seq_len // 4:] = 0  # a padded batch, as real ones are
-        device = run.engine.device
-        batch_ = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-        run.engine.train()
+        batch_ = random_batch(runs[0], batch, seq_len, target_len)
         for _ in range(steps):
-            run.engine.backward(run.engine(**batch_).loss)
-            run.engine.step()
+            if fused > 1:
+                from lrpt.trainer.fused import fused_backward
+
+                fused_backward(runs, [batch_] * fused)
+            else:
+                runs[0].engine.backward(runs[0].engine(**batch_).loss)
+            for run in runs:
+                run.engine.step()
     rank = distributed.rank()
     result = {"rank": rank, "world_size": distributed.world_size(),
               "measured_peak": torch.cuda.max_memory_allocated() if cuda else peak.after_mark,
@@ -65,6 +55,60 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
               "measured_by": "torch.cuda.max_memory_allocated" if cuda else "torch.profiler allocation events (CPU allocator)"}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def one_session(flags: list[str], deepspeed_linear: bool):
+    import torch
+
+    from lrpt.trainer.config import load_config
+    from lrpt.trainer.loop import setup
+
+    run = setup(load_config(flags))
+    if deepspeed_linear and run.stage == 3:  # for comparison: DeepSpeed's linear, which saves inputs
+        from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+        torch.nn.functional.linear = zero3_linear_wrap
+    run.engine.train()
+    return run
+
+
+def fused_sessions(flags: list[str], count: int) -> list:
+    """`count` runs of these flags (seeds 0, 1, ...; each in its own directory) on one backbone, as
+    `lrpt sweep --fuse` builds them."""
+    from lrpt.trainer import distributed
+    from lrpt.trainer.config import load_config
+    from lrpt.trainer.fused import PromptOnly, backbone_engine
+    from lrpt.trainer.loop import build_session, load_frozen, prepare
+
+    out = Path(flags[flags.index("--output_dir") + 1])
+    preps = [prepare(load_config([*flags, "--seed", str(k), "--output_dir", str(out / f"run{k}")]))
+             for k in range(count)]
+    backbone, _ = load_frozen(preps[0].cfg, preps[0].ds_config, distributed.world_size())
+    frozen = backbone_engine(backbone.model, preps[0].ds_config)
+    frozen.train()
+    runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
+    for run in runs:
+        run.engine.train()
+    runs[0].keep_alive = frozen
+    return runs
+
+
+def random_batch(run, batch: int, seq_len: int, target_len: int) -> dict:
+    """A fixed random batch of the planned shape, its last row partly padded (as real batches are)."""
+    import torch
+
+    vocab = run.backbone.model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, min(250, vocab), (batch, seq_len), generator=gen)
+    if run.backbone.is_encoder_decoder:
+        labels = torch.randint(3, min(250, vocab), (batch, target_len), generator=gen)
+    else:
+        labels = ids.clone()
+        labels[:, : seq_len // 2] = -100
+    mask = torch.ones_like(ids)
+    mask[-1, -seq_len // 4:] = 0
+    device = run.engine.device
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 CASES = [  # name, preset, sizes
