@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
         worker(Path(args.worker), [f for f in flags if not f.startswith("--local_rank")], args.steps)
+        from lrpt.trainer import distributed
+
+        distributed.shutdown()  # every rank leaves the group before exiting (see distributed.shutdown)
         return 0
 
     import bitsandbytes
