@@ -10,7 +10,8 @@
 #  - NCCL and thread defaults, each overridden by a value already in the environment;
 #  - lrpt_train: runs the trainer under srun (a finished run it leaves as it is), forwards SIGUSR1 to it, and
 #    requeues the job when the trainer stopped on the signal (checkpoint written, exit status 75;
-#    a signal during loading kills the trainer before it listens: that job fails, unrequeued).
+#    a signal during loading kills the trainer before it listens: that job fails, unrequeued);
+#    lrpt_sweep_fused does the same for one fused group of `lrpt sweep --fuse` (the sweeps' FUSE=1).
 #
 # Variables the templates read (all optional; a template sets its own defaults first):
 #   LRPT_ROOT    the lrpt checkout (default: the directory sbatch was run from)
@@ -99,12 +100,16 @@ lrpt_flags() {  # fills the array LRPT_FLAGS: a flag for every set variable that
     LRPT_FLAGS+=("${extra[@]}")
 }
 
-# ---- one run: train, or stop on SIGUSR1 and requeue ---------------------------------------------
-lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
+# ---- one run (or one fused group): train, or stop on SIGUSR1 and requeue --------------------------
+lrpt_require_slurm() {
     if ! lrpt_in_slurm; then
         echo "lrpt: $0 is a Slurm batch script: submit it with sbatch (docs/slurm.md)" >&2
         exit 2
     fi
+}
+
+lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
+    lrpt_require_slurm
     : "${OUTPUT_DIR:?OUTPUT_DIR must be set}"
     # a finished OUTPUT_DIR is the trainer's to judge: unchanged it exits 0 touching nothing, with
     # other settings it refuses (the run directory's config is its contract)
@@ -113,14 +118,36 @@ lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
     if [[ -f $OUTPUT_DIR/checkpoints/latest ]]; then
         echo "lrpt: resuming $OUTPUT_DIR from checkpoints/$(cat "$OUTPUT_DIR/checkpoints/latest")"
     fi
-    echo "lrpt: $PYTHON trainer/run.py ${LRPT_FLAGS[*]}"
+    lrpt_srun "$OUTPUT_DIR/report.json" "${LRPT_FLAGS[@]}"
+}
+
+lrpt_sweep_fused() {  # lrpt_sweep_fused [lrpt sweep FLAGS...]: one fused group of `lrpt sweep --fuse` (FUSE=1)
+    # every run of the group resumes from its own checkpoints, a finished one is skipped (lrpt sweep's rules);
+    # the flags from the environment go to every run, so none may name one run (TASK, METHOD, SEED, ...)
+    local var
+    lrpt_require_slurm
+    for var in TASK METHOD SEED FEW_SHOT; do
+        if [[ -n ${!var:-} ]]; then
+            echo "lrpt: FUSE=1 trains every run of the grid's lists: unset $var (set TASKS, METHODS, SEEDS, SHOTS)" >&2
+            exit 2
+        fi
+    done
+    OUTPUT_DIR='' lrpt_flags
+    lrpt_srun "" sweep "$@" "${LRPT_FLAGS[@]}"
+}
+
+lrpt_srun() {  # lrpt_srun REPORT|"" TRAINER ARGS...: trainer/run.py under srun, SIGUSR1 passed on, requeue on 75.
+               # Finished: exit status 0 (and REPORT exists, if named).
+    local report=$1
+    shift
+    echo "lrpt: $PYTHON trainer/run.py $*"
 
     # `scancel --signal=USR1 --batch` reaches this shell only: pass it on to the step (srun
     # forwards it to every task). `--signal=USR1@N` signals the tasks directly.
     local signaled=0 pid='' status=0
     trap 'signaled=1; echo "lrpt: SIGUSR1: asking the trainer to checkpoint and stop"; [[ -z $pid ]] || kill -USR1 "$pid" 2>/dev/null || true' USR1
     srun --kill-on-bad-exit=0 --wait="${SRUN_WAIT:-300}" \
-        "$LRPT_ROOT/slurm/task.sh" "$PYTHON" "$LRPT_ROOT/trainer/run.py" "${LRPT_FLAGS[@]}" &
+        "$LRPT_ROOT/slurm/task.sh" "$PYTHON" "$LRPT_ROOT/trainer/run.py" "$@" &
     pid=$!
     if (( signaled )); then
         kill -USR1 "$pid" 2>/dev/null || true
@@ -131,8 +158,8 @@ lrpt_train() {  # lrpt_train [TRAINER FLAGS...]; OUTPUT_DIR must be set
     wait "$pid" || status=$?
     trap - USR1
 
-    if (( status == 0 )) && [[ -f $OUTPUT_DIR/report.json ]]; then
-        echo "lrpt: finished: $OUTPUT_DIR/report.json"
+    if (( status == 0 )) && [[ -z $report || -f $report ]]; then
+        echo "lrpt: finished${report:+: $report}"
         return 0
     fi
     if (( status == PREEMPTED )); then
@@ -175,6 +202,18 @@ lrpt_grid() {  # lrpt_grid INDEX "LIST" "LIST"...: the INDEX-th combination (fir
         stride=$((stride / ${#words[@]}))
         GRID_PICK+=("${words[index / stride % ${#words[@]}]}")
     done
+}
+
+lrpt_fused_grid() {  # lrpt_fused_grid TASKS RUNS_PER_TASK: FUSE=1's grid, one element per fused group of
+                     # at most FUSE_MAX runs (default: all of a task's), GRID_SIZE elements, FUSE_SIZE runs each
+    local -a tasks
+    read -ra tasks <<<"$1"
+    FUSE_SIZE=${FUSE_MAX:-$2}
+    if ! [[ $FUSE_SIZE =~ ^[1-9][0-9]*$ ]]; then
+        echo "lrpt: FUSE_MAX=$FUSE_SIZE: give a number of runs, 1 or more" >&2
+        exit 2
+    fi
+    GRID_SIZE=$(( ${#tasks[@]} * (($2 + FUSE_SIZE - 1) / FUSE_SIZE) ))
 }
 
 lrpt_check_array() {  # after lrpt_grid: the array must index the grid

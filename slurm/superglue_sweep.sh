@@ -9,10 +9,15 @@
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" sbatch --array=0-7 slurm/superglue_sweep.sh
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" bash slurm/superglue_sweep.sh   # prints the grid
 #                                                          # and the --array to submit it with
+#   FUSE=1 sbatch --array=0-7 --time=72:00:00 slurm/superglue_sweep.sh   # one element per task: its 9 runs
+#                                                          # fused, one backbone (lrpt sweep --fuse)
+#   FUSE=1 FUSE_MAX=3 sbatch --array=0-23 slurm/superglue_sweep.sh        # groups of at most 3 runs
 # Another grid needs --array=0-(runs - 1). Every setting below is a default that the same
 # variable in your environment overrides (slurm/common.sh lists them). Runs land in
 # OUTPUT_DIR/<task>-<method>-seed<seed> (default OUTPUT_DIR: runs/superglue-<array job id>), the
 # names `lrpt sweep` uses; a requeued element keeps its ids and resumes from its checkpoints.
+# FUSE=1: an element trains a group of one task's runs together (`lrpt plan --fuse N` its memory;
+# its --time the group's), each run in the same directory, with the same report, as unfused.
 #SBATCH --job-name=superglue
 #SBATCH --array=0-71
 #SBATCH --nodes=1
@@ -42,24 +47,42 @@ fi
 : "${SAVE_STEPS:=1000}"
 : "${OUTPUT_DIR:=runs/superglue-${SLURM_ARRAY_JOB_ID:-}}"
 SWEEP_DIR=$OUTPUT_DIR
+: "${FUSE:=0}"  # 1: each element trains a task's runs together, fused (lrpt sweep --fuse), at most FUSE_MAX of them
 
+RUNS=()  # every run of the grid, by the names `lrpt sweep` gives them
 lrpt_grid 0 "$TASKS" "$METHODS" "$SEEDS"
-if ! lrpt_in_slurm; then
-    echo "grid: $GRID_SIZE runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS)"
-    echo "submit: sbatch --array=0-$((GRID_SIZE - 1)) slurm/superglue_sweep.sh"
-    exit 0
-fi
-
-RUNS=()
 for ((i = 0; i < GRID_SIZE; i++)); do
     lrpt_grid "$i" "$TASKS" "$METHODS" "$SEEDS"
     RUNS+=("${GRID_PICK[0]}-${GRID_PICK[1]}-seed${GRID_PICK[2]}")
 done
-lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "$SEEDS"
-lrpt_check_array
-TASK=${GRID_PICK[0]} METHOD=${GRID_PICK[1]} SEED=${GRID_PICK[2]}
-OUTPUT_DIR=$SWEEP_DIR/${RUNS[SLURM_ARRAY_TASK_ID]}
-echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: $TASK $METHOD seed $SEED"
+if [[ $FUSE == 1 ]]; then
+    read -ra TASK_LIST <<<"$TASKS"
+    lrpt_fused_grid "$TASKS" $((${#RUNS[@]} / ${#TASK_LIST[@]}))
+elif [[ $FUSE != 0 ]]; then
+    echo "lrpt: FUSE=$FUSE: set FUSE=1 (fused groups) or FUSE=0" >&2
+    exit 2
+fi
 
-lrpt_train "$@"
+if ! lrpt_in_slurm; then
+    echo "grid: ${#RUNS[@]} runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS)"
+    if [[ $FUSE == 1 ]]; then
+        echo "fused: $GRID_SIZE elements, each a group of at most $FUSE_SIZE runs of one task"
+    fi
+    echo "submit: sbatch --array=0-$((GRID_SIZE - 1)) slurm/superglue_sweep.sh"
+    exit 0
+fi
+
+if [[ $FUSE == 1 ]]; then
+    lrpt_check_array
+    echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: fused group $SLURM_ARRAY_TASK_ID (at most $FUSE_SIZE runs)"
+    lrpt_sweep_fused --tasks "${TASKS// /,}" --methods "${METHODS// /,}" --seeds "${SEEDS// /,}" \
+        --output_dir "$SWEEP_DIR" --fuse --fuse_max "$FUSE_SIZE" --fuse_group "$SLURM_ARRAY_TASK_ID" "$@"
+else
+    lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "$SEEDS"
+    lrpt_check_array
+    TASK=${GRID_PICK[0]} METHOD=${GRID_PICK[1]} SEED=${GRID_PICK[2]}
+    OUTPUT_DIR=$SWEEP_DIR/${RUNS[SLURM_ARRAY_TASK_ID]}
+    echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: $TASK $METHOD seed $SEED"
+    lrpt_train "$@"
+fi
 lrpt_table_if_complete "$SWEEP_DIR" "${RUNS[@]}"

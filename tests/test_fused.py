@@ -75,6 +75,20 @@ def test_fuse_max_splits_a_task_into_groups(tiny_t5_dir, memorise_dir, tmp_path,
     assert json.loads((tmp_path / RUNS[3] / "report.json").read_text())["fused"] == {"with": [], "runs": 1}
 
 
+def test_fuse_group_trains_that_group_alone_and_writes_no_table(tiny_t5_dir, memorise_dir, tmp_path, capsys):
+    """What one Slurm element of FUSE=1 runs: only the group named, every run of the sweep still validated."""
+    flags = run_flags(tiny_t5_dir, memorise_dir, "--max_steps", "2")
+    argv = ["sweep", *SWEEP, "--output_dir", str(tmp_path), "--fuse", "--fuse_max", "3", *flags]
+    assert main([*argv, "--fuse_group", "1"]) == 0
+    assert "group 2/2, fused: " + RUNS[3] in capsys.readouterr().out
+    assert sorted(p.parent.name for p in tmp_path.glob("*/report.json")) == [RUNS[3]]
+    assert not (tmp_path / "table.md").exists()
+    assert main([*argv, "--fuse_group", "2"]) == 2
+    assert "--fuse_group 2: this sweep has 2 fused groups (0-1)" in capsys.readouterr().err
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path), "--fuse_group", "0", *flags]) == 2
+    assert "--fuse_group G needs --fuse" in capsys.readouterr().err
+
+
 def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, memorise_dir, tmp_path):
     """LAMP pooling 7 tokens to 4 next to DPT with 6 and PT with 3: rows of three widths in one batch."""
     base = dict(model=tiny_llama_dir, data_dir=str(memorise_dir), per_device_train_batch_size=2, max_steps=5,

@@ -34,7 +34,7 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 # What the templates read (every RunConfig field's variable, the old spellings, the grids' lists and
 # common.sh's own); the tests set them explicitly, so none may leak in from the caller.
 TEMPLATE_VARS = {*slurm_env.variables(), *slurm_env.ALIASES, "EXTRA_ARGS", "TASKS", "METHODS", "SEEDS", "SHOTS",
-                 "LOG", "VENV", "SRUN_WAIT"}
+                 "FUSE", "FUSE_MAX", "LOG", "VENV", "SRUN_WAIT"}
 # tiny T5, 2 CPU ranks on one node, ZeRO-3 (the template's own DEEPSPEED)
 TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "PER_DEVICE_TRAIN_BATCH_SIZE": "2", "MAX_STEPS": "60",
         "SAVE_STEPS": "5", "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
@@ -123,6 +123,19 @@ def test_sweeps_print_their_grid_outside_slurm():
     with_recipe = grid_plan("superglue_sweep.sh", {"TASKS": "cb rte", "SEEDS": "0", "RECIPE": "dpt-t5-base",
                                                    "PYTHON": sys.executable})
     assert "grid: 6 runs (tasks: cb rte; methods: dpt residual pt; seeds: 0)" in with_recipe, with_recipe
+    # FUSE=1: an element per group of at most FUSE_MAX runs of one task, as many as `lrpt sweep --fuse` makes
+    from types import SimpleNamespace
+
+    from lrpt.trainer.sweep import fuse_groups
+
+    runs = [SimpleNamespace(task=t) for t in ("cb", "rte") for _ in range(6)]
+    for most, elements in (("", 2), ("4", 4), ("1", 12)):
+        fused = grid_plan("superglue_sweep.sh", {**env, "FUSE": "1", "FUSE_MAX": most})
+        assert len(fuse_groups(runs, int(most) if most else None)) == elements
+        assert f"fused: {elements} elements" in fused and f"--array=0-{elements - 1} " in fused, fused
+    shots = grid_plan("fewshot_sweep.sh", {"TASKS": "cb rte", "SHOTS": "8 16", "SEEDS": "0 1 2", "FUSE": "1",
+                                          "FUSE_MAX": "4"})
+    assert "grid: 12 runs" in shots and "fused: 4 elements" in shots, shots  # 6 runs a task: groups of 4 and 2
     # every index names a different combination, first list slowest
     script = f'source "{ROOT}/slurm/common.sh"; for i in $(seq 0 11); do lrpt_grid "$i" "a b" "x y z" "0 1"; ' \
              'echo "${GRID_PICK[*]}"; done; echo "$GRID_SIZE"'
@@ -398,32 +411,77 @@ def test_twonode_usr1_requeue_resumes_to_the_same_loss_curve(cluster, twonode_jo
     assert_same_prompt(run, reference)
 
 
-@needs_slurm
-def test_superglue_array_leaves_a_report_per_element_and_a_table(cluster, tiny_t5_dir, tmp_path):
-    env = {"TASKS": "cb rte", "METHODS": "dpt", "SEEDS": "0 1", "MODEL": tiny_t5_dir, "PRECISION": "fp32",
-           "PROMPT_LENGTH": "4", "MAX_STEPS": "2", "BATCH_SIZE": "4", "MAX_EVAL_SAMPLES": "6", "DECODING": "rank",
-           "PROGRESS": "false"}
+# the SuperGLUE grid, one run per element and fused; a gentle learning rate, so that the fused runs' other
+# rounding (their padded batch) stays far below the tolerance over 40 steps (tests/test_fused.py)
+SWEEP_GRID = {"TASKS": "cb rte", "METHODS": "dpt", "SEEDS": "0 1", "MODEL": "", "PRECISION": "fp32",
+              "PROMPT_LENGTH": "4", "MAX_STEPS": "40", "SAVE_STEPS": "5", "LEARNING_RATE": "0.02", "BATCH_SIZE": "4",
+              "MAX_EVAL_SAMPLES": "6", "DECODING": "rank", "PROGRESS": "false"}
+SWEEP_RUNS = sorted(f"{t}-dpt-seed{s}" for t in ("cb", "rte") for s in (0, 1))
+
+
+@pytest.fixture(scope="module")
+def superglue_arrays(cluster, tiny_t5_dir, tmp_path_factory):
+    """slurm/superglue_sweep.sh on SWEEP_GRID twice, submitted at once: one run per element (--array=0-3%2), and
+    FUSE=1 (--array=0-1: an element per task, its two runs fused), whose element 0 gets SIGUSR1 through its batch
+    shell once a run of it has a checkpoint: mode -> (job id, submit directory, final states)."""
+    env = {**SWEEP_GRID, "MODEL": tiny_t5_dir}
+    cwd = {mode: tmp_path_factory.mktemp(f"superglue-{mode}") for mode in ("alone", "fused")}
     # one rank per element, at most two at once: the two nodes share this machine's two CPUs
-    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"])
-    states = cluster.wait(job, count=4)
-    sweep = tmp_path / "runs" / f"superglue-{job}"
-    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(tmp_path)[-4000:])
-    names = sorted(f"{t}-dpt-seed{s}" for t in ("cb", "rte") for s in (0, 1))
-    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == names
-    for name in names:
+    jobs = {"alone": cluster.sbatch("superglue_sweep.sh", cwd["alone"], env,
+                                    [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"]),
+            "fused": cluster.sbatch("superglue_sweep.sh", cwd["fused"], {**env, "FUSE": "1"},
+                                    [*CPU_JOB, "--ntasks-per-node=1", "--array=0-1"])}
+    first = cwd["fused"] / "runs" / f"superglue-{jobs['fused']}" / "cb-dpt-seed0"
+    wait_for(lambda: saved_step(first) > 0, "no checkpoint in the fused element", cwd["fused"], timeout=600)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{jobs['fused']}_0"], check=True)
+    return {mode: (job, cwd[mode], cluster.wait(job, timeout=900, count=4 if mode == "alone" else 2))
+            for mode, job in jobs.items()}
+
+
+@needs_slurm
+def test_superglue_array_leaves_a_report_per_element_and_a_table(superglue_arrays):
+    job, cwd, states = superglue_arrays["alone"]
+    sweep = cwd / "runs" / f"superglue-{job}"
+    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(cwd)[-4000:])
+    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == SWEEP_RUNS
+    for name in SWEEP_RUNS:
         report = json.loads((sweep / name / "report.json").read_text())
         task, _, seed = name.split("-")
         assert report["config"]["task"] == task and report["config"]["seed"] == int(seed[4:])
         assert report["config"]["per_device_train_batch_size"] == 4  # BATCH_SIZE, the old spelling, still works
 
     lrpt = Path(sys.executable).parent / "lrpt"
-    table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in names]], capture_output=True, text=True,
-                           check=True).stdout
+    table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in SWEEP_RUNS]], capture_output=True,
+                           text=True, check=True).stdout
     header = next(line for line in table.splitlines() if line.startswith("|"))
     assert "cb" in header.lower() and "rte" in header.lower() and "avg" in header.lower()
     assert any(line.split("|")[1].strip().startswith("dpt") for line in table.splitlines() if line.startswith("|"))
     # the last element to finish wrote the same table
     assert (sweep / "table.md").read_text().strip() == table.strip()
+
+
+@needs_slurm
+def test_fused_superglue_array_preempted_ends_on_the_runs_alone(superglue_arrays):
+    """FUSE=1: two elements, each one task's two runs fused in one `lrpt sweep --fuse`; element 0 stopped by
+    SIGUSR1 (every run of it checkpoints), requeued and resumed. Every run's directory equals its run trained
+    alone by the one-run-per-element array (curve, prompt, metrics, checkpoints), its report says with whom it
+    was fused, and the last element wrote the same table."""
+    from test_fused import assert_same_run
+
+    job, cwd, states = superglue_arrays["fused"]
+    alone_job, alone_cwd, _ = superglue_arrays["alone"]
+    log = log_of(cwd)
+    assert [s["JobState"] for s in states] == ["COMPLETED"] * 2, (states, log[-4000:])
+    assert sorted(int(s["Restarts"]) for s in states) == [0, 1], states
+    assert log.count("requeueing job") == 1 and "group 1/2, fused: cb-dpt-seed0, cb-dpt-seed1" in log, log[-4000:]
+    stops = re.findall(r"SIGUSR1: checkpoint of step (\d+) written", log)
+    assert len(stops) == 2 and all(0 < int(n) < 40 for n in stops), log[-4000:]  # both runs of element 0
+    sweep, alone = cwd / "runs" / f"superglue-{job}", alone_cwd / "runs" / f"superglue-{alone_job}"
+    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == SWEEP_RUNS
+    for name in SWEEP_RUNS:
+        task = name.split("-")[0]
+        assert_same_run(sweep / name, alone / name, [n for n in SWEEP_RUNS if n.startswith(task) and n != name])
+    assert (sweep / "table.md").read_text() == (alone / "table.md").read_text()
 
 
 # ---- the other templates, each submitted once with its own defaults ---------------------------------------

@@ -116,6 +116,12 @@ def gather(value) -> list:
     return out
 
 
+def without_launcher_args(argv: list[str]) -> list[str]:
+    """The arguments less the `--local_rank=N` the deepspeed launcher puts first (LOCAL_RANK in the
+    environment says the same)."""
+    return [a for a in argv if not a.startswith("--local_rank=")]
+
+
 def shutdown() -> None:
     """Leave the process group together (every rank calls it): a rank that exits while the group's
     communication threads still run can abort in their destructors ("terminate called without an active

@@ -173,10 +173,9 @@ def train_prepared(preps: list) -> list[dict]:
     backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
     load_peak = load_meter.stop()
     loaded = time.perf_counter()
-    frozen = backbone_engine(backbone.model, first.ds_config)
+    frozen, runs = build_group(preps, backbone)
     log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its run's "
         "prompt)")
-    runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
     for run in runs:
         run.keep_alive = keep_alive
         run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
@@ -191,6 +190,12 @@ def train_prepared(preps: list) -> list[dict]:
         run.engine.train()
     train_together(runs, loops)
     return [loop.finish({"fused": {"with": loop.fused_with, "runs": len(loops)}}) for loop in loops]
+
+
+def build_group(preps: list, backbone) -> tuple:
+    """The backbone's engine (no optimizer) and every run's session, its engine over its prompt alone."""
+    frozen = backbone_engine(backbone.model, preps[0].ds_config)
+    return frozen, [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
 
 
 def train_together(runs: list, loops: list[RunLoop]) -> None:

@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
                  "interpreter of the environment that has it")
 
     argv = sys.argv[1:] if argv is None else argv
-    # `deepspeed trainer/run.py sweep --fuse ...`: a sweep on every rank (the launcher puts its --local_rank=N first;
-    # LOCAL_RANK in the environment says the same)
-    rest = [a for a in argv if not a.startswith("--local_rank=")]
+    # `deepspeed trainer/run.py sweep --fuse ...`: a sweep on every rank
+    from lrpt.trainer.distributed import without_launcher_args
+
+    rest = without_launcher_args(argv)
     if rest[:1] == ["sweep"]:
         return cli_main(rest)
     return cli_main(["train", *argv])

@@ -39,6 +39,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--fuse_max", "--fuse-max", type=int, default=None,
                         help="with --fuse: at most N runs per group (a task's runs split into groups; memory grows "
                              "with the group: its micro-batch is the sum of its runs')")
+    parser.add_argument("--fuse_group", "--fuse-group", type=int, default=None,
+                        help="with --fuse: train only group G (0-based, in the order the sweep lists its groups) and "
+                             "write no table: one piece of a bigger sweep, as one Slurm array element runs it "
+                             "(slurm/superglue_sweep.sh FUSE=1); the template writes the whole grid's table")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
                         help="the table's layout (see `lrpt table --help`; a DPT recipe's table: dpt)")
     return parser.parse_known_args(argv)
@@ -64,6 +68,8 @@ def main(argv: list[str]) -> int:
     args, rest = parse(argv)
     if args.fuse_max is not None and (not args.fuse or args.fuse_max < 1):
         raise LrptError("--fuse_max N needs --fuse and N >= 1")
+    if args.fuse_group is not None and (not args.fuse or args.fuse_group < 0):
+        raise LrptError("--fuse_group G needs --fuse and G >= 0")
     for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot"):
         if any(a == flag or a.startswith(flag + "=") or a == flag.replace("_", "-") for a in rest):
             raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot")
@@ -86,12 +92,12 @@ def main(argv: list[str]) -> int:
         run_dir.check_contract(cfg, Path(cfg.output_dir))  # a finished run is skipped only if it ran these settings
         configs.append(cfg)
     if args.fuse:
-        train_groups(fuse_groups(configs, args.fuse_max))
+        train_groups(fuse_groups(configs, args.fuse_max), only=args.fuse_group)
     else:
         train_in_turn(configs)
     from lrpt.trainer import distributed
 
-    if distributed.is_main():
+    if distributed.is_main() and args.fuse_group is None:
         markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout)
         (out / "table.md").write_text(markdown)
         (out / "table.csv").write_text(csv)
@@ -110,16 +116,22 @@ def train_in_turn(configs: list) -> None:
         train(cfg)
 
 
-def train_groups(groups: list[list]) -> None:
-    """Every group checked before any trains (trainer/fused.py), then each trained in one pass."""
+def train_groups(groups: list[list], only: int | None = None) -> None:
+    """Every group checked before any trains (trainer/fused.py), then each trained in one pass; `only`: that
+    group alone (--fuse_group)."""
     from lrpt.trainer.fused import check_group, train_fused
 
-    for group in groups:
-        check_group(group)
-    for n, group in enumerate(groups, 1):
+    if only is not None and only >= len(groups):
+        raise LrptError(f"--fuse_group {only}: this sweep has {len(groups)} fused groups (0-{len(groups) - 1}); "
+                        "with FUSE=1 the Slurm templates print the --array that covers them")
+    chosen = range(len(groups)) if only is None else [only]
+    for n in chosen:
+        check_group(groups[n])
+    for n in chosen:
+        group = groups[n]
         todo = [cfg for cfg in group if not (Path(cfg.output_dir) / "report.json").exists()]
         names = ", ".join(Path(cfg.output_dir).name for cfg in group)
-        print(f"[lrpt sweep] group {n}/{len(groups)}, fused: {names}"
+        print(f"[lrpt sweep] group {n + 1}/{len(groups)}, fused: {names}"
               + ("" if todo else ": done before, skipped"), flush=True)
         if todo:
             train_fused(todo)

@@ -148,7 +148,9 @@ def worker(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank=")]  # launcher's
+    from lrpt.trainer.distributed import without_launcher_args
+
+    argv = without_launcher_args(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return worker(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m lrpt.trainer.bench.fused", description=__doc__.split("\n")[0])

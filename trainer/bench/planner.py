@@ -77,16 +77,15 @@ def fused_sessions(flags: list[str], count: int) -> list:
     `lrpt sweep --fuse` builds them."""
     from lrpt.trainer import distributed
     from lrpt.trainer.config import load_config
-    from lrpt.trainer.fused import PromptOnly, backbone_engine
-    from lrpt.trainer.loop import build_session, load_frozen, prepare
+    from lrpt.trainer.fused import build_group
+    from lrpt.trainer.loop import load_frozen, prepare
 
     out = Path(flags[flags.index("--output_dir") + 1])
     preps = [prepare(load_config([*flags, "--seed", str(k), "--output_dir", str(out / f"run{k}")]))
              for k in range(count)]
     backbone, _ = load_frozen(preps[0].cfg, preps[0].ds_config, distributed.world_size())
-    frozen = backbone_engine(backbone.model, preps[0].ds_config)
+    frozen, runs = build_group(preps, backbone)
     frozen.train()
-    runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
     for run in runs:
         run.engine.train()
     runs[0].keep_alive = frozen
@@ -180,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
-        worker(Path(args.worker), [f for f in flags if not f.startswith("--local_rank")], args.batch, args.seq_len,
-               args.target_len, args.steps, args.deepspeed_linear)
+        from lrpt.trainer.distributed import without_launcher_args
+
+        worker(Path(args.worker), without_launcher_args(flags), args.batch, args.seq_len, args.target_len, args.steps,
+               args.deepspeed_linear)
         return 0
 
     from lrpt.trainer.memory_plan import PlanSpec, plan

@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
-        worker(Path(args.worker), [f for f in flags if not f.startswith("--local_rank")], args.steps)
         from lrpt.trainer import distributed
 
+        worker(Path(args.worker), distributed.without_launcher_args(flags), args.steps)
         distributed.shutdown()  # every rank leaves the group before exiting (see distributed.shutdown)
         return 0
 
