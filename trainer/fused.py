@@ -114,30 +114,41 @@ def row_layout(prompt: torch.Tensor, batch: dict, embed: nn.Module, is_encoder_d
     return torch.cat([p, tokens], dim=1), mask, labels
 
 
-def _pad(tensors: list[torch.Tensor], width: int, value=0) -> torch.Tensor:
-    """Concatenated along the rows, each padded after its end to `width` columns."""
-    return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value) for t in tensors])
+def pad_rows(tensors: list[torch.Tensor], width: int, value=0, left: bool = False) -> torch.Tensor:
+    """Concatenated along the rows, each padded to `width` columns after its end (or before its start)."""
+    def pad(t: torch.Tensor) -> tuple[int, ...]:
+        extra = width - t.shape[1]
+        return (0, 0) * (t.dim() - 2) + ((extra, 0) if left else (0, extra))
+
+    return torch.cat([F.pad(t, pad(t), value=value) for t in tensors])
+
+
+def fused_rows(prompts: list[torch.Tensor], batches: list[dict], embed: nn.Module, is_encoder_decoder: bool):
+    """Embeddings, mask and labels of every run's rows behind its prompt, each row as its run alone lays it out,
+    padded after its end to the longest row (labels -100); run k's rows follow run k - 1's."""
+    laid = [row_layout(prompt, batch, embed, is_encoder_decoder) for prompt, batch in zip(prompts, batches)]
+    width = max(e.shape[1] for e, _, _ in laid)
+    target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
+    return (pad_rows([e for e, _, _ in laid], width), pad_rows([m for _, m, _ in laid], width),
+            pad_rows([lab for _, _, lab in laid], target, value=-100))
 
 
 def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[tuple[torch.Tensor, dict]]):
     """Each run's loss, the backbone's own (token-mean cross-entropy over its targets), from one forward over
     every run's rows behind its run's prompt; and the padded width each run's rows took (for their FLOPs)."""
-    laid = [row_layout(prompt, batch, backbone.get_input_embeddings(), is_encoder_decoder) for prompt, batch in parts]
-    width = max(e.shape[1] for e, _, _ in laid)
-    embeds, mask = _pad([e for e, _, _ in laid], width), _pad([m for _, m, _ in laid], width)
-    target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
-    labels = _pad([lab for _, _, lab in laid], target, value=-100)
+    prompts, batches = [prompt for prompt, _ in parts], [batch for _, batch in parts]
+    embeds, mask, labels = fused_rows(prompts, batches, backbone.get_input_embeddings(), is_encoder_decoder)
     if is_encoder_decoder:  # T5 derives the decoder input from the labels, as with labels= (no loss computed)
         logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
                           decoder_input_ids=backbone.prepare_decoder_input_ids_from_labels(labels=labels)).logits
     else:
         logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
     losses, start = [], 0
-    for _, _, lab in laid:
-        end = start + len(lab)
+    for batch in batches:
+        end = start + len(batch["input_ids"])
         losses.append(own_loss(backbone, logits[start:end], labels[start:end], is_encoder_decoder))
         start = end
-    return losses, width, target
+    return losses, embeds.shape[1], labels.shape[1]
 
 
 def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool):
