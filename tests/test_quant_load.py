@@ -42,7 +42,7 @@ def sharded_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Tiny backbones deep enough that their quantized weights outweigh one tensor in flight, written as
     sharded safetensors checkpoints (save_pretrained with a small max_shard_size)."""
     dirs = {}
-    for arch, name, layers in (("llama", "tiny-llama", 8), ("t5", "tiny-t5", 4)):
+    for arch, name, layers in (("llama", "tiny-llama", 20), ("t5", "tiny-t5", 4)):
         path = tmp_path_factory.mktemp(f"sharded-{arch}")
         model, tokenizer = build_preset(name, width=128, layers=layers)
         model.save_pretrained(path, max_shard_size="1MB")

@@ -220,19 +220,21 @@ def sharded_load_peak(tensors: list[ParamInfo], spec: PlanSpec, world: int) -> i
     the tensor being converted. The checkpoint is assumed stored in --precision."""
     held = sum(math.ceil(big / world) + small for big, small in
                (stored_bytes(t, spec.quant, spec.precision, spec.double_quant) for t in tensors))
-    return int(held + max(_converting(t, spec) for t in tensors))
+    return int(held + max(_converting(t, spec, world) for t in tensors))
 
 
-def _converting(t: ParamInfo, spec: PlanSpec) -> float:
+def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
     """Bytes in flight while one tensor loads: an unquantized one read whole; a quantized one's whole quantized
-    form, one slab of rows read in --precision and one slice's fp16 copy (8-bit; trainer/quant_slices.py)."""
+    form (its rows all-gathered), one slab of this rank's 1/N of the rows read in --precision and one slice's
+    fp16 copy (8-bit; trainer/quant_slices.py)."""
     from lrpt.trainer.quant_slices import CHUNK_ELEMENTS, READ_ELEMENTS
 
     big, _ = stored_bytes(t, spec.quant, spec.precision, spec.double_quant)
     if not t.quantized:
         return big
-    fp16_copy = min(t.numel, CHUNK_ELEMENTS) * 2 if spec.quant == "8bit" else 0
-    return big + min(t.numel, READ_ELEMENTS) * BYTES[spec.precision] + fp16_copy
+    own = math.ceil(t.numel / world)
+    fp16_copy = min(own, CHUNK_ELEMENTS) * 2 if spec.quant == "8bit" else 0
+    return big + min(own, READ_ELEMENTS) * BYTES[spec.precision] + fp16_copy
 
 
 def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:

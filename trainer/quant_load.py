@@ -11,10 +11,12 @@ bytes it has when the whole model is quantized. `load_sharded` (the default unde
    real) and lets transformers' own bitsandbytes quantizer swap in the layers it would quantize
    (`preprocess_model`: its rules - not the output head, `_keep_in_fp32_modules`, `llm_int8_skip_modules`);
 2. walks the modules, children first; reads each one's tensors from the safetensors files one tensor
-   at a time, quantizes a quantized layer's weight slice by slice with bitsandbytes' own functions (the
-   bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; trainer/quant_slices.py), makes it
-   lrpt's ZeRO-3 layer (trainer/quant.py) and partitions the module at once with
-   `deepspeed.zero.Init(module=...)`: the full tensor is freed before the next one is read;
+   at a time; a quantized layer's weight is quantized slice by slice with bitsandbytes' own functions (the
+   bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; trainer/quant_slices.py), each rank
+   reading and quantizing 1/N of its rows and the quantized rows all-gathered; makes it lrpt's ZeRO-3
+   layer (trainer/quant.py) and partitions the module at once with `deepspeed.zero.Init(module=...)`: the
+   full tensor is freed before the next one is read (on one rank the share is the whole, and
+   `deepspeed.initialize` converts every parameter in one pass);
 3. `deepspeed.initialize` takes the partitioned model as it takes one built inside `zero.Init`.
 
 So a rank's peak while loading is its share of the quantized backbone, the replicated statistics
@@ -30,7 +32,7 @@ import time
 import torch
 from torch import nn
 
-from lrpt.trainer import quant, quant_slices
+from lrpt.trainer import distributed, quant, quant_slices
 from lrpt.trainer.errors import LrptError
 
 
@@ -173,6 +175,7 @@ class ShardedLoader:
         self.device = torch.device(_device_map(quantizer)[""])
         self.names = aliases(model)
         self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # meta parameter id -> (meta, loaded)
+        self.share = {"rank": distributed.rank(), "world": distributed.world_size()}  # of each quantized weight
 
     def run(self) -> None:
         import bitsandbytes as bnb
@@ -220,7 +223,8 @@ class ShardedLoader:
         if isinstance(module, bnb.nn.Linear4bit):
             settings = dict(blocksize=weight.blocksize, compress_statistics=weight.compress_statistics,
                             quant_type=weight.quant_type, quant_storage=weight.quant_storage)
-            packed, state = quant_slices.quantize_4bit(read, shape, self.dtype, self.device, **settings)
+            packed, state = quant_slices.quantize_4bit(read, shape, self.dtype, self.device, **settings,
+                                                       **self.share)
             module.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, module=module,
                                               bnb_quantized=True, **settings)
             module.quant_state = state
@@ -228,16 +232,20 @@ class ShardedLoader:
             return module
         if weight.has_fp16_weights:
             raise LrptError(f"{name}: an 8-bit layer with has_fp16_weights=True is not a frozen int8 layer")
-        new = quant.ZeroLinear8bit(*quant_slices.quantize_8bit(read, shape, self.dtype, self.device), module.bias)
+        new = quant.ZeroLinear8bit(*quant_slices.quantize_8bit(read, shape, self.dtype, self.device, **self.share),
+                                   module.bias)
         parent, _, child = name.rpartition(".")
         setattr(self.model.get_submodule(parent) if parent else self.model, child, new)
         return new
 
     def partition(self, module: nn.Module) -> None:
-        """ZeRO-3 partitions the module's parameters now (each rank keeps its share; the full tensors go)."""
+        """ZeRO-3 partitions the module's parameters now (each rank keeps its share; the full tensors go). On one
+        rank the share is the whole: `deepspeed.initialize` converts the parameters, in one pass."""
         import deepspeed
         from deepspeed.runtime.zero.partition_parameters import is_zero_param
 
+        if self.share["world"] == 1:
+            return
         full = [p.data for p in module.parameters() if not is_zero_param(p)]
         deepspeed.zero.Init(module=module, config_dict_or_path=self.ds_config)
         if self.device.type == "cpu":

@@ -10,6 +10,9 @@ slices that hold whole blocks quantize as they would inside the whole tensor. Do
 is over the whole tensor's block scales, done once they are all known, as `quantize_4bit` does it.
 Rows are read from the checkpoint in slabs (`read(first_row, end_row)`; each read has a fixed cost of
 about a millisecond), copied into PyTorch's allocator in the load dtype, and quantized slice by slice.
+On N ranks each rank reads and quantizes only its 1/N of the rows (`rank_rows`: equal runs of whole
+blocks) and the quantized slices and their statistics are all-gathered, so that the checkpoint is read
+once across the ranks and each rank quantizes 1/N of it; the bytes are those of the whole tensor's.
 """
 from __future__ import annotations
 
@@ -33,47 +36,78 @@ def row_step(cols: int, align: int, elements: int) -> int:
     return max(unit, elements // cols // unit * unit)
 
 
+def rank_rows(rows: int, cols: int, align: int, rank: int, world: int) -> tuple[int, int, int]:
+    """This rank's rows [first, end) of a weight and the rows every rank gets (the last may have fewer or none):
+    a multiple of `align` values, so 4-bit blocks never straddle two ranks."""
+    unit = align // math.gcd(cols, align)
+    step = math.ceil(rows / world / unit) * unit
+    return min(rows, rank * step), min(rows, (rank + 1) * step), step
+
+
+def _gather_ranks(*buffers: torch.Tensor) -> None:
+    """Each buffer, flat, holds this rank's equal span in rank order: every rank's span, on every rank."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for buffer in buffers:
+        flat = buffer.view(-1)
+        span = flat.numel() // world
+        dist.all_gather_into_tensor(flat, flat[rank * span:(rank + 1) * span])
+
+
 def _slices(rows: int, step: int):
     return ((first, min(rows, first + step)) for first in range(0, rows, step))
 
 
-def _parts(read: Read, shape: torch.Size, dtype: torch.dtype, device, align: int = 1):
-    """(first row, rows in the load dtype) slice by slice; each slab read is one copy the allocator counts."""
+def _parts(read: Read, shape: torch.Size, dtype: torch.dtype, device, own: tuple[int, int], align: int = 1):
+    """(first row, rows in the load dtype) slice by slice, over the `own` rows [first, end); each slab read is
+    one copy the allocator counts."""
     rows, cols = shape
-    for first, end in _slices(rows, row_step(cols, align, READ_ELEMENTS)):
+    for first, end in _slices(own[1] - own[0], row_step(cols, align, READ_ELEMENTS)):
+        first, end = first + own[0], end + own[0]
         slab = read(first, end).to(device=device, dtype=dtype, copy=True)
         for start, stop in _slices(end - first, row_step(cols, align, CHUNK_ELEMENTS)):
             yield first + start, slab[start:stop]
 
 
-def quantize_8bit(read: Read, shape: torch.Size, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_8bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, rank: int = 0,
+                  world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8()'s int8 matrix and per-row scales (SCB), as `Int8Params` makes them: the weight in the
-    load dtype, then fp16, then `int8_vectorwise_quant` (no outlier threshold)."""
+    load dtype, then fp16, then `int8_vectorwise_quant` (no outlier threshold). This rank's rows only,
+    then all-gathered."""
     from bitsandbytes.functional import int8_vectorwise_quant
 
     rows, cols = shape
-    cb = torch.empty(rows, cols, dtype=torch.int8, device=device)
-    scb = torch.empty(rows, dtype=torch.float32, device=device)
-    for first, part in _parts(read, shape, dtype, device):
-        cb[first:first + len(part)], scb[first:first + len(part)], _ = int8_vectorwise_quant(part.to(torch.float16))
-    return cb, scb
+    first, end, step = rank_rows(rows, cols, 1, rank, world)
+    cb = torch.empty(world * step, cols, dtype=torch.int8, device=device)  # every rank's rows, padded alike
+    scb = torch.empty(world * step, dtype=torch.float32, device=device)
+    for start, part in _parts(read, shape, dtype, device, (first, end)):
+        cb[start:start + len(part)], scb[start:start + len(part)], _ = int8_vectorwise_quant(part.to(torch.float16))
+    if world > 1:
+        _gather_ranks(cb, scb)
+    return cb[:rows], scb[:rows]
 
 
 def quantize_4bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, blocksize: int, compress_statistics: bool,
-                  quant_type: str, quant_storage: torch.dtype):
-    """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`."""
+                  quant_type: str, quant_storage: torch.dtype, rank: int = 0, world: int = 1):
+    """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`. This
+    rank's blocks only, then all-gathered; double quantization once every block scale is known."""
     from bitsandbytes.functional import QuantState, get_4bit_type, quantize_4bit as bnb_quantize_4bit
 
     rows, cols = shape
     numel = rows * cols
-    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8, device=device)
-    absmax = torch.empty(math.ceil(numel / blocksize), dtype=torch.float32, device=device)
-    for first, rows_in in _parts(read, shape, dtype, device, blocksize):
+    first, end, step = rank_rows(rows, cols, blocksize, rank, world)
+    packed = torch.empty(world * step * cols // 2, dtype=torch.uint8, device=device)  # every rank's, padded alike
+    absmax = torch.empty(world * step * cols // blocksize, dtype=torch.float32, device=device)
+    for row, rows_in in _parts(read, shape, dtype, device, (first, end), blocksize):
         part, state = bnb_quantize_4bit(rows_in, blocksize=blocksize, compress_statistics=False, quant_type=quant_type,
                                         quant_storage=quant_storage)
-        byte, block = first * cols // 2, first * cols // blocksize
+        byte, block = row * cols // 2, row * cols // blocksize
         packed[byte:byte + part.numel() * part.element_size()] = part.view(-1).view(torch.uint8)
         absmax[block:block + state.absmax.numel()] = state.absmax
+    if world > 1:
+        _gather_ranks(packed, absmax)
+    packed, absmax = packed[:(numel + 1) // 2], absmax[:math.ceil(numel / blocksize)]
     common = dict(shape=torch.Size(shape), dtype=dtype, blocksize=blocksize, quant_type=quant_type,
                   code=get_4bit_type(quant_type, device=device))
     return packed.view(quant_storage).unsqueeze(1), (_double_quant(absmax, common) if compress_statistics else
