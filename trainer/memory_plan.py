@@ -225,14 +225,16 @@ def sharded_load_peak(tensors: list[ParamInfo], spec: PlanSpec, world: int) -> i
 
 def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
     """Bytes in flight while one tensor loads: an unquantized one read whole; a quantized one's whole quantized
-    form (its rows all-gathered), one slab of this rank's 1/N of the rows read in --precision and one slice's
-    fp16 copy (8-bit; trainer/quant_slices.py)."""
+    form (its rows all-gathered), one slab of this rank's 1/N of the rows read in --precision (8-bit from fp32 or
+    fp16: in fp16) and, 8-bit from bf16, one slice's fp16 copy (trainer/quant_slices.py)."""
     from lrpt.trainer.quant_slices import CHUNK_ELEMENTS, READ_ELEMENTS
 
     big, _ = stored_bytes(t, spec.quant, spec.precision, spec.double_quant)
     if not t.quantized:
         return big
     own = math.ceil(t.numel / world)
+    if spec.quant == "8bit" and spec.precision != "bf16":  # read straight into fp16 (quantize_8bit)
+        return big + min(own, READ_ELEMENTS) * 2
     fp16_copy = min(own, CHUNK_ELEMENTS) * 2 if spec.quant == "8bit" else 0
     return big + min(own, READ_ELEMENTS) * BYTES[spec.precision] + fp16_copy
 

@@ -81,7 +81,10 @@ def quantize_8bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, ran
     first, end, step = rank_rows(rows, cols, 1, rank, world)
     cb = torch.empty(world * step, cols, dtype=torch.int8, device=device)  # every rank's rows, padded alike
     scb = torch.empty(world * step, dtype=torch.float32, device=device)
-    for start, part in _parts(read, shape, dtype, device, (first, end)):
+    # from fp32 or fp16 (any stored dtype: bf16 and fp16 widen to fp32 exactly) straight to fp16 is the same
+    # rounding as through the load dtype, in one pass and half the slab; through bf16 rounds twice
+    via = torch.float16 if dtype in (torch.float32, torch.float16) else dtype
+    for start, part in _parts(read, shape, via, device, (first, end)):
         cb[start:start + len(part)], scb[start:start + len(part)], _ = int8_vectorwise_quant(part.to(torch.float16))
     if world > 1:
         _gather_ranks(cb, scb)
