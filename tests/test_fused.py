@@ -119,6 +119,21 @@ def test_fused_runs_on_a_quantized_backbone_equal_the_runs_alone(quant, tiny_lla
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in names if n != name])
 
 
+def test_every_setting_but_the_per_run_ones_is_shared():
+    """The per-run list names real settings (a renamed one would otherwise turn shared silently), and what it
+    leaves out is exactly what a fused forward depends on."""
+    import dataclasses
+
+    from lrpt.trainer.config import RunSettings
+    from lrpt.trainer.fused import PER_RUN, SHARED
+
+    settings = {f.name for f in dataclasses.fields(RunSettings)}
+    assert PER_RUN <= settings, PER_RUN - settings
+    assert set(SHARED) == settings - PER_RUN
+    assert {"model", "precision", "deepspeed", "load_in_4bit", "max_source_length"} <= set(SHARED)
+    assert not {"rank", "pool", "seed", "learning_rate"} & set(SHARED)  # method options and each run's own
+
+
 REFUSALS = [
     ({"model": "tiny-llama"}, "--model"),
     ({"precision": "bf16"}, "--precision"),

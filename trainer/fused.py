@@ -21,6 +21,7 @@ What would make a fused run differ from its run alone is refused before anything
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from torch.nn import functional as F
 
 from lrpt.trainer import distributed, preempt, run_dir
 from lrpt.trainer.backbone import resolve_config
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.config import RunConfig, RunSettings
 from lrpt.trainer.ds_config import zero_stage
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.flops import step_flops
@@ -38,10 +39,16 @@ from lrpt.trainer.loop import build_session, load_frozen, prepare
 from lrpt.trainer.meter import LoadPeak
 from lrpt.trainer.run_loop import RunLoop, gradient_norm, log
 
-# what one forward over one backbone needs the runs to agree on; everything else may differ per run
-SHARED = ("model", "task", "precision", "gradient_checkpointing", "max_source_length", "max_target_length",
-          "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
-          "bnb_4bit_quant_storage", "quantized_load", "deepspeed", "gradient_accumulation_steps")
+# what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
+# checkpoints); every other setting reaches the one forward over the backbone, so the runs of a group must agree on
+# it - a setting added later is shared until it is named here (`shared_prefix` has its own check)
+PER_RUN = {"recipe", "method", "data_dir", "prompt_length", "learning_rate", "weight_decay", "max_grad_norm",
+           "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "max_steps",
+           "seed", "shared_prefix", "local_rank", "output_dir", "overwrite_output_dir", "logging_steps", "eval_steps",
+           "save_steps", "save_total_limit", "resume_from_checkpoint", "max_train_samples", "max_eval_samples",
+           "decoding", "few_shot", "dev_size", "selection", "progress", "report_to"}
+METHOD_OPTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunSettings)}
+SHARED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in PER_RUN | METHOD_OPTIONS)
 
 
 def run_name(cfg: RunConfig) -> str:
