@@ -3,12 +3,14 @@
     python -m lrpt.trainer.bench.fused walltime                          # tiny-t5, 3 methods x 2 seeds
     python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
     python -m lrpt.trainer.bench.fused gathers --width 768 --layers 8    # ZeRO-3, 2 ranks: all-gather bytes
+    python -m lrpt.trainer.bench.fused slurm                             # the Slurm sweep: per run vs FUSE=1
 
 walltime: `lrpt sweep`, `lrpt sweep --fuse` and one `lrpt train` process per run over the same runs,
-alternated --repeats times; prints the wall time to all reports and each against the fused sweep. gathers: both sweeps under
-`deepspeed --num_gpus 2 trainer/run.py sweep` with ZeRO-3 and DeepSpeed's comms logger; each rank sums the
-all-gathers of the training steps (from a run's first step to its last, evaluation left out) and prints
-the bytes per trained example of both and their ratio.
+alternated --repeats times; prints the wall time to all reports and each against the fused sweep.
+gathers: both sweeps under `deepspeed --num_gpus 2 trainer/run.py sweep` with ZeRO-3 and DeepSpeed's comms
+logger; each rank sums the all-gathers of the training steps (from a run's first step to its last,
+evaluation left out) and prints the bytes per trained example of both and their ratio.
+slurm: slurm/superglue_sweep.sh on a running cluster, an element per run one at a time against FUSE=1.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # slurm/ lives in the checkout, beside trainer/
 
 def sweep_flags(model: str, methods: str, seeds: str, out: Path, steps: int) -> list[str]:
     """The benchmarked sweep: RTE (the bundled demo rows), c = 20, 4 rows per rank and step."""
@@ -147,6 +151,49 @@ def worker(argv: list[str]) -> int:
     return code
 
 
+def slurm(args) -> None:
+    """slurm/superglue_sweep.sh as Slurm runs it: an element per run, one at a time (--array=0-(K-1)%1), against
+    FUSE=1 (one element, the task's K runs fused); each `sbatch --wait`, timed from submission until the last
+    element has ended (the template's table written). Needs a running Slurm cluster (tests/slurm_cluster.sh)."""
+    import shutil
+
+    from lrpt.trainer.distributed import env_without_launcher
+
+    if shutil.which("sbatch") is None:
+        raise SystemExit("slurm: no sbatch on PATH; start a cluster first (bash tests/slurm_cluster.sh)")
+    root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-slurm-"))
+    model = backbone(args, root)
+    methods, seeds = args.methods.split(","), args.seeds.split(",")
+    runs = len(methods) * len(seeds)
+    grid = {"TASKS": "rte", "METHODS": " ".join(methods), "SEEDS": " ".join(seeds), "MODEL": model, "PRECISION": "fp32",
+            "PROMPT_LENGTH": "20", "PER_DEVICE_TRAIN_BATCH_SIZE": "4", "MAX_STEPS": str(args.steps),
+            "MAX_SOURCE_LENGTH": "128", "DECODING": "rank", "MAX_EVAL_SAMPLES": "8", "PROGRESS": "false",
+            "LRPT_ROOT": str(CHECKOUT), "PYTHON": sys.executable}
+    ways = {f"superglue_sweep.sh, an element per run (--array=0-{runs - 1}%1)": ({}, f"0-{runs - 1}%1"),
+            "superglue_sweep.sh FUSE=1 (one element)": ({"FUSE": "1"}, "0-0")}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for repeat in range(args.repeats):
+        for name, (extra, array) in ways.items():
+            cwd = root / f"{repeat}-{'fused' if extra else 'alone'}"
+            cwd.mkdir()
+            env = {**env_without_launcher(), **grid, **extra}
+            start = time.perf_counter()
+            subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--time=30",
+                            f"--array={array}", f"--output={cwd}/slurm-%A_%a.out",
+                            str(CHECKOUT / "slurm" / "superglue_sweep.sh")],
+                           cwd=cwd, env=env, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+            if not list(cwd.glob("runs/superglue-*/table.md")):
+                raise SystemExit(f"{name}: no table written; see {cwd}/runs/slurm")
+            print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+    best = {name: min(t) for name, t in times.items()}
+    fused = best["superglue_sweep.sh FUSE=1 (one element)"]
+    print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
+          f"{args.repeats}\n| how | submission to the table (s) | / fused |\n|---|---|---|")
+    for name, t in best.items():
+        print(f"| {name} | {t:.1f} | {t / fused:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lrpt.trainer.distributed import without_launcher_args
 
@@ -154,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["worker"]:
         return worker(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m lrpt.trainer.bench.fused", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("walltime", "gathers"))
+    parser.add_argument("what", choices=("walltime", "gathers", "slurm"))
     parser.add_argument("--methods", default="pt,dpt,lamp")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--steps", type=int, default=6, help="training steps per run")
@@ -162,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
-    walltime(args) if args.what == "walltime" else gathers(args)
+    {"walltime": walltime, "gathers": gathers, "slurm": slurm}[args.what](args)
     return 0
 
 
