@@ -151,10 +151,24 @@ def worker(argv: list[str]) -> int:
     return code
 
 
+def wait_for_array(job: str, poll_s: float = 0.2) -> None:
+    """Until every element of the array has ended (`scontrol show job`, polled: `sbatch --wait` backs off to
+    tens of seconds between its own polls)."""
+    done = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+    while True:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        states = [line.split("JobState=")[1].split()[0] for line in shown.splitlines() if "JobState=" in line]
+        if states and all(state in done for state in states):  # a throttled array's pending rest is one PENDING line
+            if any(state != "COMPLETED" for state in states):
+                raise SystemExit(f"array {job}: {states}")
+            return
+        time.sleep(poll_s)
+
+
 def slurm(args) -> None:
     """slurm/superglue_sweep.sh as Slurm runs it: an element per run, one at a time (--array=0-(K-1)%1), against
-    FUSE=1 (one element, the task's K runs fused); each `sbatch --wait`, timed from submission until the last
-    element has ended (the template's table written). Needs a running Slurm cluster (tests/slurm_cluster.sh)."""
+    FUSE=1 (one element, the task's K runs fused); each timed from submission until the last element has ended
+    (the template's table written). Needs a running Slurm cluster (tests/slurm_cluster.sh)."""
     import shutil
 
     from lrpt.trainer.distributed import env_without_launcher
@@ -178,10 +192,11 @@ def slurm(args) -> None:
             cwd.mkdir()
             env = {**env_without_launcher(), **grid, **extra}
             start = time.perf_counter()
-            subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--time=30",
-                            f"--array={array}", f"--output={cwd}/slurm-%A_%a.out",
-                            str(CHECKOUT / "slurm" / "superglue_sweep.sh")],
-                           cwd=cwd, env=env, check=True, capture_output=True)
+            job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
+                                  "--time=30", f"--array={array}", f"--output={cwd}/slurm-%A_%a.out",
+                                  str(CHECKOUT / "slurm" / "superglue_sweep.sh")],
+                                 cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.split(";")[0]
+            wait_for_array(job.strip())
             times[name].append(time.perf_counter() - start)
             if not list(cwd.glob("runs/superglue-*/table.md")):
                 raise SystemExit(f"{name}: no table written; see {cwd}/runs/slurm")
