@@ -204,16 +204,30 @@ lrpt_grid() {  # lrpt_grid INDEX "LIST" "LIST"...: the INDEX-th combination (fir
     done
 }
 
-lrpt_fused_grid() {  # lrpt_fused_grid TASKS RUNS_PER_TASK: FUSE=1's grid, one element per fused group of
-                     # at most FUSE_MAX runs (default: all of a task's), GRID_SIZE elements, FUSE_SIZE runs each
+lrpt_fused_grid() {  # lrpt_fused_grid TASKS RUNS: with FUSE=1 the grid is one element per fused group of at most
+                     # FUSE_MAX runs of one task (default: all of a task's): GRID_SIZE elements, FUSE_SIZE runs each
     local -a tasks
+    [[ ${FUSE:=0} == 0 ]] && return 0
+    if [[ $FUSE != 1 ]]; then
+        echo "lrpt: FUSE=$FUSE: set FUSE=1 (fused groups) or FUSE=0" >&2
+        exit 2
+    fi
     read -ra tasks <<<"$1"
-    FUSE_SIZE=${FUSE_MAX:-$2}
+    local per_task=$(($2 / ${#tasks[@]}))
+    FUSE_SIZE=${FUSE_MAX:-$per_task}
     if ! [[ $FUSE_SIZE =~ ^[1-9][0-9]*$ ]]; then
         echo "lrpt: FUSE_MAX=$FUSE_SIZE: give a number of runs, 1 or more" >&2
         exit 2
     fi
-    GRID_SIZE=$(( ${#tasks[@]} * (($2 + FUSE_SIZE - 1) / FUSE_SIZE) ))
+    GRID_SIZE=$(( ${#tasks[@]} * ((per_task + FUSE_SIZE - 1) / FUSE_SIZE) ))
+}
+
+lrpt_print_grid() {  # lrpt_print_grid SCRIPT "WHAT": outside Slurm, the grid and the --array that covers it
+    echo "grid: ${#RUNS[@]} runs ($2)"
+    if [[ $FUSE == 1 ]]; then
+        echo "fused: $GRID_SIZE elements, each a group of at most $FUSE_SIZE runs of one task"
+    fi
+    echo "submit: sbatch --array=0-$((GRID_SIZE - 1)) slurm/$1"
 }
 
 lrpt_check_array() {  # after lrpt_grid: the array must index the grid

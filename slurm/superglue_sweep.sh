@@ -55,20 +55,9 @@ for ((i = 0; i < GRID_SIZE; i++)); do
     lrpt_grid "$i" "$TASKS" "$METHODS" "$SEEDS"
     RUNS+=("${GRID_PICK[0]}-${GRID_PICK[1]}-seed${GRID_PICK[2]}")
 done
-if [[ $FUSE == 1 ]]; then
-    read -ra TASK_LIST <<<"$TASKS"
-    lrpt_fused_grid "$TASKS" $((${#RUNS[@]} / ${#TASK_LIST[@]}))
-elif [[ $FUSE != 0 ]]; then
-    echo "lrpt: FUSE=$FUSE: set FUSE=1 (fused groups) or FUSE=0" >&2
-    exit 2
-fi
-
+lrpt_fused_grid "$TASKS" "${#RUNS[@]}"
 if ! lrpt_in_slurm; then
-    echo "grid: ${#RUNS[@]} runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS)"
-    if [[ $FUSE == 1 ]]; then
-        echo "fused: $GRID_SIZE elements, each a group of at most $FUSE_SIZE runs of one task"
-    fi
-    echo "submit: sbatch --array=0-$((GRID_SIZE - 1)) slurm/superglue_sweep.sh"
+    lrpt_print_grid superglue_sweep.sh "tasks: $TASKS; methods: $METHODS; seeds: $SEEDS"
     exit 0
 fi
 

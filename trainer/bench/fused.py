@@ -65,13 +65,17 @@ def walltime(args) -> None:
                 subprocess.run(cmd, check=True, env=env_without_launcher(), capture_output=True)
             times[name].append(time.perf_counter() - start)
             print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+    print_times(args, model, times, "lrpt sweep --fuse", "wall time to all reports (s)")
+
+
+def print_times(args, model: str, times: dict[str, list[float]], fused: str, what: str) -> None:
+    """The fastest time of each way, and each against the fused one's, as a table."""
     runs = len(args.methods.split(",")) * len(args.seeds.split(","))
     best = {name: min(t) for name, t in times.items()}
-    fused = best["lrpt sweep --fuse"]
     print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
-          f"{args.repeats}\n| how | wall time to all reports (s) | / fused |\n|---|---|---|")
+          f"{args.repeats}\n| how | {what} | / fused |\n|---|---|---|")
     for name, t in best.items():
-        print(f"| {name} | {t:.1f} | {t / fused:.2f} |")
+        print(f"| {name} | {t:.1f} | {t / best[fused]:.2f} |")
 
 
 def train_flags(sweep: list[str], method: str, seed: str) -> list[str]:
@@ -201,12 +205,7 @@ def slurm(args) -> None:
             if not list(cwd.glob("runs/superglue-*/table.md")):
                 raise SystemExit(f"{name}: no table written; see {cwd}/runs/slurm")
             print(f"{name}: {times[name][-1]:.1f} s", flush=True)
-    best = {name: min(t) for name, t in times.items()}
-    fused = best["superglue_sweep.sh FUSE=1 (one element)"]
-    print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
-          f"{args.repeats}\n| how | submission to the table (s) | / fused |\n|---|---|---|")
-    for name, t in best.items():
-        print(f"| {name} | {t:.1f} | {t / fused:.2f} |")
+    print_times(args, model, times, "superglue_sweep.sh FUSE=1 (one element)", "submission to the table (s)")
 
 
 def main(argv: list[str] | None = None) -> int:
