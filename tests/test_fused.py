@@ -182,13 +182,14 @@ def sweep_command(ranks: int, argv: list[str]) -> list[str]:
             "sweep", *argv]
 
 
-@pytest.mark.parametrize("zero, quant", [("zero3", []), ("zero3", ["--load_in_8bit"]), ("zero2", [])],
-                         ids=["zero3", "zero3-8bit", "zero2"])
+@pytest.mark.parametrize("zero, quant", [("zero3", []), ("zero3", ["--load_in_8bit"]), ("zero2", []), ("zero0", [])],
+                         ids=["zero3", "zero3-8bit", "zero2", "zero0"])
 def test_fused_sweep_under_the_launcher_equals_the_runs_trained_alone(zero, quant, tiny_t5_dir, memorise_dir,
                                                                        tmp_path):
     """2 ranks through the launcher. ZeRO-3: the backbone sharded (8-bit: loaded sharded, lrpt's ZeRO-3 int8
     layers) and gathered once per step for all runs. ZeRO-2: each run's prompt gradients and AdamW state
-    partitioned over the ranks by its own engine, the backbone replicated."""
+    partitioned over the ranks by its own engine, the backbone replicated. ZeRO-0: data parallel, each run's
+    prompt gradient averaged over the ranks by its own engine."""
     flags = run_flags(tiny_t5_dir, memorise_dir, "--deepspeed", str(ROOT / "ds_configs" / f"{zero}.json"), *quant)
     for out, fuse in ((tmp_path / "alone", []), (tmp_path / "fused", ["--fuse"])):
         done = run_group(sweep_command(2, [*SWEEP, "--output_dir", str(out), *fuse, *flags]), 600, cwd=ROOT,

@@ -507,14 +507,18 @@ def template_jobs(cluster, tiny_t5_dir, tiny_llama_dir, tmp_path_factory):
     launches = {"t5_11b_dpt.sh": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=2"], {}),
                 "t5_11b_pt.sh": (tiny_t5_dir, TWO_NODE_JOB, {}),
                 "llama_7b_dpt.sh": (tiny_llama_dir, [*CPU_JOB, "--ntasks-per-node=2"], {}),
-                "fewshot_sweep.sh": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"], FEWSHOT_GRID)}
+                "fewshot_sweep.sh": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-3%2"], FEWSHOT_GRID),
+                "fewshot_sweep.sh FUSE=1": (tiny_t5_dir, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-1"],
+                                            {**FEWSHOT_GRID, "FUSE": "1"})}
     submitted = {}
-    for script, (model, flags, grid) in launches.items():
+    for key, (model, flags, grid) in launches.items():
+        script = key.split()[0]
         assert set(SHORT) & set(template_defaults(ROOT / "slurm" / script)) == {"PRECISION"}, script
-        cwd = tmp_path_factory.mktemp(script.removesuffix(".sh"))
-        submitted[script] = cwd, cluster.sbatch(script, cwd, {**SHORT, **grid, "MODEL": model}, [*flags, *SHARED])
-    return {script: (job, cwd, cluster.wait(job, timeout=900, count=4 if script == "fewshot_sweep.sh" else 1))
-            for script, (cwd, job) in submitted.items()}
+        cwd = tmp_path_factory.mktemp(key.replace(" ", "-").replace("=", "").removesuffix(".sh"))
+        submitted[key] = cwd, cluster.sbatch(script, cwd, {**SHORT, **grid, "MODEL": model}, [*flags, *SHARED])
+    counts = {"fewshot_sweep.sh": 4, "fewshot_sweep.sh FUSE=1": 2}
+    return {key: (job, cwd, cluster.wait(job, timeout=900, count=counts.get(key, 1)))
+            for key, (cwd, job) in submitted.items()}
 
 
 @needs_slurm
@@ -585,3 +589,24 @@ def test_fewshot_array_leaves_a_k_shot_report_per_element_and_a_table(template_j
     assert head[:2] == ["K", "Method"] and head[-1] == "Avg", table
     assert [c.split()[0] for c in head[3:-1]] == ["CB", "RTE"], table
     assert [r[:2] for r in body] == [[str(k), "dpt"]], table  # one row: the four runs' mean over seeds
+
+
+@needs_slurm
+def test_fused_fewshot_array_equals_the_one_run_per_element_array(template_jobs):
+    """The same grid with FUSE=1: an element per task, its two K-shot runs fused; every run's directory equals
+    the one-run-per-element array's (curve, prompt, metrics, checkpoints), and the last element wrote the
+    same table."""
+    from test_fused import assert_same_run
+
+    job, cwd, states = template_jobs["fewshot_sweep.sh FUSE=1"]
+    alone_job, alone_cwd, _ = template_jobs["fewshot_sweep.sh"]
+    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(cwd)[-4000:])
+    sweep, alone = cwd / "runs" / f"fewshot-{job}", alone_cwd / "runs" / f"fewshot-{alone_job}"
+    k = int(FEWSHOT_GRID["SHOTS"])
+    names = sorted(f"{t}-dpt-seed{s}-k{k}" for t in ("cb", "rte") for s in (0, 1))
+    assert sorted(p.parent.name for p in sweep.glob("*/report.json")) == names
+    for name in names:
+        task = name.split("-")[0]
+        assert_same_run(sweep / name, alone / name, [n for n in names if n.startswith(task) and n != name])
+        assert json.loads((sweep / name / "report.json").read_text())["config"]["few_shot"] == k
+    assert (sweep / "table.md").read_text() == (alone / "table.md").read_text()
