@@ -145,17 +145,24 @@ def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[tupl
     every run's rows behind its run's prompt; and the padded width each run's rows took (for their FLOPs)."""
     prompts, batches = [prompt for prompt, _ in parts], [batch for _, batch in parts]
     embeds, mask, labels = fused_rows(prompts, batches, backbone.get_input_embeddings(), is_encoder_decoder)
-    if is_encoder_decoder:  # T5 derives the decoder input from the labels, as with labels= (no loss computed)
-        logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                          decoder_input_ids=backbone.prepare_decoder_input_ids_from_labels(labels=labels)).logits
-    else:
-        logits = backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    logits = backbone_logits(backbone, embeds, mask, labels, is_encoder_decoder)
     losses, start = [], 0
     for batch in batches:
         end = start + len(batch["input_ids"])
         losses.append(own_loss(backbone, logits[start:end], labels[start:end], is_encoder_decoder))
         start = end
     return losses, embeds.shape[1], labels.shape[1]
+
+
+def backbone_logits(backbone: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                    is_encoder_decoder: bool) -> torch.Tensor:
+    """The backbone's logits over laid-out rows, no loss computed (T5 derives its decoder input from the labels,
+    as with labels=)."""
+    if is_encoder_decoder:
+        decoder_input_ids = backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+        return backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                        decoder_input_ids=decoder_input_ids).logits
+    return backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
 
 
 def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool):

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lrpt import methods
 from lrpt.eval.data import WHERE, DataError, format_rows, read_jsonl, row_examples
 from lrpt.eval.tasks import Task, get_task
 from lrpt.trainer import prompt_mix
@@ -27,7 +26,7 @@ from lrpt.trainer.config import RunConfig
 from lrpt.trainer.data import Encoder, tokenize
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.evaluate import DECODING, generate, rank_classify
-from lrpt.trainer.runs import load_run, prompt_file, run_config
+from lrpt.trainer.runs import load_run, prompt_file, run_config, trained_prompt
 
 # what one pass over one backbone needs the runs to agree on (decoding unless --decoding is given)
 SHARED = ("model", "task", "precision", "max_source_length", "max_target_length")
@@ -118,10 +117,7 @@ def read_rows(task: Task, path: Path, names: list[str]):
 
 def run_prompt(cfg: RunConfig, run_dir: str, embed_dim: int) -> torch.Tensor:
     """The run's dense prompt P (c' x e), computed as `load_run`'s prompt module computes it, once."""
-    from lrpt.trainer.loop import build_method
-
-    prompt = build_method(cfg, embed_dim, **methods.random_start(cfg.method))
-    prompt.load_state_dict(load_file(prompt_file(run_dir)))
+    prompt = trained_prompt(cfg, load_file(prompt_file(run_dir)), embed_dim)
     with torch.no_grad():
         return prompt.eval()().detach()
 

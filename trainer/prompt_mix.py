@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from lrpt.trainer.backbone import Backbone
 from lrpt.trainer.data import Encoder, collate
-from lrpt.trainer.fused import fused_rows, pad_rows, row_layout
-from lrpt.trainer.prompted import pads_first
+from lrpt.trainer.fused import backbone_logits, fused_rows, pad_rows, row_layout
+from lrpt.trainer.prompted import greedy_settings, pads_first, summed_log_likelihood
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -54,14 +54,8 @@ def label_log_likelihoods(backbone: Backbone, prompts: Sequence[torch.Tensor], b
     embed = model.get_input_embeddings()
     batches = [_to(b, embed.weight.device) for b in batches]
     embeds, mask, labels = fused_rows([p.to(embed.weight.device) for p in prompts], batches, embed, enc_dec)
-    if enc_dec:  # T5 derives the decoder input from the labels, as with labels=
-        logits = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                       decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)).logits.float()
-    else:  # position t predicts t + 1
-        logits = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits.float()[:, :-1]
-        labels = labels[:, 1:]
-    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (labels != -100)).sum(-1)
+    logits = backbone_logits(model, embeds, mask, labels, enc_dec).float()
+    return summed_log_likelihood(logits, labels, enc_dec)
 
 
 @torch.no_grad()
@@ -74,11 +68,8 @@ def generate_rows(backbone: Backbone, prompts: Sequence[torch.Tensor], batches: 
     batches = [_to(b, embed.weight.device) for b in batches]
     embeds, mask = generation_rows([p.to(embed.weight.device) for p in prompts], batches, embed,
                                    backbone.is_encoder_decoder)
-    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "synced_gpus": False,
+    kwargs = {**greedy_settings(model), "max_new_tokens": max_new_tokens, "synced_gpus": False,
               "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    pad = model.generation_config.pad_token_id
-    if pad is not None and pad != model.generation_config.eos_token_id:
-        kwargs["suppress_tokens"] = [pad]
     return model.generate(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs)
 
 

@@ -81,12 +81,9 @@ class PromptedModel(nn.Module):
             picked = logits.log_softmax(-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
             return picked.new_zeros(labels.shape[0]).index_add_(0, rows, picked)
         logits = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits.float()
-        if not self.is_encoder_decoder:  # position t predicts t + 1; logits also cover the prompt
-            logits = logits[:, logits.shape[1] - labels.shape[1]:-1]
-            labels = labels[:, 1:]
-        mask = labels != -100
-        picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * mask).sum(-1)
+        if not self.is_encoder_decoder:  # logits also cover the prompt
+            logits = logits[:, logits.shape[1] - labels.shape[1]:]
+        return summed_log_likelihood(logits, labels, self.is_encoder_decoder)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -96,10 +93,7 @@ class PromptedModel(nn.Module):
             kwargs[self._cache_kw] = self._prompt_cache(embeds[:1, :self.prompt.output_length], embeds.shape[0])
         elif not self.is_encoder_decoder:
             embeds, mask = pads_first(embeds, mask, self.prompt.output_length)
-        kwargs.setdefault("do_sample", False)
-        pad = self.backbone.generation_config.pad_token_id
-        if pad is not None and pad != self.backbone.generation_config.eos_token_id:
-            kwargs.setdefault("suppress_tokens", [pad])  # padding is never an answer
+        kwargs = {**greedy_settings(self.backbone), **kwargs}
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **kwargs)
 
     def _prompt_cache(self, prompt: torch.Tensor, batch: int):
@@ -112,6 +106,24 @@ class PromptedModel(nn.Module):
             layer.keys = layer.keys.expand(batch, -1, -1, -1)
             layer.values = layer.values.expand(batch, -1, -1, -1)
         return cache
+
+
+def summed_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool) -> torch.Tensor:
+    """Sum of log p(label token) per row, teacher-forced, -100 left out; `logits` cover the labels' positions
+    (decoder-only: position t predicts t + 1)."""
+    if not is_encoder_decoder:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != -100)).sum(-1)
+
+
+def greedy_settings(backbone: PreTrainedModel) -> dict:
+    """Generation settings every lrpt answer uses: greedy, and padding never an answer."""
+    settings = {"do_sample": False}
+    pad = backbone.generation_config.pad_token_id
+    if pad is not None and pad != backbone.generation_config.eos_token_id:
+        settings["suppress_tokens"] = [pad]
+    return settings
 
 
 def pads_first(embeds: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:

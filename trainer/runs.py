@@ -32,18 +32,26 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
     return load_file(prompt_file(run_dir, "prompt_dense.safetensors"))["prompt"]
 
 
+def trained_prompt(cfg: RunConfig, state: dict, embed_dim: int) -> methods.PromptModule:
+    """The run's prompt module holding its trained values: the shapes come from the config, the values from
+    the file, so a random start is enough."""
+    from lrpt.trainer.loop import build_method
+
+    prompt = build_method(cfg, embed_dim, **methods.random_start(cfg.method))
+    prompt.load_state_dict(state)
+    return prompt
+
+
 def load_run(run_dir: str | Path, shared_prefix: bool = False) -> tuple[RunConfig, Backbone, PromptedModel]:
     """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode. `shared_prefix`:
     where the run's --shared_prefix takes it (for scoring and generating, which it does as the standard path;
     its forward returns no full logits)."""
-    from lrpt.trainer.loop import build_method, use_shared_prefix
+    from lrpt.trainer.loop import use_shared_prefix
 
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
     backbone = load_backbone(cfg.model, cfg.precision)
-    # shapes come from the config; the values from the file, so a random start is enough
-    prompt = build_method(cfg, backbone.embed_dim, **methods.random_start(cfg.method))
-    prompt.load_state_dict(state)
+    prompt = trained_prompt(cfg, state, backbone.embed_dim)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
                           shared_prefix=shared_prefix and use_shared_prefix(cfg, backbone))
     return cfg, backbone, model.eval()

@@ -30,6 +30,7 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
 
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from lrpt.trainer import distributed
+    from lrpt.trainer.fused import fused_backward
 
     cuda = torch.cuda.is_available()
     with AllocationPeak() as peak:
@@ -41,8 +42,6 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
         batch_ = random_batch(runs[0], batch, seq_len, target_len)
         for _ in range(steps):
             if fused > 1:
-                from lrpt.trainer.fused import fused_backward
-
                 fused_backward(runs, [batch_] * fused)
             else:
                 runs[0].engine.backward(runs[0].engine(**batch_).loss)
