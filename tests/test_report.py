@@ -91,3 +91,38 @@ def test_bench_runs_zero3_ranks_quantized_with_checkpointing(tiny_llama_dir, tmp
         assert float(r["eval_s_per_example"]) > 0
     assert float(rows["shared_prefix"]["eval_speedup_vs_standard"]) == pytest.approx(
         float(rows["standard"]["eval_s_per_example"]) / float(rows["shared_prefix"]["eval_s_per_example"]))
+
+
+def test_bench_repeats_alternate_and_keep_each_configurations_fastest_launch(tiny_llama_dir, tmp_path, monkeypatch):
+    """--repeats 3: the plan, then reversed, then again; each row is its fastest launch (step time), its
+    fastest evaluation and its highest peak, and the ratios are computed from those. The launches are
+    stand-ins with hand-set figures (the worker itself is measured by the tests above)."""
+    from lrpt.trainer.bench import throughput
+
+    launches, figures = [], iter([  # (step s, eval s, peak) in launch order
+        (4.0, 0.5, 100), (3.0, 0.4, 90), (2.0, 0.3, 80),  # pass 1: peft, standard, shared
+        (1.0, 0.35, 70), (3.5, 0.2, 95), (2.5, 0.1, 85),  # pass 2, reversed: shared, standard, peft
+        (5.0, 0.6, 60), (2.9, 0.9, 99), (1.5, 0.5, 75)])  # pass 3: peft, standard, shared
+
+    def launch(settings, method, c, path):
+        step, evaluation, peak = next(figures)
+        launches.append((method, path))
+        return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": c,
+                "prompt_tokens": c, "ranks": 1, "trainable_params": 1, "step_time_p50": step, "step_time_min": step,
+                "samples_per_s": 1 / step, "tokens_per_s": 1 / step, "eval_s_per_example": evaluation,
+                "peak_bytes": peak, "measured_by": "hand"}
+
+    monkeypatch.setattr(throughput, "run_isolated", launch)
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", tiny_llama_dir, "--methods", "pt", "--prompt_lengths", "8", "--repeats", "3",
+                 "--output_dir", str(out)]) == 0
+    order = [("peft", "standard"), ("pt", "standard"), ("pt", "shared_prefix")]
+    assert launches == order + order[::-1] + order
+    rows = {r["path"]: r for r in csv.DictReader((out / "bench.csv").open())}
+    expected = {"peft": (2.5, 0.1, 100), "standard": (2.9, 0.2, 99), "shared_prefix": (1.0, 0.3, 80)}
+    for path, (step, evaluation, peak) in expected.items():
+        row = rows[path]
+        assert (float(row["step_time_min"]), float(row["eval_s_per_example"]), int(row["peak_bytes"])) == (
+            step, evaluation, peak)
+    assert float(rows["shared_prefix"]["throughput_ratio_vs_peft"]) == pytest.approx(2.5 / 1.0)
+    assert float(rows["shared_prefix"]["throughput_ratio_vs_standard"]) == pytest.approx(2.9 / 1.0)
