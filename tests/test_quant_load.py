@@ -162,3 +162,31 @@ def test_bin_checkpoint_refused_before_weights_load(bin_checkpoint, tmp_path, mo
 def test_quantized_load_flag_refusals(kw, stage, message, bin_checkpoint):
     with pytest.raises(LrptError, match=message):
         check_run(RunConfig(model=bin_checkpoint, deepspeed=zero(stage), **kw))
+
+
+def test_reader_rows_equal_safetensors_own_load(tmp_path):
+    """Rows mapped from the file (TensorReader.rows/read) against safetensors' own `load_file`, in every dtype
+    the reader maps (fp64, fp32, fp16, bf16: viewed from raw bytes), one it leaves to safetensors (int64), 1-D,
+    2-D, 3-D and 0-d tensors, a header with metadata, over two files. Wrong header offsets, a wrong row size
+    or a wrong dtype view would each read other bytes."""
+    from safetensors.torch import save_file
+
+    from lrpt.trainer.quant_load import TensorReader
+
+    g = torch.Generator().manual_seed(3)
+    files = {"a.safetensors": {"w32": torch.randn(7, 5, generator=g), "bias": torch.randn(5, generator=g),
+                               "w16": torch.randn(6, 3, generator=g).half(), "steps": torch.arange(9)},
+             "b.safetensors": {"wbf": torch.randn(9, 4, generator=g).bfloat16(), "scale": torch.tensor(2.5),
+                               "cube": torch.randn(4, 3, 2, generator=g, dtype=torch.float64)}}
+    for name, tensors in files.items():
+        save_file(tensors, tmp_path / name, metadata={"format": "pt", "note": "x" * 37})
+    reader = TensorReader([str(tmp_path / name) for name in files])
+    assert reader.keys() == {k for tensors in files.values() for k in tensors}
+    for name in files:
+        for key, expected in load_file(tmp_path / name).items():
+            assert reader.shape([key]) == expected.shape
+            whole = reader.read(["missing.alias", key], expected.dtype, torch.device("cpu"))
+            assert whole.dtype == expected.dtype and torch.equal(whole, expected), key
+            if expected.dim():
+                rows = reader.rows([key], 1, expected.shape[0] - 1)
+                assert rows.dtype == expected.dtype and torch.equal(rows, expected[1:-1]), key

@@ -222,6 +222,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         repeat = {**cfg.to_dict(), "overwrite_output_dir": False}  # `--config` of it resumes, never wipes
         run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
     monitor.add_sections(cfg, ds_config, out)
+    if quant.mode(cfg):
+        quant.import_bitsandbytes()  # before the load is timed (Session.load_seconds): the load alone
     return Prepared(cfg=cfg, task=task, data=data, micro=micro, ds_config=ds_config, resume=resume)
 
 

@@ -50,6 +50,13 @@ def compute_dtype(cfg) -> torch.dtype:
     return DTYPE_NAMES[cfg.bnb_4bit_compute_dtype] if cfg.bnb_4bit_compute_dtype else PRECISION_DTYPES[cfg.precision]
 
 
+def import_bitsandbytes() -> None:
+    """Import bitsandbytes and transformers' layer of it ahead of the load: the first import registers
+    torch.compile'd kernels (a second or two on CPU), which a timed load would otherwise count as loading."""
+    import bitsandbytes  # noqa: F401
+    import transformers.integrations.bitsandbytes  # noqa: F401
+
+
 def bnb_config(cfg):
     """transformers' `BitsAndBytesConfig` for the run, or None when the backbone is not quantized."""
     if mode(cfg) is None:

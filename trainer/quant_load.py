@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import math
 import os
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -85,23 +88,43 @@ def checkpoint_files(path: str) -> list[str]:
     return [single]
 
 
+# safetensors' dtype names -> torch's, for the tensors the reader maps row by row (others: safetensors reads them)
+STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def data_offsets(file: str) -> dict[str, tuple[int, int]]:
+    """Each tensor's [begin, end) byte range in a safetensors file, from its JSON header (8 bytes of length,
+    then the header; the data follows it). Parsed as JSON, nothing executed."""
+    with open(file, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {key: (8 + length + entry["data_offsets"][0], 8 + length + entry["data_offsets"][1])
+            for key, entry in header.items() if key != "__metadata__"}
+
+
 class TensorReader:
     """Checkpoint tensors by name, one at a time, from safetensors files (nothing is unpickled).
 
-    safetensors' default "mmap" backend maps each whole file into one PyTorch storage that stays alive while the
-    file is open (a sharded checkpoint's files add up to the whole checkpoint); the "pread" backend reads one
-    tensor's bytes only. Those land outside PyTorch's allocator, so each is copied into it: the load peak counts
-    the tensor being converted."""
+    safetensors opens and checks every file (keys, dtypes, shapes). Its default "mmap" backend maps each
+    whole file into one PyTorch storage that stays alive while the file is open (a sharded checkpoint's
+    files add up to the whole checkpoint); its "pread" backend costs about a millisecond per read and a copy.
+    So rows are mapped here instead, only the bytes of the rows asked for (numpy's memmap, outside PyTorch's
+    allocator), and the caller's conversion into the allocator is the one copy: the load peak counts the
+    tensor being converted, not the file."""
 
     def __init__(self, files: list[str]):
         from safetensors import safe_open
 
         self.files = files
-        try:
-            handles = [safe_open(f, framework="pt", device="cpu", backend="pread") for f in files]
-        except TypeError:  # safetensors < 0.8: no backend choice
-            handles = [safe_open(f, framework="pt", device="cpu") for f in files]
-        self._where = {key: handle for handle in handles for key in handle.keys()}
+        self._where, self._offsets = {}, {}
+        for file in files:
+            try:
+                handle = safe_open(file, framework="pt", device="cpu", backend="pread")
+            except TypeError:  # safetensors < 0.8: no backend choice
+                handle = safe_open(file, framework="pt", device="cpu")
+            offsets = data_offsets(file)
+            for key in handle.keys():
+                self._where[key], self._offsets[key] = (file, handle), offsets[key]
 
     def keys(self) -> set[str]:
         return set(self._where)
@@ -118,18 +141,33 @@ class TensorReader:
         return key
 
     def read(self, names: list[str], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A whole tensor, copied into PyTorch's allocator in `dtype` (the read buffer is safetensors' own)."""
-        key = self.key(names)
-        return self._where[key].get_tensor(key).to(device=device, dtype=dtype, copy=True)
+        """A whole tensor, copied into PyTorch's allocator in `dtype`."""
+        key, shape = self.key(names), self.shape(names)
+        whole = self.rows(names, 0, shape[0]) if shape else self._where[key][1].get_tensor(key)
+        return whole.to(device=device, dtype=dtype, copy=True)
 
     def shape(self, names: list[str]) -> torch.Size:
-        key = self.key(names)
-        return torch.Size(self._where[key].get_slice(key).get_shape())
+        return torch.Size(self._slice(self.key(names)).get_shape())
 
     def rows(self, names: list[str], first: int, end: int) -> torch.Tensor:
-        """Rows [first, end) of a tensor, read alone, in safetensors' own buffer (quant_slices copies them)."""
+        """Rows [first, end) of a tensor as stored, mapped from the file (quant_slices copies them)."""
         key = self.key(names)
-        return self._where[key].get_slice(key)[first:end]
+        stored = self._slice(key)
+        dtype, shape = STORED_DTYPES.get(stored.get_dtype()), stored.get_shape()
+        if dtype is None or end <= first:
+            return stored[first:end]
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        start, stop = self._offsets[key]
+        if stop - start != shape[0] * row_bytes:
+            raise LrptError(f"{key}: its bytes in {self._where[key][0]} do not match its shape {shape}; the "
+                            "checkpoint is damaged (re-save it), or use --quantized_load whole")
+        begin = start + first * row_bytes
+        mapped = np.memmap(self._where[key][0], dtype=np.uint8, mode="c", offset=begin,
+                           shape=((end - first) * row_bytes,))  # copy-on-write: writable for torch, never written
+        return torch.from_numpy(mapped).view(dtype).view(end - first, *shape[1:])
+
+    def _slice(self, key: str):
+        return self._where[key][1].get_slice(key)
 
 
 def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):

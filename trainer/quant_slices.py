@@ -8,9 +8,9 @@ Both quantizations are local, so a slice of rows is quantized alone with the sam
 calls: 8-bit scales are per row; 4-bit blocks are 64 consecutive values of the flattened weight, so
 slices that hold whole blocks quantize as they would inside the whole tensor. Double quantization
 is over the whole tensor's block scales, done once they are all known, as `quantize_4bit` does it.
-Rows are read from the checkpoint in slabs (`read(first_row, end_row)`; each read has a fixed cost of
-about a millisecond), copied into PyTorch's allocator in the load dtype (8-bit from fp32 or fp16: in fp16,
-which rounds alike), and quantized slice by slice.
+Rows are read from the checkpoint in slabs (`read(first_row, end_row)`: the slab's bytes mapped from the file),
+copied into PyTorch's allocator in the load dtype (8-bit from fp32 or fp16: in fp16, which rounds alike), and
+quantized slice by slice.
 On N ranks each rank reads and quantizes only its 1/N of the rows (`rank_rows`: equal runs of whole
 blocks) and the quantized slices and their statistics are all-gathered, so that the checkpoint is read
 once across the ranks and each rank quantizes 1/N of it; the bytes are those of the whole tensor's.
