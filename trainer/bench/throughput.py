@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     peaks = distributed.gather(peak_memory())
     del keep_alive, engine
     return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": prompt_length,
-            "prompt_tokens": output_length, "ranks": world,
+            "prompt_tokens": output_length, "ranks": world, "threads": torch.get_num_threads(),
             "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "step_time_p50": p50,
             "step_time_min": min(times),
             # rates from the fastest step: least disturbed by whatever else the machine runs
@@ -165,6 +166,9 @@ def run_isolated(settings: dict, method: str, prompt_length: int, path: str) -> 
     flags = [flag for key, value in {**given, **method_settings(settings)}.items() for flag in (f"--{key}", str(value))]
     worker = ["--worker", method, str(prompt_length), path, *flags]
     if settings.get("deepspeed"):
+        # the launcher leaves each rank torch's default of one thread per core: N ranks would oversubscribe
+        # the cores N times over (`deepspeed --bind_cores_to_rank` splits them the same way)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings["ranks"])))
         launcher = str(Path(sys.executable).parent / "deepspeed")
         cmd = [launcher, "--num_gpus", str(settings["ranks"]), "--master_port", str(free_port()),
                "--module", "lrpt.trainer.bench.throughput", *worker]
