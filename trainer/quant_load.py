@@ -116,8 +116,7 @@ class TensorReader:
         from safetensors import safe_open
 
         self.files = files
-        self._where = {}  # key -> its file's safetensors handle
-        self._mapped: dict[str, tuple[str, int, torch.dtype, list[int]]] = {}  # key -> (file, first byte, dtype, shape)
+        self._where, self._offsets = {}, {}
         for file in files:
             try:
                 handle = safe_open(file, framework="pt", device="cpu", backend="pread")
@@ -125,16 +124,7 @@ class TensorReader:
                 handle = safe_open(file, framework="pt", device="cpu")
             offsets = data_offsets(file)
             for key in handle.keys():
-                self._where[key] = handle
-                stored = handle.get_slice(key)
-                dtype, shape = STORED_DTYPES.get(stored.get_dtype()), stored.get_shape()
-                if dtype is None or not shape:
-                    continue
-                start, stop = offsets[key]
-                if stop - start != math.prod(shape) * dtype.itemsize:
-                    raise LrptError(f"{key}: its bytes in {file} do not match its shape {shape}; the checkpoint is "
-                                    "damaged (re-save it), or use --quantized_load whole")
-                self._mapped[key] = (file, start, dtype, shape)
+                self._where[key], self._offsets[key] = (file, handle), offsets[key]
 
     def keys(self) -> set[str]:
         return set(self._where)
@@ -153,23 +143,31 @@ class TensorReader:
     def read(self, names: list[str], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A whole tensor, copied into PyTorch's allocator in `dtype`."""
         key, shape = self.key(names), self.shape(names)
-        whole = self.rows(names, 0, shape[0]) if shape else self._where[key].get_tensor(key)
+        whole = self.rows(names, 0, shape[0]) if shape else self._where[key][1].get_tensor(key)
         return whole.to(device=device, dtype=dtype, copy=True)
 
     def shape(self, names: list[str]) -> torch.Size:
-        key = self.key(names)
-        return torch.Size(self._where[key].get_slice(key).get_shape())
+        return torch.Size(self._slice(self.key(names)).get_shape())
 
     def rows(self, names: list[str], first: int, end: int) -> torch.Tensor:
         """Rows [first, end) of a tensor as stored, mapped from the file (quant_slices copies them)."""
         key = self.key(names)
-        if key not in self._mapped or end <= first:
-            return self._where[key].get_slice(key)[first:end]
-        file, start, dtype, shape = self._mapped[key]
+        stored = self._slice(key)
+        dtype, shape = STORED_DTYPES.get(stored.get_dtype()), stored.get_shape()
+        if dtype is None or end <= first:
+            return stored[first:end]
         row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        mapped = np.memmap(file, dtype=np.uint8, mode="c", offset=start + first * row_bytes,
+        start, stop = self._offsets[key]
+        if stop - start != shape[0] * row_bytes:
+            raise LrptError(f"{key}: its bytes in {self._where[key][0]} do not match its shape {shape}; the "
+                            "checkpoint is damaged (re-save it), or use --quantized_load whole")
+        begin = start + first * row_bytes
+        mapped = np.memmap(self._where[key][0], dtype=np.uint8, mode="c", offset=begin,
                            shape=((end - first) * row_bytes,))  # copy-on-write: writable for torch, never written
         return torch.from_numpy(mapped).view(dtype).view(end - first, *shape[1:])
+
+    def _slice(self, key: str):
+        return self._where[key][1].get_slice(key)
 
 
 def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
