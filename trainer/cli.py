@@ -33,11 +33,24 @@ MODULES = {"sweep": "lrpt.trainer.sweep", "table": "lrpt.eval.aggregate", "expor
 
 
 def run_command(name: str, argv: list[str]) -> int:
-    if name == "train":
-        return train_command(argv)
+    """The command, then every rank of a launch leaves the process group together: after its work was done, a
+    rank that exits with the group's threads running can abort and fail the launch (and a Slurm requeue)."""
     import importlib
 
-    return importlib.import_module(MODULES[name]).main(argv)
+    try:
+        code = train_command(argv) if name == "train" else importlib.import_module(MODULES[name]).main(argv)
+    except SystemExit as exc:
+        preempt = sys.modules.get("lrpt.trainer.preempt")
+        if preempt is not None and exc.code == preempt.EXIT_CODE:  # every rank agreed to stop (stop_requested)
+            _leave_launch()
+        raise
+    _leave_launch()
+    return code
+
+
+def _leave_launch() -> None:
+    if "lrpt.trainer.distributed" in sys.modules:  # a command that never joined a group imports no torch here
+        sys.modules["lrpt.trainer.distributed"].leave_launch()
 
 
 def _version() -> str:

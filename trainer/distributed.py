@@ -129,3 +129,10 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def leave_launch() -> None:
+    """`shutdown` at the end of a launched command of several ranks (the process ends next). A group of one
+    stays: an in-process caller may run another command in it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shutdown()
