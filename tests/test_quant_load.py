@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokenizer
 
 from launch import ROOT, launch
 from lrpt.trainer import quant_slices
@@ -22,7 +23,7 @@ from lrpt.trainer.config import RunConfig
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.loop import check_run, setup
 from lrpt.trainer.memory_plan import PlanSpec, plan
-from lrpt.trainer.presets import build_preset
+from lrpt.trainer.presets import build_preset, preset_config
 
 QUANTS = {"8bit": ["--load_in_8bit"], "nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "fp4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "fp4", "--bnb_4bit_use_double_quant"]}
@@ -40,11 +41,17 @@ PROBE_FLAGS = ["--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--method
 @pytest.fixture(scope="module")
 def sharded_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Tiny backbones deep enough that their quantized weights outweigh one tensor in flight, written as
-    sharded safetensors checkpoints (save_pretrained with a small max_shard_size)."""
+    sharded safetensors checkpoints (save_pretrained with a small max_shard_size). LLaMA's MLP is 255 wide:
+    its gate and up weights' rows do not split evenly, so a rank's ZeRO-3 partition starts inside a row."""
     dirs = {}
     for arch, name, layers in (("llama", "tiny-llama", 20), ("t5", "tiny-t5", 4)):
         path = tmp_path_factory.mktemp(f"sharded-{arch}")
-        model, tokenizer = build_preset(name, width=128, layers=layers)
+        config = preset_config(name, width=128, layers=layers)
+        if arch == "llama":
+            config.intermediate_size = 255
+        torch.manual_seed(0)
+        model = (AutoModelForCausalLM if arch == "llama" else AutoModelForSeq2SeqLM).from_config(config)
+        tokenizer = ByT5Tokenizer()
         model.save_pretrained(path, max_shard_size="1MB")
         tokenizer.save_pretrained(path)
         assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("*.safetensors"))) >= 3
@@ -190,3 +197,16 @@ def test_reader_rows_equal_safetensors_own_load(tmp_path):
             if expected.dim():
                 rows = reader.rows([key], 1, expected.shape[0] - 1)
                 assert rows.dtype == expected.dtype and torch.equal(rows, expected[1:-1]), key
+
+
+@pytest.mark.parametrize("rows, cols, per_element, align, expected", [
+    (255, 128, 1, 1, [(0, 128), (127, 255)]),      # int8: 16320 values each; rank 1 starts mid row 127
+    (255, 128, 2, 64, [(0, 128), (127, 255)]),     # packed bytes: 8160 each, 16320 values; blocks within rows
+    (128, 255, 2, 64, [(0, 64), (64, 128)]),       # 64 rows of 255 values hold whole 64-value blocks
+    (5, 3, 1, 1, [(0, 3), (2, 5)]),                # 15 values, 8 a rank (DeepSpeed pads to 16)
+    (3, 4, 1, 1, [(0, 1), (0, 2), (1, 3), (2, 3)]),  # 12 values, 3 a rank, on 4 ranks: runs cross rows
+])
+def test_partition_rows_hold_deepspeeds_partition(rows, cols, per_element, align, expected):
+    """Worked by hand: DeepSpeed gives rank r elements [r*s, (r+1)*s) of the flattened parameter, s = ceil(n/N)."""
+    world = len(expected)
+    assert [quant_slices.partition_rows(rows, cols, per_element, align, r, world) for r in range(world)] == expected

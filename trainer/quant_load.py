@@ -13,9 +13,10 @@ bytes it has when the whole model is quantized. `load_sharded` (the default unde
 2. walks the modules, children first; reads each one's tensors from the safetensors files one tensor
    at a time; a quantized layer's weight is quantized slice by slice with bitsandbytes' own functions (the
    bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; trainer/quant_slices.py), each rank
-   reading and quantizing 1/N of its rows and the quantized rows all-gathered; makes it lrpt's ZeRO-3
-   layer (trainer/quant.py) and partitions the module at once with `deepspeed.zero.Init(module=...)`: the
-   full tensor is freed before the next one is read (on one rank the share is the whole, and
+   reading and quantizing only the rows of its own partition (and of its 1/N of the row or block scales,
+   which are all-gathered: every rank keeps them whole); makes it lrpt's ZeRO-3 layer (trainer/quant.py)
+   and partitions the module at once with `deepspeed.zero.Init(module=...)`, less its broadcast of rank 0's
+   copy (`_own_partition_init`): the full-size tensor is freed before the next one is read (on one rank the share is the whole, and
    `deepspeed.initialize` converts every parameter in one pass);
 3. `deepspeed.initialize` takes the partitioned model as it takes one built inside `zero.Init`.
 
@@ -29,7 +30,6 @@ import functools
 import json
 import math
 import os
-import time
 
 import numpy as np
 import torch
@@ -214,6 +214,7 @@ class ShardedLoader:
         self.names = aliases(model)
         self.done: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # meta parameter id -> (meta, loaded)
         self.share = {"rank": distributed.rank(), "world": distributed.world_size()}  # of each quantized weight
+        self.init_class = _own_partition_init() if self.share["world"] > 1 else None
 
     def run(self) -> None:
         import bitsandbytes as bnb
@@ -279,30 +280,27 @@ class ShardedLoader:
     def partition(self, module: nn.Module) -> None:
         """ZeRO-3 partitions the module's parameters now (each rank keeps its share; the full tensors go). On one
         rank the share is the whole: `deepspeed.initialize` converts the parameters, in one pass."""
-        import deepspeed
-        from deepspeed.runtime.zero.partition_parameters import is_zero_param
-
         if self.share["world"] == 1:
             return
-        full = [p.data for p in module.parameters() if not is_zero_param(p)]
-        deepspeed.zero.Init(module=module, config_dict_or_path=self.ds_config)
-        if self.device.type == "cpu":
-            release_here(full)
+        self.init_class(module=module, config_dict_or_path=self.ds_config)
 
 
-def release_here(tensors: list[torch.Tensor], timeout_s: float = 1.0) -> None:
-    """Wait until this thread holds the last reference to each tensor, so that it is freed here. ZeRO's
-    partitioning broadcasts each parameter, and gloo's worker thread keeps the broadcast tensor a moment after
-    the collective has returned; freed in that thread, the free escapes torch.profiler (which records the
-    thread it profiles) and the measured load peak would count the tensor long after it is gone."""
-    def users(tensor: torch.Tensor) -> int:  # references to the tensor's storage (tensors, views)
-        return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+def _own_partition_init():
+    """`deepspeed.zero.Init` that partitions each parameter as every rank holds it, without first broadcasting
+    rank 0's copy: every rank read the same files, and a quantized weight holds only the rows of the rank's own
+    partition (trainer/quant_slices.py), which the broadcast would overwrite with rank 0's unwritten ones."""
+    import deepspeed
 
-    sole = users(torch.empty(1))
-    deadline = time.monotonic() + timeout_s
-    for t in tensors:
-        while users(t) > sole and time.monotonic() < deadline:
-            time.sleep(0)
+    if not callable(getattr(deepspeed.zero.Init, "_zero_init_param", None)):
+        raise LrptError(f"DeepSpeed {deepspeed.__version__} partitions parameters in a way lrpt's sharded quantized "
+                        "load does not know: install deepspeed>=0.16,<0.20 or use --quantized_load whole")
+
+    class OwnPartitionInit(deepspeed.zero.Init):
+        def _zero_init_param(self, param):
+            self._convert_to_deepspeed_param(param)
+            param.partition()
+
+    return OwnPartitionInit
 
 
 def load_sharded(path: str, config, dtype: torch.dtype, bnb_config, ds_config: dict):

@@ -11,9 +11,12 @@ is over the whole tensor's block scales, done once they are all known, as `quant
 Rows are read from the checkpoint in slabs (`read(first_row, end_row)`: the slab's bytes mapped from the file),
 copied into PyTorch's allocator in the load dtype (8-bit from fp32 or fp16: in fp16, which rounds alike), and
 quantized slice by slice.
-On N ranks each rank reads and quantizes only its 1/N of the rows (`rank_rows`: equal runs of whole
-blocks) and the quantized slices and their statistics are all-gathered, so that the checkpoint is read
-once across the ranks and each rank quantizes 1/N of it; the bytes are those of the whole tensor's.
+On N ranks each rank reads and quantizes only the rows that hold its ZeRO-3 partition of the quantized tensor
+(`partition_rows`) and its 1/N of the statistics (`rank_rows`: equal runs of whole blocks, one row or block
+more at most where the two differ); only the statistics, which every rank keeps whole, are all-gathered. The
+quantized tensor comes back full size with only this rank's rows written: the loader partitions it without
+ZeRO's broadcast of rank 0's copy (trainer/quant_load.py), so each rank keeps the bytes it quantized itself,
+those of the whole tensor's.
 """
 from __future__ import annotations
 
@@ -45,6 +48,27 @@ def rank_rows(rows: int, cols: int, align: int, rank: int, world: int) -> tuple[
     return min(rows, rank * step), min(rows, (rank + 1) * step), step
 
 
+def partition_rows(rows: int, cols: int, values_per_element: int, align: int, rank: int,
+                   world: int) -> tuple[int, int]:
+    """The rows [first, end) whose values fill this rank's ZeRO-3 partition of the quantized tensor (`values_per_element`
+    weights per element of it: 1 for int8, 2 per byte packed at 4 bits), widened to whole `align`-value blocks.
+    DeepSpeed pads the flattened parameter to a multiple of `world` and gives rank r the r-th equal run."""
+    elements = math.ceil(rows * cols / values_per_element)
+    size = math.ceil(elements / world)
+    first_value = min(rows * cols, rank * size * values_per_element)
+    end_value = min(rows * cols, (rank + 1) * size * values_per_element)
+    unit = align // math.gcd(cols, align)
+    first = first_value // cols // unit * unit
+    end = min(rows, math.ceil(math.ceil(end_value / cols) / unit) * unit)
+    return first, max(first, end)
+
+
+def _covering(*spans: tuple[int, int]) -> tuple[int, int]:
+    """The one run of rows that holds every non-empty span."""
+    spans = [s for s in spans if s[1] > s[0]] or [spans[0]]
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
 def _gather_ranks(*buffers: torch.Tensor) -> None:
     """Each buffer, flat, holds this rank's equal span in rank order: every rank's span, on every rank."""
     import torch.distributed as dist
@@ -74,43 +98,47 @@ def _parts(read: Read, shape: torch.Size, dtype: torch.dtype, device, own: tuple
 def quantize_8bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, rank: int = 0,
                   world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """LLM.int8()'s int8 matrix and per-row scales (SCB), as `Int8Params` makes them: the weight in the
-    load dtype, then fp16, then `int8_vectorwise_quant` (no outlier threshold). This rank's rows only,
-    then all-gathered."""
+    load dtype, then fp16, then `int8_vectorwise_quant` (no outlier threshold). On N ranks: the rows of this
+    rank's partition and of its scales only; the scales then all-gathered."""
     from bitsandbytes.functional import int8_vectorwise_quant
 
     rows, cols = shape
     first, end, step = rank_rows(rows, cols, 1, rank, world)
-    cb = torch.empty(world * step, cols, dtype=torch.int8, device=device)  # every rank's rows, padded alike
+    own = _covering((first, end), partition_rows(rows, cols, 1, 1, rank, world))
+    cb = torch.empty(world * step, cols, dtype=torch.int8, device=device)  # full size: this rank's rows written
     scb = torch.empty(world * step, dtype=torch.float32, device=device)
     # from fp32 or fp16 (any stored dtype: bf16 and fp16 widen to fp32 exactly) straight to fp16 is the same
     # rounding as through the load dtype, in one pass and half the slab; through bf16 rounds twice
     via = torch.float16 if dtype in (torch.float32, torch.float16) else dtype
-    for start, part in _parts(read, shape, via, device, (first, end)):
+    for start, part in _parts(read, shape, via, device, own):
         cb[start:start + len(part)], scb[start:start + len(part)], _ = int8_vectorwise_quant(part.to(torch.float16))
     if world > 1:
-        _gather_ranks(cb, scb)
+        _gather_ranks(scb)
     return cb[:rows], scb[:rows]
 
 
 def quantize_4bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, blocksize: int, compress_statistics: bool,
                   quant_type: str, quant_storage: torch.dtype, rank: int = 0, world: int = 1):
-    """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`. This
-    rank's blocks only, then all-gathered; double quantization once every block scale is known."""
+    """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`. On N
+    ranks: the blocks of this rank's partition and of its block scales only; the scales then all-gathered and
+    double-quantized once every one is known."""
     from bitsandbytes.functional import QuantState, get_4bit_type, quantize_4bit as bnb_quantize_4bit
 
     rows, cols = shape
     numel = rows * cols
     first, end, step = rank_rows(rows, cols, blocksize, rank, world)
-    packed = torch.empty(world * step * cols // 2, dtype=torch.uint8, device=device)  # every rank's, padded alike
+    values_per_element = 2 * quant_storage.itemsize  # two 4-bit values a byte
+    own = _covering((first, end), partition_rows(rows, cols, values_per_element, blocksize, rank, world))
+    packed = torch.empty(world * step * cols // 2, dtype=torch.uint8, device=device)  # full size: own rows written
     absmax = torch.empty(world * step * cols // blocksize, dtype=torch.float32, device=device)
-    for row, rows_in in _parts(read, shape, dtype, device, (first, end), blocksize):
+    for row, rows_in in _parts(read, shape, dtype, device, own, blocksize):
         part, state = bnb_quantize_4bit(rows_in, blocksize=blocksize, compress_statistics=False, quant_type=quant_type,
                                         quant_storage=quant_storage)
         byte, block = row * cols // 2, row * cols // blocksize
         packed[byte:byte + part.numel() * part.element_size()] = part.view(-1).view(torch.uint8)
         absmax[block:block + state.absmax.numel()] = state.absmax
     if world > 1:
-        _gather_ranks(packed, absmax)
+        _gather_ranks(absmax)
     packed, absmax = packed[:(numel + 1) // 2], absmax[:math.ceil(numel / blocksize)]
     common = dict(shape=torch.Size(shape), dtype=dtype, blocksize=blocksize, quant_type=quant_type,
                   code=get_4bit_type(quant_type, device=device))
