@@ -44,7 +44,7 @@ def sharded_checkpoints(tmp_path_factory) -> dict[str, str]:
     sharded safetensors checkpoints (save_pretrained with a small max_shard_size). LLaMA's MLP is 255 wide:
     its gate and up weights' rows do not split evenly, so a rank's ZeRO-3 partition starts inside a row."""
     dirs = {}
-    for arch, name, layers in (("llama", "tiny-llama", 20), ("t5", "tiny-t5", 4)):
+    for arch, name, layers in (("llama", "tiny-llama", 28), ("t5", "tiny-t5", 4)):
         path = tmp_path_factory.mktemp(f"sharded-{arch}")
         config = preset_config(name, width=128, layers=layers)
         if arch == "llama":

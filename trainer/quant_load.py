@@ -16,8 +16,8 @@ bytes it has when the whole model is quantized. `load_sharded` (the default unde
    reading and quantizing only the rows of its own partition (and of its 1/N of the row or block scales,
    which are all-gathered: every rank keeps them whole); makes it lrpt's ZeRO-3 layer (trainer/quant.py)
    and partitions the module at once with `deepspeed.zero.Init(module=...)`, less its broadcast of rank 0's
-   copy (`_own_partition_init`): the full-size tensor is freed before the next one is read (on one rank the share is the whole, and
-   `deepspeed.initialize` converts every parameter in one pass);
+   copy (`_own_partition_init`): the full-size tensor is freed before the next one is read (on one rank the
+   share is the whole, and `deepspeed.initialize` converts every parameter in one pass);
 3. `deepspeed.initialize` takes the partitioned model as it takes one built inside `zero.Init`.
 
 So a rank's peak while loading is its share of the quantized backbone, the replicated statistics
@@ -175,6 +175,7 @@ def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
     tied as the checkpoint ties it; and transformers' quantizer for it."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers.initialization import no_init_weights
     from transformers.integrations import is_deepspeed_zero3_enabled
     from transformers.modeling_utils import local_torch_dtype
     from transformers.quantizers import AutoHfQuantizer
@@ -182,7 +183,8 @@ def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
     if is_deepspeed_zero3_enabled():  # from_config would build inside zero.Init, never on meta
         raise RuntimeError("load_sharded: create the HfDeepSpeedConfig after loading, as trainer/loop.py does")
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    with init_empty_weights(include_buffers=False):
+    # every parameter is read from the checkpoint: no initialisation, as in from_pretrained (on meta, wasted work)
+    with init_empty_weights(include_buffers=False), no_init_weights():
         model = auto.from_config(copy.deepcopy(config), dtype=dtype)
     quantizer = AutoHfQuantizer.from_config(bnb_config, pre_quantized=False)
     with local_torch_dtype(dtype):  # as from_pretrained swaps the layers: a quantized layer's bias in `dtype`

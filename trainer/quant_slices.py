@@ -50,8 +50,9 @@ def rank_rows(rows: int, cols: int, align: int, rank: int, world: int) -> tuple[
 
 def partition_rows(rows: int, cols: int, values_per_element: int, align: int, rank: int,
                    world: int) -> tuple[int, int]:
-    """The rows [first, end) whose values fill this rank's ZeRO-3 partition of the quantized tensor (`values_per_element`
-    weights per element of it: 1 for int8, 2 per byte packed at 4 bits), widened to whole `align`-value blocks.
+    """The rows [first, end) whose values fill this rank's ZeRO-3 partition of the quantized tensor
+    (`values_per_element` weights per element of it: 1 for int8, 2 per byte packed at 4 bits), widened to whole
+    `align`-value blocks.
     DeepSpeed pads the flattened parameter to a multiple of `world` and gives rank r the r-th equal run."""
     elements = math.ceil(rows * cols / values_per_element)
     size = math.ceil(elements / world)

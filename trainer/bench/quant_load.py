@@ -11,8 +11,8 @@ time (from the start of the load until `deepspeed.initialize` has sharded the ba
 whole path does there), the sharded/whole ratios, the 2-rank/1-rank ratios, and each peak against the goal
 "1/N of the quantized backbone + the largest single tensor" (that tensor as stored in the checkpoint).
 Each rank gets cores / ranks threads (OMP_NUM_THREADS), so that 2 ranks do not oversubscribe the cores;
-each configuration is launched --repeats times and the fastest load is reported (the peaks, the
-allocator's, are the same every time).
+each configuration is launched --repeats times, every other pass over the configurations in reverse order, and
+the fastest load is reported (the peaks, the allocator's, are the same every time).
 """
 from __future__ import annotations
 
@@ -120,19 +120,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.steps} steps")
         print("| quantization | load | ranks | rank | load peak | load time | peak / goal | losses |")
         print("|---|---|---|---|---|---|---|---|")
+        plan = [(quant, load, ranks) for quant in args.quants.split(",") for load in ("sharded", "whole")
+                for ranks in (1, 2)]
+        runs: dict[tuple, list[list[dict]]] = {key: [] for key in plan}
+        for i in range(args.repeats):  # every other pass in reverse order: a slow spell hits no one configuration
+            for quant, load, ranks in plan if i % 2 == 0 else reversed(plan):
+                out = Path(tmp) / f"{quant}-{load}-{ranks}-{i}"
+                runs[quant, load, ranks].append(launch(model_dir, quant, load, ranks, out, args.steps))
         figures = {}
-        for quant in args.quants.split(","):
-            for load in ("sharded", "whole"):
-                for ranks in (1, 2):
-                    runs = [launch(model_dir, quant, load, ranks, Path(tmp) / f"{quant}-{load}-{ranks}-{i}", args.steps)
-                            for i in range(args.repeats)]
-                    ranks_out = min(runs, key=lambda rs: max(r["load_seconds"] for r in rs))
-                    goal, _ = goal_bytes(model_dir, quant, ranks)
-                    figures[quant, load, ranks] = ranks_out
-                    for r, res in enumerate(ranks_out):
-                        print(f"| {quant} | {load} | {ranks} | {r} | {res['load_peak_bytes'] / MIB:.1f} MiB | "
-                              f"{res['load_seconds']:.1f} s | {res['load_peak_bytes'] / goal:.3f} | "
-                              f"{', '.join(f'{x:.4f}' for x in res['losses'])} |", flush=True)
+        for quant, load, ranks in plan:
+            ranks_out = min(runs[quant, load, ranks], key=lambda rs: max(r["load_seconds"] for r in rs))
+            goal, _ = goal_bytes(model_dir, quant, ranks)
+            figures[quant, load, ranks] = ranks_out
+            for r, res in enumerate(ranks_out):
+                print(f"| {quant} | {load} | {ranks} | {r} | {res['load_peak_bytes'] / MIB:.1f} MiB | "
+                      f"{res['load_seconds']:.1f} s | {res['load_peak_bytes'] / goal:.3f} | "
+                      f"{', '.join(f'{x:.4f}' for x in res['losses'])} |", flush=True)
         print(f"\nload peak measured by: {figures[next(iter(figures))][0]['measured_by']}")
         print("ratios (max over ranks):")
         for quant in args.quants.split(","):

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,11 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
         params = list(prompt.parameters())
         output_length = prompt.output_length
     step, engine = _stepper(model, params, ds_config)
-    times = [_timed(step, batch) for _ in range(steps + 2)][2:]
+    for _ in range(2):  # warm-up
+        _timed(step, batch)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = [_timed(step, batch) for _ in range(steps)]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     evaluation = [_timed(lambda b: _score(model, b), batch) for _ in range(steps + 1)][1:]
     p50 = statistics.median(times)
     tokens = batch_size * (seq_len + output_length + (batch["labels"].shape[1] if backbone.is_encoder_decoder else 0))
@@ -110,6 +115,8 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
             "prompt_tokens": output_length, "ranks": world, "threads": torch.get_num_threads(),
             "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "step_time_p50": p50,
             "step_time_min": min(times),
+            # pages the kernel handed the process (first touch of freshly mapped memory) per timed step
+            "minor_faults_per_step": faults,
             # rates from the fastest step: least disturbed by whatever else the machine runs
             "samples_per_s": world * batch_size / min(times), "tokens_per_s": world * tokens / min(times),
             "eval_s_per_example": min(evaluation) / batch_size,
