@@ -11,8 +11,10 @@ time (from the start of the load until `deepspeed.initialize` has sharded the ba
 whole path does there), the sharded/whole ratios, the 2-rank/1-rank ratios, and each peak against the goal
 "1/N of the quantized backbone + the largest single tensor" (that tensor as stored in the checkpoint).
 Each rank gets cores / ranks threads (OMP_NUM_THREADS), so that 2 ranks do not oversubscribe the cores;
-each configuration is launched --repeats times, every other pass over the configurations in reverse order, and
-the fastest load is reported (the peaks, the allocator's, are the same every time).
+each configuration is launched once for the peaks (the allocator's, the same in every launch) and --repeats
+times for the load time, without the allocator's measurement (torch.profiler recording every allocation
+slows the load it measures, and the sharded path, with more and smaller allocations, more), every other
+pass over the configurations in reverse order; the fastest load is reported.
 """
 from __future__ import annotations
 
@@ -22,20 +24,36 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 QUANTS = {"8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"]}
 MIB = 2 ** 20
 
 
-def worker(out: Path, flags: list[str], steps: int) -> None:
-    """One rank: setup (the load), a few steps, its figures in out/rank<r>.json."""
-    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
-    from lrpt.trainer import distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
+class _TimedOnly:
+    """`LoadPeak` less the allocator's measurement: torch.profiler's recording of every allocation costs the load
+    time it is part of, and more on the path with more (smaller) allocations. A timed launch uses this."""
 
-    run = setup(load_config(flags))
+    def start(self) -> "_TimedOnly":
+        self._start = time.perf_counter()
+        return self
+
+    def stop(self) -> dict:
+        return {"peak_bytes": None, "measured_by": "not measured (a timed launch)",
+                "seconds": time.perf_counter() - self._start}
+
+
+def worker(out: Path, flags: list[str], steps: int, timed: bool) -> None:
+    """One rank: setup (the load), a few steps, its figures in out/rank<r>.json. `timed`: the load timed without
+    the allocator's measurement (a separate launch measures the peak)."""
+    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+    from lrpt.trainer import distributed, loop
+    from lrpt.trainer.config import load_config
+
+    if timed:
+        loop.LoadPeak = _TimedOnly  # this process only: the benchmark's own launch
+    run = loop.setup(load_config(flags))
     run.engine.train()
     batch = next(run.batches(epoch=0))
     losses = []
@@ -50,7 +68,7 @@ def worker(out: Path, flags: list[str], steps: int) -> None:
         "load_seconds": run.load_seconds, "losses": losses}))
 
 
-def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: int) -> list[dict]:
+def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: int, timed: bool) -> list[dict]:
     from lrpt.trainer.distributed import env_without_launcher, free_port
     from lrpt.trainer.ds_config import shipped
 
@@ -62,7 +80,8 @@ def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: 
              "--max_source_length", "64", "--warmup_ratio", "0", "--progress", "false", "--shared_prefix", "false",
              *QUANTS[quant], "--quantized_load", load]
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-           "--module", "lrpt.trainer.bench.quant_load", "--worker", str(out), "--steps", str(steps), "--", *flags]
+           "--module", "lrpt.trainer.bench.quant_load", "--worker", str(out), "--steps", str(steps),
+           *(["--timed"] if timed else []), "--", *flags]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{quant} {load} x{ranks} failed:\n{(done.stdout + done.stderr)[-3000:]}")
@@ -88,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2, help="launches per configuration; the fastest load counts")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
         from lrpt.trainer import distributed
 
-        worker(Path(args.worker), distributed.without_launcher_args(flags), args.steps)
+        worker(Path(args.worker), distributed.without_launcher_args(flags), args.steps, args.timed)
         distributed.shutdown()  # every rank leaves the group before exiting (see distributed.shutdown)
         return 0
 
@@ -122,14 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|---|---|")
         plan = [(quant, load, ranks) for quant in args.quants.split(",") for load in ("sharded", "whole")
                 for ranks in (1, 2)]
+        peaks = {key: launch(model_dir, *key, Path(tmp) / "-".join(map(str, key)), args.steps, timed=False)
+                 for key in plan}  # the allocator's peaks: the same in every launch
         runs: dict[tuple, list[list[dict]]] = {key: [] for key in plan}
         for i in range(args.repeats):  # every other pass in reverse order: a slow spell hits no one configuration
-            for quant, load, ranks in plan if i % 2 == 0 else reversed(plan):
-                out = Path(tmp) / f"{quant}-{load}-{ranks}-{i}"
-                runs[quant, load, ranks].append(launch(model_dir, quant, load, ranks, out, args.steps))
+            for key in plan if i % 2 == 0 else reversed(plan):
+                out = Path(tmp) / f"{'-'.join(map(str, key))}-{i}"
+                runs[key].append(launch(model_dir, *key, out, args.steps, timed=True))
         figures = {}
         for quant, load, ranks in plan:
-            ranks_out = min(runs[quant, load, ranks], key=lambda rs: max(r["load_seconds"] for r in rs))
+            fastest = min(runs[quant, load, ranks], key=lambda rs: max(r["load_seconds"] for r in rs))
+            ranks_out = [{**timed, "load_peak_bytes": peak["load_peak_bytes"], "measured_by": peak["measured_by"]}
+                         for timed, peak in zip(fastest, peaks[quant, load, ranks])]
             goal, _ = goal_bytes(model_dir, quant, ranks)
             figures[quant, load, ranks] = ranks_out
             for r, res in enumerate(ranks_out):
