@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokenizer
 
 from launch import ROOT, launch
-from lrpt.trainer import quant_slices
+from lrpt.trainer import quant_load, quant_slices
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.loop import check_run, setup
@@ -169,6 +169,19 @@ def test_bin_checkpoint_refused_before_weights_load(bin_checkpoint, tmp_path, mo
 def test_quantized_load_flag_refusals(kw, stage, message, bin_checkpoint):
     with pytest.raises(LrptError, match=message):
         check_run(RunConfig(model=bin_checkpoint, deepspeed=zero(stage), **kw))
+
+
+def test_hpz_loads_whole_under_auto_and_refuses_sharded(sharded_checkpoints, tmp_path):
+    """ZeRO++ hpZ cuts node-wide secondary partitions from whole tensors: `auto` takes the whole load, `sharded`
+    is refused."""
+    plain = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    hpz = {**plain, "zero_optimization": {**plain["zero_optimization"], "zero_hpz_partition_size": 2}}
+    (tmp_path / "hpz.json").write_text(json.dumps(hpz))
+    cfg = RunConfig(model=sharded_checkpoints["llama"], deepspeed=str(tmp_path / "hpz.json"), load_in_8bit=True)
+    check_run(cfg)
+    assert quant_load.sharded(cfg, plain) and not quant_load.sharded(cfg, hpz)
+    with pytest.raises(LrptError, match="hpZ"):
+        check_run(RunConfig(model=cfg.model, deepspeed=cfg.deepspeed, load_in_8bit=True, quantized_load="sharded"))
 
 
 def test_reader_rows_equal_safetensors_own_load(tmp_path):

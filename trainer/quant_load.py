@@ -40,8 +40,16 @@ from lrpt.trainer.errors import LrptError
 
 
 def sharded(cfg, ds_config: dict) -> bool:
-    """Whether this run loads its quantized backbone sharded: quantized, ZeRO-3, --quantized_load auto|sharded."""
-    return quant.mode(cfg) is not None and quant.zero_cell(ds_config).startswith("3") and cfg.quantized_load != "whole"
+    """Whether this run loads its quantized backbone sharded: quantized, ZeRO-3 without hpZ, --quantized_load
+    sharded, or auto."""
+    return (quant.mode(cfg) is not None and quant.zero_cell(ds_config).startswith("3") and cfg.quantized_load != "whole"
+            and not _hpz(ds_config))
+
+
+def _hpz(ds_config: dict) -> bool:
+    """ZeRO++'s hierarchical partitioning: each rank also keeps a node-wide secondary partition, cut from the
+    full tensor, of which a rank of the sharded load holds only its own rows."""
+    return ds_config.get("zero_optimization", {}).get("zero_hpz_partition_size", 1) > 1
 
 
 def check(cfg, ds_config: dict) -> None:
@@ -51,6 +59,10 @@ def check(cfg, ds_config: dict) -> None:
     if cfg.quantized_load == "sharded" and not quant.zero_cell(ds_config).startswith("3"):
         raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "
                         "a ZeRO-3 config (--zero 3) or drop --quantized_load")
+    if cfg.quantized_load == "sharded" and _hpz(ds_config):
+        raise LrptError("--quantized_load sharded with zero_hpz_partition_size > 1 (ZeRO++ hpZ): its node-wide "
+                        "secondary partitions are cut from whole tensors, which no rank of a sharded load holds. Use "
+                        "--quantized_load whole (what auto picks here) or drop zero_hpz_partition_size")
     if sharded(cfg, ds_config) and cfg.model not in PRESETS and checkpoint_format(cfg.model) == "bin":
         raise LrptError(f"--quantized_load sharded reads the checkpoint tensor by tensor from safetensors files, and "
                         f"{cfg.model} holds only pytorch_model.bin (a pickle: it cannot be read by slice). Convert it "
