@@ -128,7 +128,8 @@ class TensorReader:
         from safetensors import safe_open
 
         self.files = files
-        self._where, self._offsets = {}, {}
+        self._where = {}  # key -> its file's safetensors handle
+        self._mapped: dict[str, tuple[str, int, torch.dtype, list[int]]] = {}  # key -> (file, first byte, dtype, shape)
         for file in files:
             try:
                 handle = safe_open(file, framework="pt", device="cpu", backend="pread")
@@ -136,7 +137,16 @@ class TensorReader:
                 handle = safe_open(file, framework="pt", device="cpu")
             offsets = data_offsets(file)
             for key in handle.keys():
-                self._where[key], self._offsets[key] = (file, handle), offsets[key]
+                self._where[key] = handle
+                stored = handle.get_slice(key)
+                dtype, shape = STORED_DTYPES.get(stored.get_dtype()), stored.get_shape()
+                if dtype is None or not shape:
+                    continue
+                start, stop = offsets[key]
+                if stop - start != math.prod(shape) * dtype.itemsize:
+                    raise LrptError(f"{key}: its bytes in {file} do not match its shape {shape}; the checkpoint is "
+                                    "damaged (re-save it), or use --quantized_load whole")
+                self._mapped[key] = (file, start, dtype, shape)
 
     def keys(self) -> set[str]:
         return set(self._where)
@@ -155,31 +165,23 @@ class TensorReader:
     def read(self, names: list[str], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A whole tensor, copied into PyTorch's allocator in `dtype`."""
         key, shape = self.key(names), self.shape(names)
-        whole = self.rows(names, 0, shape[0]) if shape else self._where[key][1].get_tensor(key)
+        whole = self.rows(names, 0, shape[0]) if shape else self._where[key].get_tensor(key)
         return whole.to(device=device, dtype=dtype, copy=True)
 
     def shape(self, names: list[str]) -> torch.Size:
-        return torch.Size(self._slice(self.key(names)).get_shape())
+        key = self.key(names)
+        return torch.Size(self._where[key].get_slice(key).get_shape())
 
     def rows(self, names: list[str], first: int, end: int) -> torch.Tensor:
         """Rows [first, end) of a tensor as stored, mapped from the file (quant_slices copies them)."""
         key = self.key(names)
-        stored = self._slice(key)
-        dtype, shape = STORED_DTYPES.get(stored.get_dtype()), stored.get_shape()
-        if dtype is None or end <= first:
-            return stored[first:end]
+        if key not in self._mapped or end <= first:
+            return self._where[key].get_slice(key)[first:end]
+        file, start, dtype, shape = self._mapped[key]
         row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        start, stop = self._offsets[key]
-        if stop - start != shape[0] * row_bytes:
-            raise LrptError(f"{key}: its bytes in {self._where[key][0]} do not match its shape {shape}; the "
-                            "checkpoint is damaged (re-save it), or use --quantized_load whole")
-        begin = start + first * row_bytes
-        mapped = np.memmap(self._where[key][0], dtype=np.uint8, mode="c", offset=begin,
+        mapped = np.memmap(file, dtype=np.uint8, mode="c", offset=start + first * row_bytes,
                            shape=((end - first) * row_bytes,))  # copy-on-write: writable for torch, never written
         return torch.from_numpy(mapped).view(dtype).view(end - first, *shape[1:])
-
-    def _slice(self, key: str):
-        return self._where[key][1].get_slice(key)
 
 
 def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
