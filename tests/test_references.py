@@ -141,10 +141,11 @@ def test_llama_step_flops_match_flop_counter(tiny_llama_dir):
 
 
 def test_shared_prefix_step_flops_match_flop_counter(tiny_llama_dir):
-    """Reference: FlopCounterMode on a real step of the shared path (c = 24, 3 rows of 20 tokens, every token but
-    the first a target). The prompt runs once: the layers over c + 3·20 tokens, the head over the 3·19 predicted
-    positions. Exact once the formula's conventions are undone by hand: the RMSNorm scales (no matmuls) over those
-    tokens, and causal squares counted as halves, the prompt's c x c and each row's 20 x 20 (6·d per element)."""
+    """Reference: FlopCounterMode on a real step of the shared path (c = 24, 3 rows of 20 tokens, the last 8 of
+    each row targets). The prompt runs once: the layers over c + 3·20 tokens, the head and the last layer's output
+    projection and MLP over the 3·8 predicted positions only. Exact once the formula's conventions are undone by
+    hand: the RMSNorm scales (no matmuls) over those tokens, and causal squares counted as halves, the prompt's
+    c x c and each row's 20 x 20 (6·d per element)."""
     backbone = load_backbone(tiny_llama_dir)
     backbone.model.set_attn_implementation("eager")
     c, r, w = 24, 3, 20
@@ -152,7 +153,7 @@ def test_shared_prefix_step_flops_match_flop_counter(tiny_llama_dir):
                           shared_prefix=True)
     ids = torch.randint(3, 250, (r, w), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
-    labels[:, 0] = -100
+    labels[:, :w - 8] = -100
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     with FlopCounterMode(display=False) as counter:
         model(**batch).loss.backward()

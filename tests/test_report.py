@@ -68,9 +68,10 @@ def test_bench_writes_csv_and_plots(tiny_t5_dir, tmp_path):
 def test_bench_measures_the_shared_prefix_on_a_decoder_only_backbone(tiny_llama_dir, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--model", tiny_llama_dir, "--methods", "pt", "--prompt_lengths", "8", "--batch", "2",
-                 "--seq_len", "16", "--steps", "2", "--output_dir", str(out)]) == 0
+                 "--seq_len", "16", "--steps", "2", "--flush_denormal", "false", "--output_dir", str(out)]) == 0
     rows = {r["path"]: r for r in csv.DictReader((out / "bench.csv").open())}
     assert set(rows) == {"peft", "standard", "shared_prefix"}
+    assert {r["flush_denormal"] for r in rows.values()} == {"False"}  # as torch starts: denormals computed
     shared, standard = rows["shared_prefix"], rows["standard"]
     assert float(shared["throughput_ratio_vs_standard"]) == pytest.approx(
         float(standard["step_time_min"]) / float(shared["step_time_min"]))
@@ -91,6 +92,7 @@ def test_bench_runs_zero3_ranks_quantized_with_checkpointing(tiny_llama_dir, tmp
     for r in rows.values():
         assert int(r["ranks"]) == 2 and int(r["trainable_params"]) == 4 * 64
         assert int(r["threads"]) == threads  # each rank its share of the cores, not one thread per core
+        assert r["flush_denormal"] == "True"  # the default, in every configuration: peft's as lrpt's
         assert float(r["eval_s_per_example"]) > 0
     assert float(rows["shared_prefix"]["eval_speedup_vs_standard"]) == pytest.approx(
         float(rows["standard"]["eval_s_per_example"]) / float(rows["shared_prefix"]["eval_s_per_example"]))

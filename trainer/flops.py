@@ -34,7 +34,10 @@ def matmul_params(model: nn.Module, is_encoder_decoder: bool) -> dict[str, int]:
     head_numel = getattr(head.weight, "ds_numel", head.weight.numel()) if head is not None else 0
     if is_encoder_decoder:
         return {"encoder": _numel(model.get_encoder()) - embed, "decoder": _numel(model.get_decoder()) - embed + head_numel}
-    return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel}
+    from lrpt.trainer.shared_prefix import read_only_modules
+
+    return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel,
+            "last_layer_reads": sum(_numel(m) for m in read_only_modules(model))}
 
 
 def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int,
@@ -61,12 +64,14 @@ def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], p
 
 def shared_prefix_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int) -> float:
     """The shared path (trainer/shared_prefix.py) computes the prompt once per micro-batch: the layers
-    run over c + rows·L tokens, the head only where a target is predicted, and attention is the
-    prompt's causal square plus each row's L queries over c prompt keys and its own L (causal)."""
+    run over c + rows·L tokens, the head and the last layer's output projection and MLP only where a
+    target is predicted, and attention is the prompt's causal square plus each row's L queries over c
+    prompt keys and its own L (causal)."""
     rows, width = batch["input_ids"].shape
     c = prompt_length
     predicted = int((batch["labels"][:, 1:] != -100).sum())
-    weights = 4 * ((params["decoder"] - params["head"]) * (c + rows * width) + params["head"] * predicted)
+    where_read = params["head"] + params.get("last_layer_reads", 0)
+    weights = 4 * ((params["decoder"] - where_read) * (c + rows * width) + where_read * predicted)
     attention = 12 * config.hidden_size * config.num_hidden_layers * (c * c / 2 + rows * width * (c + width / 2))
     return float(weights + attention)
 

@@ -11,10 +11,13 @@ values are the same for every example. The batch therefore runs as ONE sequence 
   prompt's (causal among themselves) and each row's (all prompt keys + its own keys, causal, padding
   masked) and runs the backbone's own kernel (sdpa or eager) on each part.
 Position ids are the standard path's: 0..c-1 for the prompt, c + column for a row's tokens.
+Past the last layer only the positions that predict a target are read, so that layer's output projection
+and MLP run at those alone (`LastLayerReads`); its keys and values still cover every position.
 """
 from __future__ import annotations
 
 import sys
+import weakref
 
 import torch
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
@@ -32,8 +35,11 @@ def _kernel(module: torch.nn.Module, inner: str):
 
 
 def _prefix_attention(inner: str):
-    def attention(module, query, key, value, attention_mask, prefix_length: int | None = None, **kwargs):
+    def attention(module, query, key, value, attention_mask, prefix_length: int | None = None,
+                  prefix_reads: torch.Tensor | None = None, **kwargs):
         kernel = _kernel(module, inner)
+        if (reads := LAST_LAYER_READS.get(module)) is not None:  # set on every call: a stale set never outlives it
+            reads.positions = prefix_reads if prefix_length is not None else None
         if prefix_length is None:  # any other call (generation, a standard forward): the kernel itself
             return kernel(module, query, key, value, attention_mask, **kwargs)
         return prefix_attention(kernel, module, query, key, value, attention_mask, prefix_length, **kwargs)
@@ -52,11 +58,84 @@ def prefix_attention(kernel, module, query, key, value, rows_mask, prefix_length
 
     (q_p, q_x), (k_p, k_x), (v_p, v_x) = split(query), split(key), split(value)
     causal = torch.full((c, c), torch.finfo(query.dtype).min, dtype=query.dtype, device=query.device).triu(1)
-    out_p, _ = kernel(module, q_p, k_p, v_p, causal[None, None], **kwargs)
+    out_p = grouped_attention(kernel, module, q_p, k_p, v_p, causal[None, None], **kwargs)
     keys = torch.cat([k_p.expand(batch, -1, -1, -1), k_x], dim=2)
     values = torch.cat([v_p.expand(batch, -1, -1, -1), v_x], dim=2)
-    out_x, _ = kernel(module, q_x, keys, values, rows_mask, **kwargs)
+    out_x = grouped_attention(kernel, module, q_x, keys, values, rows_mask, **kwargs)
     return torch.cat([out_p, out_x.reshape(1, batch * width, *out_x.shape[2:])], dim=1), None
+
+
+class _OneGroup:
+    """An attention module as the kernel sees it once its query heads are folded onto their key/value heads."""
+    num_key_value_groups = 1
+
+    def __init__(self, module: torch.nn.Module):
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def grouped_attention(kernel, module, query, key, value, mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    """[b, heads, q, d] queries over [b, kv_heads, k, d] keys/values -> [b, q, heads, d]. With grouped
+    keys (kv_heads < heads) the g query heads of each key/value head run as one of g·q queries: a
+    kernel given an explicit mask would otherwise copy every key and value g times, and sum their
+    gradients back, in every layer."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups == 1:
+        return kernel(module, query, key, value, mask, **kwargs)[0]
+    batch, heads, length, dim = query.shape
+    folded = query.reshape(batch, heads // groups, groups * length, dim)  # head h = kv · g + r -> row r · q + i
+    out, _ = kernel(_OneGroup(module), folded, key, value, mask.repeat(1, 1, groups, 1), **kwargs)
+    return out.unflatten(1, (groups, length)).permute(0, 2, 3, 1, 4).reshape(batch, length, heads, dim)
+
+
+class LastLayerReads:
+    """Runs the last layer's output projection and MLP only at the positions read after it, during a
+    packed forward. The layer's attention call sets them (inside a checkpointed recompute too, where
+    the layer's own hooks do not run); its output projection and MLP narrow their input to them and
+    widen their output back with zeros: the other positions, never read, keep only the residual."""
+
+    def __init__(self):
+        self.positions: torch.Tensor | None = None
+        self.length = 0
+
+    def narrow(self, module: torch.nn.Module, args: tuple):
+        if self.positions is None:
+            return None
+        self.length = args[0].shape[1]
+        return (args[0][:, self.positions], *args[1:])
+
+    def widen(self, module: torch.nn.Module, args: tuple, output: torch.Tensor):
+        if self.positions is None:
+            return None
+        full = output.new_zeros(output.shape[0], self.length, output.shape[-1])
+        return full.index_copy(1, self.positions, output)
+
+
+LAST_LAYER_READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # last layer's attention -> its reads
+
+
+def read_only_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The last layer's output projection and MLP: what the shared path runs only at the positions read
+    after that layer. Empty for a model not built as layers of (self_attn with o_proj, mlp)."""
+    layers = getattr(model.base_model, "layers", None)
+    layer = layers[-1] if layers else None
+    attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attention is None or mlp is None or not hasattr(attention, "o_proj"):
+        return []
+    return [attention.o_proj, mlp]
+
+
+def _read_only_where_needed(model: PreTrainedModel) -> None:
+    modules = read_only_modules(model)
+    attention = model.base_model.layers[-1].self_attn if modules else None
+    if not modules or attention in LAST_LAYER_READS:
+        return
+    reads = LAST_LAYER_READS[attention] = LastLayerReads()
+    for module in modules:
+        module.register_forward_pre_hook(reads.narrow)
+        module.register_forward_hook(reads.widen)
 
 
 def rows_mask(attention_mask: torch.Tensor, prefix_length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -94,6 +173,7 @@ def install(model: PreTrainedModel) -> str | None:
     AttentionInterface.register(name, _prefix_attention(inner))
     AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[inner])
     model.set_attn_implementation(name)
+    _read_only_where_needed(model)
     return None
 
 
@@ -106,8 +186,8 @@ def packed_logits(model: PreTrainedModel, prompt: torch.Tensor, tokens: torch.Te
     packed = torch.cat([prompt, tokens.reshape(batch * width, embed)]).unsqueeze(0)
     columns = torch.arange(width, device=tokens.device)
     positions = torch.cat([torch.arange(c, device=tokens.device), c + columns.repeat(batch)]).unsqueeze(0)
-    out = model(inputs_embeds=packed, attention_mask=rows_mask(attention_mask, c, tokens.dtype),
-                position_ids=positions, prefix_length=c, logits_to_keep=c + keep, use_cache=False)
+    out = model(inputs_embeds=packed, attention_mask=rows_mask(attention_mask, c, tokens.dtype), position_ids=positions,
+                prefix_length=c, prefix_reads=c + keep, logits_to_keep=c + keep, use_cache=False)
     return out.logits[0]
 
 

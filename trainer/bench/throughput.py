@@ -10,6 +10,10 @@ and loop. On a decoder-only backbone every lrpt method is also measured with `--
 (the prompt once per micro-batch): those rows have path "shared_prefix" and the ratio
 shared/standard in `throughput_ratio_vs_standard`. Every row also times rank classification's
 forward (no gradient) per example, `eval_s_per_example` (the fastest of --steps).
+Every configuration, peft's included, runs with denormal floats flushed to zero (`--flush_denormal
+true`, the default): a random backbone's fp32 gradients hold many, a CPU computes each one up to a
+hundred times slower (a GPU at full speed), and how many arise depends on the prompt's starting
+values, which differ between peft and lrpt, so unflushed CPU timings compare denormal counts.
 With `--repeats R` the whole plan runs R times, every other pass in reverse order, and each
 configuration keeps its fastest launch (its highest peak): a shared machine moves one launch's
 step time by 10 % or more, and alternating keeps a slow spell from landing on one configuration.
@@ -72,6 +76,8 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     from lrpt.trainer.meter import peak_memory
     from lrpt.trainer.prompted import PromptedModel
 
+    if settings["flush_denormal"]:  # before the first parallel region: its threads inherit the mode
+        torch.set_flush_denormal(True)
     cfg = _run_config(settings)
     batch_size, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
     steps = settings["steps"]
@@ -113,6 +119,7 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     del keep_alive, engine
     return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": prompt_length,
             "prompt_tokens": output_length, "ranks": world, "threads": torch.get_num_threads(),
+            "flush_denormal": denormals_flushed(),
             "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "step_time_p50": p50,
             "step_time_min": min(times),
             # pages the kernel handed the process (first touch of freshly mapped memory) per timed step
@@ -121,6 +128,12 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
             "samples_per_s": world * batch_size / min(times), "tokens_per_s": world * tokens / min(times),
             "eval_s_per_example": min(evaluation) / batch_size,
             "peak_bytes": max(p["peak_bytes"] for p in peaks), "measured_by": peaks[0]["measured_by"]}
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's arithmetic flushes denormal floats: the smallest normal float32 halved is one."""
+    tiny = torch.tensor(torch.finfo(torch.float32).tiny)
+    return (tiny / 2).item() == 0.0
 
 
 def _stepper(model, params: list, ds_config: dict | None):
@@ -214,15 +227,16 @@ RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_le
              "deepspeed", "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing")
 # what a worker process is given (booleans as true/false, which lrpt's flags accept)
 WORKER_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "steps", "deepspeed",
-                "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing")
+                "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing", "flush_denormal")
 DEFAULTS = {"model": "tiny-t5", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
             "shared_prefix": "auto", "output_dir": "bench", "pool": 2, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
-            "prompt_lengths": "20,50,100,200,400", "steps": 5, "ranks": 1, "repeats": 1}
+            "prompt_lengths": "20,50,100,200,400", "steps": 5, "ranks": 1, "repeats": 1,
+            "flush_denormal": True}
 
 
 def parser() -> argparse.ArgumentParser:
     from lrpt import methods
-    from lrpt.trainer.config import add_run_arguments
+    from lrpt.trainer.config import _parse_bool, add_run_arguments
 
     p = argparse.ArgumentParser(prog="lrpt bench", description=__doc__.split("\n")[0],
                                 argument_default=argparse.SUPPRESS,
@@ -236,6 +250,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--ranks", type=int, help="processes per configuration under --deepspeed (the deepspeed launcher)")
     p.add_argument("--repeats", type=int, help="passes over every configuration, alternating order; the fastest counts")
+    p.add_argument("--flush_denormal", "--flush-denormal", type=_parse_bool,
+                   help="flush denormal floats to zero in every configuration (a CPU's slow path; true/false)")
     add_run_arguments(p, only=RUN_FLAGS + tuple(name for name, _, _ in methods.option_fields()))
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "C", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's, to its workers
@@ -333,7 +349,8 @@ def main(argv: list[str]) -> int:
     plot(rows, out)
     setup = [settings.get("deepspeed") and f"{settings['deepspeed']} x {settings['ranks']} ranks",
              settings.get("load_in_8bit") and "8-bit", settings.get("load_in_4bit") and "4-bit",
-             settings.get("gradient_checkpointing") and "gradient checkpointing"]
+             settings.get("gradient_checkpointing") and "gradient checkpointing",
+             settings["flush_denormal"] and "denormals flushed"]
     print(f"{settings['model']}, batch {batch} x {seq_len} per rank, {settings['precision']}, "
           f"{', '.join(x for x in setup if x) or 'one process'}; peak (max over ranks) measured by: "
           f"{rows[0]['measured_by']}")
