@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lrpt.trainer.shared_prefix import read_only_modules
+
 PEAK_FLOPS = {  # dense peak per device, by name fragment and precision (vendor figures, no sparsity);
     # the first fragment found in the device's name wins: PCIe/NVL parts before the SXM ones
     ("H100 PCIe", "bf16"): 756e12, ("H100 PCIe", "fp32"): 51e12,
@@ -34,8 +36,6 @@ def matmul_params(model: nn.Module, is_encoder_decoder: bool) -> dict[str, int]:
     head_numel = getattr(head.weight, "ds_numel", head.weight.numel()) if head is not None else 0
     if is_encoder_decoder:
         return {"encoder": _numel(model.get_encoder()) - embed, "decoder": _numel(model.get_decoder()) - embed + head_numel}
-    from lrpt.trainer.shared_prefix import read_only_modules
-
     return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel,
             "last_layer_reads": sum(_numel(m) for m in read_only_modules(model))}
 

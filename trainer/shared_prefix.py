@@ -129,8 +129,7 @@ def read_only_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
 
 def _read_only_where_needed(model: PreTrainedModel) -> None:
     modules = read_only_modules(model)
-    attention = model.base_model.layers[-1].self_attn if modules else None
-    if not modules or attention in LAST_LAYER_READS:
+    if not modules or (attention := model.base_model.layers[-1].self_attn) in LAST_LAYER_READS:
         return
     reads = LAST_LAYER_READS[attention] = LastLayerReads()
     for module in modules:
