@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lrpt.trainer import checkpoint
+from lrpt.trainer import checkpoint, run_files
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.loop import train
 
@@ -132,7 +132,9 @@ def test_pruning_orders_by_step_and_keeps_the_checkpoint_just_written(tiny_t5_di
     root = tmp_path / "checkpoints"
     for step in (5, 999_999, 1_000_000):
         (root / f"step-{step:06d}").mkdir(parents=True)
-    checkpoint._prune(root, keep=1, written=root / "step-000005")
+        (root / f"step-{step:06d}" / "trainer_state.json").write_text("{}")
+        run_files.record(tmp_path, [f"checkpoints/step-{step:06d}/trainer_state.json"])
+    checkpoint._prune(tmp_path, keep=1, written=root / "step-000005")
     assert sorted(p.name for p in root.iterdir()) == ["step-000005", "step-1000000"]
     out = tmp_path / "run"
     train(config(tiny_t5_dir, memorise_dir, out, max_steps=4, save_steps=1, save_total_limit=2))
@@ -146,6 +148,7 @@ def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_di
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "latest").write_text("step-000006")
+    run_files.record(out, ["checkpoints/latest"])  # as lrpt writes it
     argv = ["train", "--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--output_dir", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err

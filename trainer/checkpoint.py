@@ -4,13 +4,13 @@ Layout: <output_dir>/checkpoints/step-000050/ holds DeepSpeed's checkpoint writt
 `exclude_frozen_parameters=True` (no backbone weights), `prompt.safetensors` (the factors and
 buffers), `prompt_dense.safetensors` (P for export) and `trainer_state.json`.
 A checkpoint is written to a staging directory and renamed into place, then `latest` is replaced
-atomically: a save killed half-way never damages the last good checkpoint.
+atomically: a save killed half-way never damages the last good checkpoint. Its files are recorded as lrpt's
+before the rename, and pruning deletes recorded files only (trainer/run_files.py).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import deepspeed
@@ -18,10 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lrpt.methods import PromptModule
-from lrpt.trainer import distributed
+from lrpt.trainer import distributed, run_files
 from lrpt.trainer.errors import LrptError
 
-STAGING = ".staging"
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -47,23 +46,25 @@ def load_prompt(prompt: PromptModule, path: Path) -> None:
 
 def save(engine, prompt: PromptModule, output_dir: str | Path, step: int, trainer_state: dict,
          metadata: dict[str, str], keep: int) -> Path:
-    root = checkpoints_dir(output_dir)
+    out = Path(output_dir)
+    root = checkpoints_dir(out)
     tag = f"step-{step:06d}"
-    final = root / tag
+    final, staged = root / tag, out / run_files.STAGING / tag
     if distributed.is_main():
-        shutil.rmtree(root / STAGING / tag, ignore_errors=True)
+        run_files.clear_staging(out, tag)
     distributed.barrier()
-    engine.save_checkpoint(str(root / STAGING), tag=tag, save_latest=False, exclude_frozen_parameters=True)
-    staged = root / STAGING / tag
+    engine.save_checkpoint(str(staged.parent), tag=tag, save_latest=False, exclude_frozen_parameters=True)
     save_prompt(prompt, staged, metadata)
     if distributed.is_main():
         (staged / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
+        run_files.remove_tree(out, final)  # this step saved before (a resumed run's last step, saved again)
+        run_files.record_tree(out, staged, under=final)
         os.replace(staged, final)
         tmp = root / "latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, root / "latest")
-        _prune(root, keep, final)
+        _prune(out, keep, final)
+        run_files.record_monitors(out)
     distributed.barrier()
     return final
 
@@ -73,11 +74,12 @@ def step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[-1])
 
 
-def _prune(root: Path, keep: int, written: Path) -> None:
+def _prune(out: Path, keep: int, written: Path) -> None:
     """Keep the `keep` checkpoints of the highest steps, and always the one just written (`latest`)."""
+    root = checkpoints_dir(out)
     tags = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[-1].isdigit()), key=step_of)
     for old in [p for p in tags[:max(0, len(tags) - keep)] if p != written]:
-        shutil.rmtree(old, ignore_errors=True)
+        run_files.remove_tree(out, old)
 
 
 def latest(output_dir: str | Path) -> Path | None:

@@ -25,6 +25,8 @@ COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
 SELECTIONS = ("auto", "final", "dev", "paper-val")
 QUANTIZED_LOADS = ("auto", "sharded", "whole")  # trainer/quant_load.py
+# the first line of every run directory's config.yaml (written by trainer/run_dir.py, read by _own_run_dir)
+RUN_CONFIG_HEADER = "# lrpt run config: `lrpt train --config <this file>` repeats the run in this file's directory\n"
 
 
 @dataclass
@@ -333,13 +335,11 @@ def run_values(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _own_run_dir(path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """A run directory's config.yaml records the directory it was written in. In a copied or moved run directory
-    it is the copy that `--config <copy>/config.yaml` repeats (resumes, or finds finished), never the original."""
-    run_dir = path.parent
-    is_run_dir = (run_dir / "report.json").is_file() or (run_dir / "checkpoints").is_dir()
-    recorded = values.get("output_dir")
-    if path.name == "config.yaml" and is_run_dir and recorded and Path(recorded).resolve() != run_dir.resolve():
-        return {"output_dir": str(run_dir)}
+    """A config.yaml that lrpt wrote (its first line says so) is a run's contract, and the run it repeats is the one
+    in the directory where the file lies now: in a copied or moved run directory the copy, and for a copy used as a
+    template its new directory (where lrpt refuses to write over it), never the directory it was written in."""
+    if path.is_file() and path.read_text(errors="replace").startswith(RUN_CONFIG_HEADER):
+        return {"output_dir": str(path.parent)}
     return {}
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lrpt.trainer import distributed, preempt, run_dir
+from lrpt.trainer import distributed, preempt, run_dir, run_lock
 from lrpt.trainer.backbone import resolve_config
 from lrpt.trainer.config import RunConfig, RunSettings
 from lrpt.trainer.ds_config import zero_stage
@@ -179,15 +179,20 @@ def train_fused(cfgs: list[RunConfig]) -> list[dict]:
 
     check_group(cfgs)
     preps, reports = [], {}
-    for cfg in cfgs:  # every run's checks, claim and data before the backbone loads
-        try:
-            preps.append(prepare(cfg))
-        except run_dir.RunFinished as finished:
-            log(str(finished))
-            reports[cfg.output_dir] = json.loads(finished.report_path.read_text())
-    if preps:
-        for report in train_prepared(preps):
-            reports[report["output_dir"]] = report
+    try:
+        for cfg in cfgs:  # every run's checks, claim and data before the backbone loads
+            try:
+                preps.append(prepare(cfg))
+            except run_dir.RunFinished as finished:
+                log(str(finished))
+                reports[cfg.output_dir] = json.loads(finished.report_path.read_text())
+        if preps:
+            for report in train_prepared(preps, [run_name(c) for c in cfgs]):
+                reports[report["output_dir"]] = report
+    finally:  # every run directory of the group is free for the next launch
+        for cfg in cfgs:
+            if cfg.output_dir:
+                run_lock.release(Path(cfg.output_dir))
     return [reports[c.output_dir] for c in cfgs]
 
 

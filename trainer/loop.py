@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import PretrainedConfig
 
 from lrpt import methods
 from lrpt.eval.tasks import Task, get_task
-from lrpt.trainer import build_lock, distributed, monitor, preempt, run_dir, weights_only
+from lrpt.trainer import build_lock, distributed, monitor, preempt, run_dir, run_lock, weights_only
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
 from lrpt.trainer.config import RunConfig
 from lrpt.trainer.data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
@@ -205,7 +204,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     world = distributed.world_size()
     cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
     out = Path(cfg.output_dir)
-    resume = run_dir.claim(cfg, distributed.is_main(), log)  # the directory's contract, before any weight loads
+    resume = run_dir.claim(cfg, log)  # locked, and the directory's contract checked, before any weight loads
     torch.manual_seed(cfg.seed)
     # every row read and checked before the backbone (minutes at 11B) loads
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
@@ -216,11 +215,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"{cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps}: each step trains on "
             f"{micro * world * cfg.gradient_accumulation_steps} ({micro} per rank and accumulation step)")
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
-    distributed.barrier()  # an --overwrite_output_dir is cleared before any rank writes into it
     if distributed.is_main():  # the contract is written once every check has passed
-        out.mkdir(parents=True, exist_ok=True)
-        repeat = {**cfg.to_dict(), "overwrite_output_dir": False}  # `--config` of it resumes, never wipes
-        run_dir.config_file(out).write_text(yaml.safe_dump(repeat, sort_keys=False))
+        run_dir.write_config(cfg)
     monitor.add_sections(cfg, ds_config, out)
     if quant.mode(cfg):
         quant.import_bitsandbytes()  # before the load is timed (Session.load_seconds): the load alone
@@ -280,11 +276,15 @@ def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engin
 def train(cfg: RunConfig) -> TrainResult:
     """One run. A finished run relaunched unchanged is not loaded: its report comes back as it was."""
     try:
-        run = setup(cfg)
-    except run_dir.RunFinished as finished:
-        log(str(finished))
-        return TrainResult(report=json.loads(finished.report_path.read_text()), model=None, engine=None)
-    return fit(run)
+        try:
+            run = setup(cfg)
+        except run_dir.RunFinished as finished:
+            log(str(finished))
+            return TrainResult(report=json.loads(finished.report_path.read_text()), model=None, engine=None)
+        return fit(run)
+    finally:  # the directory is free for the next launch (a sweep's next run in this process included)
+        if cfg.output_dir:
+            run_lock.release(Path(cfg.output_dir))
 
 
 def fit(run: Session) -> TrainResult:

@@ -1,20 +1,22 @@
-"""A run directory's config.yaml is its contract.
+"""A run directory's config.yaml is its contract, and only one live run holds a directory.
 
 Relaunching into an --output_dir that holds a run resumes that run, so the new launch must train
 exactly what the old one did: a differing value of any field that changes what is trained or
 measured is refused (all of them named, with both values) before any weight loads. Fields in
 `MAY_DIFFER` change nothing trained. A finished run (report.json) relaunched unchanged is left
-as it is. --overwrite_output_dir starts afresh: it removes what an earlier run wrote there first,
-so that no old checkpoint can be resumed, pruned or named by `latest` by mistake.
+as it is. --overwrite_output_dir starts afresh: it removes what an earlier run wrote there first
+(the files lrpt recorded as its own, and nothing else), so that no old checkpoint can be resumed,
+pruned or named by `latest` by mistake.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-from lrpt.trainer import checkpoint, weights_only
-from lrpt.trainer.config import RunConfig, read_yaml
+import yaml
+
+from lrpt.trainer import checkpoint, distributed, run_files, run_lock, weights_only
+from lrpt.trainer.config import RUN_CONFIG_HEADER, RunConfig, read_yaml
 from lrpt.trainer.errors import LrptError
 
 MAY_DIFFER = frozenset({
@@ -22,9 +24,6 @@ MAY_DIFFER = frozenset({
     "logging_steps", "save_steps", "save_total_limit", "progress", "report_to",
     "recipe",  # a name: the values it set are compared themselves
 })
-# what a run writes into its directory; --overwrite_output_dir removes these and nothing else
-RUN_FILES = ("config.yaml", "report.json", "prompt.safetensors", "prompt_dense.safetensors", "eval_predictions.jsonl")
-RUN_DIRS = ("checkpoints", "best", "logs")
 
 
 class RunFinished(Exception):
@@ -48,14 +47,15 @@ def differences(saved: RunConfig, cfg: RunConfig) -> list[str]:
 
 
 def check_contract(cfg: RunConfig, run_dir: Path) -> None:
-    """Refuse a launch whose settings differ from those of the run in `run_dir`."""
+    """Refuse a launch whose settings differ from those of the run in `run_dir` (or into files not lrpt's)."""
+    check_in_the_way(run_dir)
     path = config_file(run_dir)
     if not path.is_file():
         return
     try:
         saved = RunConfig(**read_yaml(str(path)))
     except TypeError as exc:
-        raise LrptError(f"{path}: {exc}; this is not a config lrpt wrote: pick another --output_dir") from None
+        raise LrptError(f"{path}: {exc}; a config of another lrpt version? Pick another --output_dir") from None
     differing = differences(saved, cfg)
     if differing:
         raise LrptError(f"{run_dir} holds a run with other settings, which this launch would resume: "
@@ -73,17 +73,35 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
-def claim(cfg: RunConfig, is_main: bool, log) -> Path | None:
-    """Everything about the run directory that is checked or cleared before any weight loads; returns the
-    checkpoint to resume from (None: step 0)."""
+def claim(cfg: RunConfig, log) -> Path | None:
+    """Lock the run directory and check or clear it, before any weight loads; returns the checkpoint to resume
+    from (None: step 0). Rank 0 does it for every rank (one lock, one clearing), the others take its answer."""
+    outcome: tuple[str, object] = ("", None)
+    if distributed.is_main():
+        try:
+            outcome = ("resume", _claim(cfg, log))
+        except RunFinished:
+            outcome = ("finished", None)
+        except LrptError as exc:
+            outcome = ("error", str(exc))
+    kind, value = distributed.broadcast(outcome)
+    if kind == "finished":
+        raise RunFinished(Path(cfg.output_dir))
+    if kind == "error":
+        raise LrptError(value)
+    return value
+
+
+def _claim(cfg: RunConfig, log) -> Path | None:
     out = Path(cfg.output_dir)
+    run_lock.acquire(out)  # before anything else: a second launch into `out` stops here
     if cfg.overwrite_output_dir and requeued():
         log("--overwrite_output_dir: not applied, this is a restart of the Slurm job that already started afresh; "
             "it resumes")
     elif cfg.overwrite_output_dir:
-        if is_main:
-            clear(out)
-        return None
+        removed = run_files.clear(out)
+        if removed:
+            log(f"--overwrite_output_dir: removed {len(removed)} files an earlier run wrote in {out}")
     check_contract(cfg, out)
     if (out / "report.json").is_file():
         raise RunFinished(out)
@@ -94,7 +112,27 @@ def claim(cfg: RunConfig, is_main: bool, log) -> Path | None:
     resume = resume_point(cfg)
     if resume is not None:
         weights_only.check(resume)  # a planted or broken file is refused now, not after the backbone loaded
+    run_lock.announce(out)
+    run_files.claim_names(out)
     return resume
+
+
+def check_in_the_way(out: Path) -> None:
+    """Refuse a directory holding files at lrpt's names that lrpt did not record as its own: a run would
+    overwrite, resume or prune them."""
+    foreign = run_files.in_the_way(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise LrptError(f"{out} holds files that lrpt did not write there, at names a run writes ({shown}): "
+                        "move them away, or choose another --output_dir (lrpt deletes only files it wrote)")
+
+
+def write_config(cfg: RunConfig) -> None:
+    """The contract, written once every check has passed (rank 0); `--config` of it resumes, never wipes."""
+    repeat = {**cfg.to_dict(), "overwrite_output_dir": False}
+    tmp = config_file(cfg.output_dir).with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(RUN_CONFIG_HEADER + yaml.safe_dump(repeat, sort_keys=False))
+    os.replace(tmp, config_file(cfg.output_dir))
 
 
 def resume_point(cfg: RunConfig) -> Path | None:
@@ -109,11 +147,3 @@ def resume_point(cfg: RunConfig) -> Path | None:
                         f"checkpoints are <output_dir>/checkpoints/step-N")
     check_contract(cfg, named.parent.parent)  # the run the checkpoint comes from
     return named
-
-
-def clear(out: Path) -> None:
-    """Remove what an earlier run wrote into `out` (only lrpt's own files: anything else stays)."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        shutil.rmtree(out / name, ignore_errors=True)

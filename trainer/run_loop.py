@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrpt import methods
-from lrpt.trainer import checkpoint, distributed, monitor, preempt, quant
+from lrpt.trainer import checkpoint, distributed, monitor, preempt, quant, run_files
 from lrpt.trainer.evaluate import evaluate
 from lrpt.trainer.flops import device_peak_flops, matmul_params, step_flops
 from lrpt.trainer.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
@@ -197,6 +197,7 @@ class RunLoop:
                               run.stage, run.ds_config, run.model.shared_prefix, data)
         report.update(extra or {})
         if distributed.is_main():
+            run_files.record_monitors(out)  # TensorBoard's and W&B's files, named as they appeared
             write(report, out)
             print(format_table(report), flush=True)
         return report
