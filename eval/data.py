@@ -3,7 +3,9 @@ turn its official rows into text-to-text examples."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import datasets
 
@@ -26,6 +28,9 @@ class DataError(ValueError):
     """A problem with the data, said as `file:line: what is wrong; what to do`."""
 
 
+JSON_SPACE = " \t\r\n"  # all JSON (and `datasets`) skips as space; str.strip() takes more (U+00A0, U+000B, ...)
+MAX_DEPTH = 32          # nesting `datasets` reads with room to spare (Arrow stops near 64); SuperGLUE's rows nest 4
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a row's lone surrogate comes from such an escape, never UTF-8
 WHERE = "_where"   # column load_split adds: the row's file:line (or hub split and row), for error messages
 
 
@@ -38,8 +43,8 @@ def split_file(task: Task, split: str, data_dir: str | Path) -> Path:
 
 
 def check_jsonl(path: Path) -> list[int]:
-    """The line numbers of the file's rows; a row that is not a UTF-8 JSON object is named by file and line
-    (`datasets` names neither)."""
+    """The line numbers of the file's rows; a row that `datasets` would refuse, or misread, is named by file and
+    line (`datasets` names neither): not UTF-8, not one JSON object, or JSON that only Python's reader takes."""
     numbers = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
@@ -48,20 +53,72 @@ def check_jsonl(path: Path) -> list[int]:
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
                                 f"{exc.start + 1}); save the file as UTF-8") from None
-            if not line.strip():
+            if not line.strip(JSON_SPACE):
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                "one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}; "
-                                "one JSON object per line")
+            problem = _row_problem(line)
+            if problem:
+                raise DataError(f"{path}:{number}: {problem}")
             numbers.append(number)
     if not numbers:
         raise DataError(f"{path}: no rows (the file is empty); one JSON object per line")
     return numbers
+
+
+def _row_problem(line: str) -> str | None:
+    """What is wrong with one non-blank line as a row, or None."""
+    if not line.strip():
+        spaces = ", ".join(dict.fromkeys(f"U+{ord(c):04X}" for c in line if c not in JSON_SPACE))
+        return f"a line of only {spaces}, which JSON does not read as space; delete the line"
+    try:
+        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at column {exc.colno}); one JSON object per line"
+    except _DuplicateKey as exc:
+        return f"key {json.dumps(exc.args[0])} appears twice in one object; keep one"
+    except RecursionError:
+        return f"nested deeper than {MAX_DEPTH} levels; flatten the row"
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}; one JSON object per line"
+    maybe = _SURROGATE_ESCAPE.search(line) or line.count("{") + line.count("[") > MAX_DEPTH  # else nothing to find
+    return _unreadable(row) if maybe else None
+
+
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object: json keeps the last, `datasets` refuses the whole file."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return row
+
+
+def _unreadable(value: Any, path: str = "", depth: int = 1) -> str | None:
+    """What json reads in a row but `datasets` (Arrow) cannot: a lone UTF-16 surrogate (an escape such as
+    \\ud800 without its pair), a row nested too deep. None if there is nothing."""
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels; flatten the row"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        for text, what in ((key, "key"), (item, "value")):
+            if isinstance(text, str) and (half := _lone_surrogate(text)):
+                return (f"the {what} at {where!r} holds \\u{ord(half):04x}, half of a UTF-16 surrogate pair and no "
+                        "character; write the character itself, or both halves of its pair")
+        problem = _unreadable(item, where, depth + 1)
+        if problem:
+            return problem
+    return None
+
+
+def _lone_surrogate(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
 
 
 def read_jsonl(path: Path) -> datasets.Dataset:
@@ -87,10 +144,46 @@ def load_split(task: Task, split: str, data_dir: str | Path | None = None) -> da
     return read_jsonl(split_file(task, split, DEMO_DIR if data_dir is None else data_dir))
 
 
+class _NotText:
+    """A JSON object or array of a row that refuses to become text: a task that writes it into a source or target
+    (an f-string, str()) would train on Python's spelling of it ("{'a': 1}"); that is an error naming it instead."""
+    path: str
+    kind: str
+
+    def __str__(self) -> str:
+        shown = repr(self) if len(repr(self)) <= 40 else repr(self)[:37] + "..."
+        raise ValueError(f"field {self.path!r} is a JSON {self.kind} ({shown}) where the task reads text; "
+                         "give it as a JSON string")
+
+    def __format__(self, spec: str) -> str:
+        return self.__str__()
+
+
+class _Object(_NotText, dict):
+    kind = "object"
+
+
+class _Array(_NotText, list):
+    kind = "array"
+
+
+def _as_text_guarded(value: Any, path: str) -> Any:
+    """`value` with every object and array in it (at any depth) a _NotText: read like the JSON, never written."""
+    if isinstance(value, dict):
+        guarded = _Object({k: _as_text_guarded(v, f"{path}.{k}") for k, v in value.items()})
+    elif isinstance(value, list):
+        guarded = _Array(_as_text_guarded(v, f"{path}[{i}]") for i, v in enumerate(value))
+    else:
+        return value
+    guarded.path = path
+    return guarded
+
+
 def row_examples(task: Task, row: dict, train: bool = False, labeled: bool = False) -> list[dict]:
     """task.examples of one official row, its problems said at its file:line. train/labeled: the row must
     have its label (a training row without one would train on an empty target)."""
     where = row.pop(WHERE, None) or f"{task.name} row {row.get('idx', '?')}"
+    row = {key: value if key == "idx" else _as_text_guarded(value, key) for key, value in row.items()}
     try:
         examples = task.examples(row, False)  # every row, even one training drops (WSC's negatives), shows its label
         if (train or labeled) and any(not e["answers"] for e in examples):

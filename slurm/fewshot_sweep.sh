@@ -8,13 +8,15 @@
 #   TASKS="cb rte" SHOTS="8 16" SEEDS="0 1" bash slurm/fewshot_sweep.sh   # prints the grid and
 #                                                          # the --array to submit it with
 #   FUSE=1 sbatch --array=0-7 --time=36:00:00 slurm/fewshot_sweep.sh   # one element per task: its 9 runs
-#                                                          # fused, one backbone (lrpt sweep --fuse)
+#                                                          # fused where the backbone allows (below)
 # Another grid needs --array=0-(runs - 1). Every setting below is a default that the same
 # variable in your environment overrides (slurm/common.sh lists them). Runs land in
 # OUTPUT_DIR/<task>-<method>-seed<seed>-k<K> (default OUTPUT_DIR: runs/fewshot-<array job id>),
 # the names `lrpt sweep` uses; a requeued element keeps its ids and resumes from its checkpoints.
 # FUSE=1 [FUSE_MAX=N]: an element trains a group of one task's runs together (`lrpt plan --fuse N` its
-# memory; its --time the group's), each run in the same directory, with the same report, as unfused.
+# memory; its --time the group's), each run in the same directory, with the same report, as unfused. A group
+# that cannot share a pass (a backbone that trains with dropout, as T5 v1.1's config does) trains its runs
+# one after another in its element, each as alone (`lrpt sweep --fuse auto`; the log says why).
 #SBATCH --job-name=fewshot
 #SBATCH --array=0-71
 #SBATCH --nodes=1
@@ -63,7 +65,7 @@ if [[ $FUSE == 1 ]]; then
     lrpt_check_array
     echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: fused group $SLURM_ARRAY_TASK_ID (at most $FUSE_SIZE runs)"
     lrpt_sweep_fused --tasks "${TASKS// /,}" --methods "${METHODS// /,}" --few_shot "${SHOTS// /,}" \
-        --seeds "${SEEDS// /,}" --output_dir "$SWEEP_DIR" --fuse --fuse_max "$FUSE_SIZE" \
+        --seeds "${SEEDS// /,}" --output_dir "$SWEEP_DIR" --fuse auto --fuse_max "$FUSE_SIZE" \
         --fuse_group "$SLURM_ARRAY_TASK_ID" "$@"
 else
     lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "$SHOTS" "$SEEDS"

@@ -253,7 +253,8 @@ def test_rows_naming_a_run_get_only_its_answer(trained, tmp_path):
     source = write_rows(tmp_path / "in.jsonl", named)
     for flags in (("--batch_size", "3"), ("--decoding", "generate", "--batch_size", "2")):
         lines = predict_lines(runs, source, tmp_path / "out.jsonl", *flags)
-        alone = alone_lines(runs, source, tmp_path, *flags)  # one run alone ignores the field, as before
+        plain = write_rows(tmp_path / "plain.jsonl")  # without names: a run alone refuses rows naming another
+        alone = alone_lines(runs, plain, tmp_path, *flags)
         assert_equal_to_alone(lines, alone, [NAMES if name is None else [name] for name in named])
 
 

@@ -610,3 +610,26 @@ def test_fused_fewshot_array_equals_the_one_run_per_element_array(template_jobs)
         assert_same_run(sweep / name, alone / name, [n for n in names if n.startswith(task) and n != name])
         assert json.loads((sweep / name / "report.json").read_text())["config"]["few_shot"] == k
     assert (sweep / "table.md").read_text() == (alone / "table.md").read_text()
+
+
+# ---- FUSE=1 on a backbone that trains with dropout (issue 30, item 8) -----------------------------------------
+
+@needs_slurm
+def test_fused_sweep_on_a_backbone_with_dropout_completes_each_run_as_alone(cluster, tmp_path):
+    """The README's `FUSE=1 sbatch slurm/superglue_sweep.sh` on its default backbone's kind: T5 v1.1's config has
+    dropout_rate 0.1, which a fused pass cannot draw per run. The element trains its group's runs one after
+    another (each as alone, the log says why) and writes the table, rather than failing once it has its node."""
+    from test_trust_fused import dropout_t5
+
+    model = dropout_t5(tmp_path / "dropout-t5")
+    env = {**SHORT, "TASKS": "rte", "METHODS": "pt dpt", "SEEDS": "0", "MODEL": model, "FUSE": "1"}
+    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-0"])
+    (state,) = cluster.wait(job, timeout=600)
+    log = log_of(tmp_path)
+    assert state["JobState"] == "COMPLETED", (state, log[-4000:])
+    assert "group 1/1, not fused (" in log and "dropout_rate=0.1" in log, log[-4000:]
+    sweep = tmp_path / "runs" / f"superglue-{job}"
+    for name in ("rte-pt-seed0", "rte-dpt-seed0"):
+        report = json.loads((sweep / name / "report.json").read_text())
+        assert "fused" not in report and report["train"]["steps"] == int(SHORT["MAX_STEPS"])
+    assert (sweep / "table.md").is_file()

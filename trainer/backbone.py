@@ -1,4 +1,4 @@
-"""Load a frozen backbone (preset, hub name or local path) and its tokenizer."""
+"""Load a frozen backbone (preset, hub name, local path or GGUF file) and its tokenizer."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,9 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
                           PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
+from lrpt.trainer import gguf
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.presets import PRESETS, build_preset, preset_config
+from lrpt.trainer.presets import BUILT, PACKAGED, PRESETS, build_preset, packaged_file, preset_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,15 +32,30 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def resolve_config(name: str) -> PretrainedConfig:
-    """The backbone's config alone (cheap): enough to validate a run before loading weights."""
-    if name in PRESETS:
-        return preset_config(name)
+def local_model(name: str) -> str:
+    """What `from_pretrained` reads for a `--model` value, the one place a value becomes a checkpoint: a GGUF
+    file (or a preset that names one) becomes its converted safetensors directory (trainer/gguf.py,
+    converted on first use), a directory or hub name stays itself. Built presets have no checkpoint."""
+    if name in BUILT:
+        raise ValueError(f"{name} is built in-process (presets.build_preset), not read from a checkpoint")
+    if name in PACKAGED:
+        name = packaged_file(name)
+    if gguf.is_gguf(name):
+        return gguf.local_dir(name)
     if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
-        raise LrptError(f"model path {name!r} does not exist (give a local directory written by "
-                        f"save_pretrained, a hub name such as google/t5-v1_1-base, or a preset: {', '.join(PRESETS)})")
+        raise LrptError(f"model path {name!r} does not exist (give a local directory written by save_pretrained, "
+                        f"a .gguf file, a hub name such as google/t5-v1_1-base, or a preset: {', '.join(PRESETS)})")
+    return os.path.expanduser(name)
+
+
+def resolve_config(name: str) -> PretrainedConfig:
+    """The backbone's config alone: enough to validate a run before loading weights (a GGUF is converted
+    here, once, so that everything after reads a plain checkpoint)."""
+    if name in BUILT:
+        return preset_config(name)
+    path = local_model(name)
     try:
-        return AutoConfig.from_pretrained(os.path.expanduser(name))
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0] +
                         " (offline? set HF_HUB_OFFLINE=1 and use a cached name or a local path)") from None
@@ -58,13 +74,13 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
     `deepspeed.initialize`."""
     config = resolve_config(name)
     dtype = DTYPES[precision]
-    if name in PRESETS and quantization is None:
+    if name in BUILT and quantization is None:
         model, tokenizer = build_preset(name, dtype=dtype)
-    elif name in PRESETS:  # quantization_config needs from_pretrained: write the preset out first
+    elif name in BUILT:  # quantization_config needs from_pretrained: write the preset out first
         with tempfile.TemporaryDirectory() as tmp:
             model, tokenizer = _from_pretrained(_write_preset(name, tmp), name, config, dtype, quantization, sharded)
     else:
-        model, tokenizer = _from_pretrained(os.path.expanduser(name), name, config, dtype, quantization, sharded)
+        model, tokenizer = _from_pretrained(local_model(name), name, config, dtype, quantization, sharded)
     if quantization is not None:
         from lrpt.trainer.quant import prepare_loaded
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ SELECTIONS = ("auto", "final", "dev", "paper-val")
 QUANTIZED_LOADS = ("auto", "sharded", "whole")  # trainer/quant_load.py
 # the first line of every run directory's config.yaml (written by trainer/run_dir.py, read by _own_run_dir)
 RUN_CONFIG_HEADER = "# lrpt run config: `lrpt train --config <this file>` repeats the run in this file's directory\n"
+# numpy's seed range, well inside torch's: epoch_order seeds a generator with seed * 100_003 + epoch (< 2**64)
+SEEDS = (0, 2**32 - 1)
+# backbones whose activations overflow fp16: T5 was trained in bf16 (inf/NaN losses)
+FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
 
 @dataclass
@@ -36,7 +41,9 @@ class RunSettings:
         "help": "a paper's setting (trainer/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
                 "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml"})
     # what to train
-    model: str = field(default="tiny-t5", metadata={"help": "preset (tiny-t5, tiny-llama), HF hub name, or local path"})
+    model: str = field(default="tiny-t5", metadata={
+        "help": "preset (tiny-t5, tiny-llama, smollm2-135m), HF hub name, local path, or a GGUF: file.gguf, "
+                "or org/repo/file.gguf"})
     method: str = field(default="dpt", metadata={"help": f"prompt method: {', '.join(methods.available())}"})
     task: str = field(default="rte", metadata={"help": "SuperGLUE task"})
     data_dir: str | None = field(default=None, metadata={
@@ -125,21 +132,48 @@ class RunSettings:
                      "max_source_length", "max_target_length", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise LrptError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise LrptError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise LrptError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise LrptError("set --max_steps > 0 or --num_train_epochs > 0")
+        self._validate_numbers()
         if self.decoding not in ("generate", "rank"):
             raise LrptError(f"--decoding must be generate or rank, got {self.decoding!r}")
         if self.few_shot is not None and self.few_shot < 1:
             raise LrptError(f"--few_shot must be >= 1, got {self.few_shot}")
-        if self.dev_size < 0:
-            raise LrptError(f"--dev_size must be >= 0, got {self.dev_size}")
         self._validate_selection()
         self._validate_quantization()
         report_to(self.report_to)
+
+    def _validate_numbers(self) -> None:
+        """Every float finite (a NaN slips past every `<` below), then each number in the range its use needs."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _field_type(f) is float and value is not None and not math.isfinite(value):
+                raise LrptError(f"--{f.name} must be a finite number, got {value}")
+        if self.learning_rate <= 0:
+            raise LrptError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise LrptError(f"--weight_decay must be >= 0 (AdamW's decay; 0: none), got {self.weight_decay}")
+        if self.max_grad_norm < 0:
+            raise LrptError(f"--max_grad_norm must be >= 0 (the gradient norm is clipped to it; 0: no clipping), "
+                            f"got {self.max_grad_norm}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise LrptError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.num_train_epochs < 0:
+            raise LrptError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise LrptError("set --max_steps > 0 or --num_train_epochs > 0")
+        if not SEEDS[0] <= self.seed <= SEEDS[1]:
+            raise LrptError(f"--seed must be in [{SEEDS[0]}, {SEEDS[1]}] (numpy's seed range), got {self.seed}")
+        self._validate_dev_size()
+
+    def _validate_dev_size(self) -> None:
+        """What carve_dev reads (a fraction, or a row count), refused here before any row is read; a count that
+        leaves no training rows is found once the rows are (trainer/data.py), still before any weight loads."""
+        from lrpt.eval.splits import dev_size
+
+        if self.dev_size:
+            try:
+                dev_size(self.dev_size)
+            except ValueError as exc:
+                raise LrptError(f"--dev_size {self.dev_size:g}: {exc}") from None
 
     @property
     def selection_protocol(self) -> str:
@@ -194,6 +228,13 @@ RunConfig = dataclasses.make_dataclass(
                "...: one field per name, None meaning the method's default)."})
 
 MONITORS = ("csv", "tensorboard", "wandb")
+
+
+def check_precision(precision: str, model_type: str) -> None:
+    """--precision against the backbone's type (its config alone): what `lrpt train` refuses, `lrpt plan` does too."""
+    if precision == "fp16" and model_type in FP16_UNSAFE:
+        raise LrptError(f"--precision fp16 with a {model_type} backbone: T5's activations overflow fp16 "
+                        "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
 
 
 def report_to(value: str) -> list[str]:

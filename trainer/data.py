@@ -48,7 +48,10 @@ def _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_e
             raise LrptError(f"--few_shot {few_shot}: {exc}") from None
     dev = None
     if dev_size:
-        rows, dev = carve_dev(rows, dev_size, seed)
+        try:
+            rows, dev = carve_dev(rows, dev_size, seed)
+        except ValueError as exc:  # a count the training rows cannot spare (RunConfig.validate checked the rest)
+            raise LrptError(f"--dev_size {dev_size:g}: {exc}") from None
         dev = format_rows(task, dev, labeled=True)
     train = format_rows(task, rows, train=True)
     val = format_rows(task, val_rows, labeled=True)

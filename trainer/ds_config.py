@@ -59,11 +59,18 @@ def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None =
         if key in config:
             raise LrptError(f"--deepspeed config has an {key!r} section; lrpt builds AdamW and its linear "
                             f"schedule over the prompt parameters itself: remove {key!r} and use --learning_rate/--warmup_ratio")
+    from lrpt.trainer import weights_only
+
+    weights_only.check_ds_config(config, cfg.deepspeed)  # before any weight loads
     micro, accum = micro_batch or cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     for key, ours in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
         if config.get(key, "auto") not in ("auto", ours):
             raise LrptError(f"--deepspeed config sets {key}={config[key]} but the run uses {ours}; "
                             f"set it to \"auto\" or pass the matching flag")
+    if config.get("gradient_clipping", "auto") not in ("auto", cfg.max_grad_norm):  # it would silently win
+        raise LrptError(f"--deepspeed config sets gradient_clipping={config['gradient_clipping']} but the run has "
+                        f"--max_grad_norm {cfg.max_grad_norm}; set it to \"auto\" (the run's --max_grad_norm) or "
+                        "pass the matching --max_grad_norm")
     _fill(config, "train_micro_batch_size_per_gpu", micro)
     _fill(config, "gradient_accumulation_steps", accum)
     global_batch = config.get("train_batch_size", "auto")

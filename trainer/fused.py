@@ -57,21 +57,30 @@ def run_name(cfg: RunConfig) -> str:
 
 def check_group(cfgs: list[RunConfig]) -> None:
     """Refuse, before any weight loads, runs that cannot share one pass, naming what differs."""
+    why = refusal(cfgs)
+    if why:
+        raise LrptError(f"--fuse: {why}; or drop --fuse (`lrpt sweep --fuse auto` trains such a group's runs one "
+                        "after another)")
+
+
+def refusal(cfgs: list[RunConfig]) -> str | None:
+    """Why these runs cannot share one pass, naming what differs (None: they can). Reads configs only."""
     first = cfgs[0]
     for name in SHARED:
         other = next((c for c in cfgs if getattr(c, name) != getattr(first, name)), None)
         if other is not None:
-            raise LrptError(f"--fuse: {run_name(first)} has --{name} {getattr(first, name)} and {run_name(other)} "
-                            f"{getattr(other, name)}; fused runs share one backbone and one forward, so they must "
-                            f"agree on it: give every run the same --{name}, or drop --fuse")
+            return (f"{run_name(first)} has --{name} {getattr(first, name)} and {run_name(other)} "
+                    f"{getattr(other, name)}; fused runs share one backbone and one forward, so they must agree on "
+                    f"it: give every run the same --{name}")
     if any(c.shared_prefix == "true" for c in cfgs):
-        raise LrptError("--fuse with --shared_prefix true: a fused batch carries a different prompt per run, so its "
-                        "rows take the standard path (the prompt with every row); drop --shared_prefix")
+        return ("--shared_prefix true: a fused batch carries a different prompt per run, so its rows take the "
+                "standard path (the prompt with every row); drop --shared_prefix")
     dropout = active_dropout(resolve_config(first.model))
     if dropout:
-        raise LrptError(f"--fuse: {first.model} trains with dropout ({dropout}): a fused forward draws one set of "
-                        "dropout masks for every run's rows, so no fused run could equal its run alone. Use a copy of "
-                        "the backbone saved with that dropout set to 0 (for the separate runs too), or drop --fuse")
+        return (f"{first.model} trains with dropout ({dropout}): a fused forward draws one set of dropout masks for "
+                "every run's rows, so no fused run could equal its run alone. Use a copy of the backbone saved with "
+                "that dropout set to 0 (for the separate runs too)")
+    return None
 
 
 def active_dropout(config) -> str:
@@ -196,8 +205,9 @@ def train_fused(cfgs: list[RunConfig]) -> list[dict]:
     return [reports[c.output_dir] for c in cfgs]
 
 
-def train_prepared(preps: list) -> list[dict]:
-    """One load of the backbone, every run's engine on it, the runs trained together, each one's report."""
+def train_prepared(preps: list, group: list[str]) -> list[dict]:
+    """One load of the backbone, every run's engine on it, the runs trained together, each one's report.
+    `group`: the names of every run of the group, those finished before included (each report names the others)."""
     first = preps[0]
     load_meter = LoadPeak().start()
     backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
@@ -210,16 +220,15 @@ def train_prepared(preps: list) -> list[dict]:
         run.keep_alive = keep_alive
         run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
         run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded
-    names = [run_name(r.cfg) for r in runs]
-    loops = [RunLoop(run, fused_with=[n for n in names if n != run_name(run.cfg)]) for run in runs]
+    loops = [RunLoop(run, fused_with=[n for n in group if n != run_name(run.cfg)]) for run in runs]
     preempt.install()  # SIGUSR1: every run of the group checkpoints, then the job exits
     for position, loop in enumerate(loops):
         loop.begin(position)
     frozen.train()
     for run in runs:
         run.engine.train()
-    train_together(runs, loops)
-    return [loop.finish({"fused": {"with": loop.fused_with, "runs": len(loops)}}) for loop in loops]
+    train_together(runs, loops, len(group))
+    return [loop.report for loop in loops]
 
 
 def build_group(preps: list, backbone) -> tuple:
@@ -228,10 +237,12 @@ def build_group(preps: list, backbone) -> tuple:
     return frozen, [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
 
 
-def train_together(runs: list, loops: list[RunLoop]) -> None:
-    """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done."""
+def train_together(runs: list, loops: list[RunLoop], group_size: int) -> None:
+    """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done. A run is
+    finished (evaluated, its report written) at its last step, as alone: a group stopped later never trains it again."""
     streams = [loop.micro_batches() for loop in loops]
     while True:
+        finish_done(loops, group_size)  # (a run resumed at its last step)
         items = []  # (run index, micro-batch index, micro-batch)
         for k, stream in enumerate(streams):
             item = None if loops[k].done else next(stream, None)
@@ -254,13 +265,21 @@ def train_together(runs: list, loops: list[RunLoop]) -> None:
         if stepped:
             stop = preempt.stop_requested()  # collective, once per step of the group: all ranks agree
             for loop in stepped:
-                loop.step_done(stop)
+                loop.step_done(stop and not loop.done)  # a run at its last step is finished instead, below
+            finish_done(loops, group_size)
             if stop:
-                for loop in loops:
-                    if loop not in stepped and not loop.done:
+                for loop in (loop for loop in loops if loop.report is None):
+                    if loop not in stepped:
                         loop.save_checkpoint()
                     loop.exit_preempted()
                 raise SystemExit(preempt.EXIT_CODE)
+
+
+def finish_done(loops: list[RunLoop], group_size: int) -> None:
+    """The report of every run that has reached its last step and has none yet (collective: every rank agrees)."""
+    for loop in loops:
+        if loop.done and loop.report is None:
+            loop.finish({"fused": {"with": loop.fused_with, "runs": group_size}})
 
 
 def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int, int]:

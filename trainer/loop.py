@@ -15,7 +15,7 @@ from lrpt import methods
 from lrpt.eval.tasks import Task, get_task
 from lrpt.trainer import build_lock, distributed, monitor, preempt, run_dir, run_lock, weights_only
 from lrpt.trainer.backbone import Backbone, load_backbone, resolve_config
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.config import RunConfig, check_precision
 from lrpt.trainer.data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
                                  train_batches)
 from lrpt.trainer.ds_config import read_ds_config, resolve_ds_config, zero_stage
@@ -25,8 +25,6 @@ from lrpt.trainer.prompted import PromptedModel
 from lrpt.trainer import quant, shared_prefix
 from lrpt.trainer.quant_load import sharded as sharded_quantized_load
 from lrpt.trainer.run_loop import RunLoop, gradient_norm, log
-
-FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
 
 def _quiet_libraries() -> None:
@@ -48,9 +46,7 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
     except KeyError as exc:
         raise LrptError(exc.args[0]) from None
     config = resolve_config(cfg.model)
-    if cfg.precision == "fp16" and config.model_type in FP16_UNSAFE:
-        raise LrptError(f"--precision fp16 with a {config.model_type} backbone: T5's activations overflow fp16 "
-                        "(inf/NaN losses; T5 was trained in bf16). Use --precision bf16, or fp32")
+    check_precision(cfg.precision, config.model_type)
     quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
     check_shared_prefix(cfg, config)
     monitor.check_available(cfg)

@@ -147,6 +147,8 @@ class Plan:
 
 
 def model_config(name: str) -> PretrainedConfig:
+    """A named architecture, else what `lrpt train` would load (backbone.resolve_config: presets, paths, hub
+    names and GGUF files alike, a GGUF through its converted checkpoint)."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
     from lrpt.trainer.backbone import resolve_config
@@ -358,8 +360,19 @@ def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int, in
 
 # ---------------------------------------------------------------- the plan
 
+def check_memory(spec: PlanSpec) -> None:
+    """--gpu_memory and --overhead as GiB a GPU can have: a plan is a ratio of them (NaN fits nothing, 0 divides)."""
+    from lrpt.trainer.errors import LrptError
+
+    if not (math.isfinite(spec.gpu_memory_gib) and spec.gpu_memory_gib > 0):
+        raise LrptError(f"--gpu_memory must be a number of GiB > 0 (80 for an 80 GB GPU), got {spec.gpu_memory_gib}")
+    if not (math.isfinite(spec.overhead_gib) and spec.overhead_gib >= 0):
+        raise LrptError(f"--overhead must be a number of GiB >= 0, got {spec.overhead_gib}")
+
+
 def plan(spec: PlanSpec) -> Plan:
     from lrpt import methods
+    from lrpt.trainer.config import check_precision
     from lrpt.trainer.errors import LrptError
 
     if spec.zero not in (0, 2, 3) and spec.ds_config is None:
@@ -370,7 +383,9 @@ def plan(spec: PlanSpec) -> Plan:
         raise LrptError(f"--precision {spec.precision!r}: choose fp32 or bf16")
     if min(spec.gpus, spec.nodes, spec.batch, spec.seq_len, spec.prompt_length, spec.fused) < 1:
         raise LrptError("--gpus, --nodes, --batch, --seq_len, --prompt_length and --fuse must be at least 1")
+    check_memory(spec)
     config = model_config(spec.model)
+    check_precision(spec.precision, config.model_type)  # the rule `lrpt train` refuses a run by
     world = spec.gpus * spec.nodes
     hidden = config.d_model if config.is_encoder_decoder else config.hidden_size
     ds = resolved_ds_config(spec, hidden, world)

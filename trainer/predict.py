@@ -40,14 +40,16 @@ def predict(run_dirs: str | list[str], input_path: str, output_path: str, decodi
     if not path.is_file():
         raise LrptError(f"--input {input_path!r} does not exist")
     out = Path(output_path)
-    if out.exists() and out.resolve() == path.resolve():
-        raise LrptError(f"--output {output_path!r} is the --input file: it would be overwritten; write elsewhere")
+    check_output(out, path)
+    if batch_size is not None and batch_size < 1:
+        raise LrptError(f"--batch_size must be >= 1, got {batch_size}; or leave it out for the run's "
+                        "--per_device_eval_batch_size")
     if len(dirs) > 1:
         return predict_many(dirs, path, out, decoding, batch_size, progress)
     run_dir = dirs[0]
     task = get_task(run_config(run_dir).task)
     try:  # the rows are read and checked before the backbone loads
-        rows = format_rows(task, read_jsonl(path))
+        rows, _ = read_rows(task, path, run_names(dirs))  # a row naming another run is refused, as with several
     except DataError as exc:
         raise LrptError(str(exc)) from None
     cfg, backbone, model = load_run(run_dir, shared_prefix=True)
@@ -62,6 +64,20 @@ def predict(run_dirs: str | list[str], input_path: str, output_path: str, decodi
     write_lines(out, ({"index": i, "group": rows[i]["group"], "prediction": answers[i],
                        "valid": task.is_valid(answers[i], rows[i])} for i in range(len(rows))))
     return len(rows)
+
+
+def check_output(out: Path, path: Path) -> None:
+    """--output can be written where it is named: found before the backbone loads, not after the whole pass."""
+    if out.exists() and out.resolve() == path.resolve():
+        raise LrptError(f"--output {str(out)!r} is the --input file: it would be overwritten; write elsewhere")
+    if out.is_dir():
+        raise LrptError(f"--output {str(out)!r} is a directory; name a file in it, such as "
+                        f"{str(out / 'preds.jsonl')!r}")
+    if not out.parent.is_dir():
+        raise LrptError(f"--output {str(out)!r}: there is no directory {str(out.parent)!r}; create it "
+                        "(mkdir -p) or write elsewhere")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise LrptError(f"--output {str(out)!r}: directory {str(out.parent)!r} is not writable; write elsewhere")
 
 
 def write_lines(out: Path, lines) -> None:
@@ -157,8 +173,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
                         help="a finished run; several runs of one backbone answer each input in one pass")
     parser.add_argument("--input", required=True,
-                        help="JSON lines in the official layout of the run's task; with several runs, a row's field "
-                        "\"run\": NAME (a run directory's name) has that run alone answer it")
+                        help="JSON lines in the official layout of the run's task; a row's field \"run\": NAME (a run "
+                        "directory's name, one of those given) has that run alone answer it")
     parser.add_argument("--output", required=True)
     parser.add_argument("--decoding", choices=DECODING, default=None, help="default: the run's")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=None,

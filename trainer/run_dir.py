@@ -73,6 +73,11 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
+def starts_afresh(cfg: RunConfig) -> bool:
+    """--overwrite_output_dir, except in a requeued Slurm job: that resumes what its first start began."""
+    return cfg.overwrite_output_dir and not requeued()
+
+
 def claim(cfg: RunConfig, log) -> Path | None:
     """Lock the run directory and check or clear it, before any weight loads; returns the checkpoint to resume
     from (None: step 0). Rank 0 does it for every rank (one lock, one clearing), the others take its answer."""
@@ -98,7 +103,7 @@ def _claim(cfg: RunConfig, log) -> Path | None:
     if cfg.overwrite_output_dir and requeued():
         log("--overwrite_output_dir: not applied, this is a restart of the Slurm job that already started afresh; "
             "it resumes")
-    elif cfg.overwrite_output_dir:
+    elif starts_afresh(cfg):
         removed = run_files.clear(out)
         if removed:
             log(f"--overwrite_output_dir: removed {len(removed)} files an earlier run wrote in {out}")

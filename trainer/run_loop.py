@@ -58,6 +58,7 @@ class RunLoop:
         self.matmul = matmul_params(run.backbone.model, run.backbone.is_encoder_decoder)
         self.backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
         self.bar = None
+        self.report: dict | None = None  # set by `finish`
         self.window: dict = {}
         self.losses, self.samples, self.tokens, self.flops = [], 0, 0, 0.0
 
@@ -196,6 +197,7 @@ class RunLoop:
         report = build_report(cfg, run.prompt, state, run.steps_per_epoch, metrics, per_rank, distributed.world_size(),
                               run.stage, run.ds_config, run.model.shared_prefix, data)
         report.update(extra or {})
+        self.report = report
         if distributed.is_main():
             run_files.record_monitors(out)  # TensorBoard's and W&B's files, named as they appeared
             write(report, out)
