@@ -13,6 +13,7 @@ from lrpt.trainer.ds_config import shipped
 from lrpt.trainer.flops import matmul_params, step_flops
 from lrpt.trainer.loop import train
 from lrpt.trainer.presets import build_preset
+from lrpt.trainer.report import format_table
 
 
 def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):
@@ -112,7 +113,7 @@ def test_bench_repeats_alternate_and_keep_each_configurations_fastest_launch(tin
     def launch(settings, method, c, path):
         step, evaluation, peak = next(figures)
         launches.append((method, path))
-        return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": c,
+        return {"method": method, "path": "peft" if method == "peft" else path, "loop": "plain", "prompt_length": c,
                 "prompt_tokens": c, "ranks": 1, "trainable_params": 1, "step_time_p50": step, "step_time_min": step,
                 "samples_per_s": 1 / step, "tokens_per_s": 1 / step, "eval_s_per_example": evaluation,
                 "peak_bytes": peak, "measured_by": "hand"}
@@ -131,3 +132,35 @@ def test_bench_repeats_alternate_and_keep_each_configurations_fastest_launch(tin
             step, evaluation, peak)
     assert float(rows["shared_prefix"]["throughput_ratio_vs_peft"]) == pytest.approx(2.5 / 1.0)
     assert float(rows["shared_prefix"]["throughput_ratio_vs_standard"]) == pytest.approx(2.9 / 1.0)
+
+
+def test_the_report_holds_the_untrained_prompts_metrics(tiny_t5_dir, memorise_dir, tmp_path):
+    """--eval_untrained scores the prompt before step 1. Reference: the same run (same seed, so the same initial
+    prompt) trained at a learning rate too small to move it, whose final evaluation is of that prompt. Not
+    measured, or measured of another prompt, the untrained metrics differ (on SmolLM2 they are apart from the
+    trained prompt's: 0.5625 -> 0.7656 on held-out sentiment rows)."""
+    common = dict(model=tiny_t5_dir, data_dir=str(memorise_dir), method="pt", prompt_length=8, max_steps=12,
+                  per_device_train_batch_size=4, decoding="rank", progress=False, report_to="none")
+    learns = train(RunConfig(output_dir=str(tmp_path / "learns"), learning_rate=0.3, **common)).report
+    frozen = train(RunConfig(output_dir=str(tmp_path / "frozen"), learning_rate=1e-12, eval_untrained=False,
+                             **common)).report
+    assert frozen["metrics_untrained"] is None
+    assert learns["metrics_untrained"] == frozen["metrics"]
+    table = format_table(learns)
+    assert f"{learns['metrics_untrained']['accuracy']:.4f} -> {learns['metrics']['accuracy']:.4f}" in table
+
+
+def test_the_learning_study_summarises_seeds_by_hand():
+    """The study's table: per method, step 0's accuracy (untrained) and the last scored step's, mean and sample
+    std over seeds, and the mean loss of each seed's last 10 steps; rates by method with a default."""
+    from lrpt.trainer.bench.learning import learning_rates, rows_of, summary
+
+    rows = (rows_of("pt", 1, 0.01, [float(x) for x in range(12, 0, -1)], {0: 0.5, 6: 0.6, 12: 0.75})
+            + rows_of("pt", 2, 0.01, [2.0] * 12, {0: 0.5, 12: 0.25}))
+    (pt,) = summary(rows)
+    assert (pt["untrained"], pt["final"], pt["final_min"], pt["final_max"]) == (0.5, 0.5, 0.25, 0.75)
+    assert pt["final_std"] == pytest.approx(((0.25 ** 2 + 0.25 ** 2) / 1) ** 0.5)
+    assert pt["loss_last10"] == pytest.approx((5.5 + 2.0) / 2)  # seed 1: mean of 10..1
+    assert learning_rates("pt=0.01,default=0.3", ["pt", "dpt"]) == {"pt": 0.01, "dpt": 0.3}
+    with pytest.raises(SystemExit, match="dpt"):
+        learning_rates("pt=0.01", ["pt", "dpt"])

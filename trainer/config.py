@@ -95,6 +95,9 @@ class RunSettings:
                 "(a relaunch into it otherwise resumes it, and must have its settings)"})
     logging_steps: int = 10
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    eval_untrained: bool = field(default=True, metadata={
+        "help": "evaluate the untrained (initial) prompt before the first step: the report shows its metrics "
+                "next to the trained prompt's, the baseline the training is judged against"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default="auto", metadata={"help": "auto (latest in output_dir if any) | none | path to a checkpoint"})

@@ -45,8 +45,8 @@ from lrpt.trainer.run_loop import RunLoop, gradient_norm, log
 PER_RUN = {"recipe", "method", "data_dir", "prompt_length", "learning_rate", "weight_decay", "max_grad_norm",
            "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "max_steps",
            "seed", "shared_prefix", "local_rank", "output_dir", "overwrite_output_dir", "logging_steps", "eval_steps",
-           "save_steps", "save_total_limit", "resume_from_checkpoint", "max_train_samples", "max_eval_samples",
-           "decoding", "few_shot", "dev_size", "selection", "progress", "report_to"}
+           "eval_untrained", "save_steps", "save_total_limit", "resume_from_checkpoint", "max_train_samples",
+           "max_eval_samples", "decoding", "few_shot", "dev_size", "selection", "progress", "report_to"}
 METHOD_OPTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunSettings)}
 SHARED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in PER_RUN | METHOD_OPTIONS)
 

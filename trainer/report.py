@@ -13,6 +13,10 @@ def _size(n: float) -> str:
     return str(n)
 
 
+def _value(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
 def write(report: dict, output_dir: str | Path) -> Path:
     path = Path(output_dir) / "report.json"
     tmp = path.with_suffix(".json.tmp")
@@ -35,7 +39,11 @@ def format_table(report: dict) -> str:
         ("train loss first -> last", f"{report['train']['loss_first']:.4f} -> {report['train']['loss_last']:.4f}"),
         ("steps (epochs)", f"{report['train']['steps']} ({report['train']['epochs']:.2f})"),
     ]
-    rows += [(f"eval {k}", f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in report["metrics"].items()]
+    # a score next to the untrained prompt's (counts such as unparsable answers alone)
+    untrained = {k: v for k, v in (report.get("metrics_untrained") or {}).items() if isinstance(v, float)}
+    rows += [(f"eval {k}" + (" untrained -> trained" if k in untrained else ""),
+              (f"{_value(untrained[k])} -> " if k in untrained else "") + _value(v))
+             for k, v in report["metrics"].items()]
     if "step_time_s" in thr:
         rows += [("step time mean/p50/p95", "/".join(f"{thr['step_time_s'][k]:.3f}" for k in ("mean", "p50", "p95")) + " s"),
                  ("samples/s (all ranks)", f"{thr['samples_per_s']:.1f}"),

@@ -67,8 +67,13 @@ class RunLoop:
         return self.state["step"] >= self.run.total_steps
 
     def begin(self, position: int = 0) -> None:
-        """The log line and progress bar of the run (`position`: its row among fused runs' bars)."""
+        """The log line, the untrained prompt's evaluation and the progress bar of the run (`position`: its row
+        among fused runs' bars)."""
         run, cfg = self.run, self.cfg
+        if cfg.eval_untrained and self.state["step"] == 0 and "untrained" not in self.state:
+            # kept in the trainer state, so a resumed run reports the baseline it measured before its first step
+            self.state["untrained"] = self.evaluate(run.eval_rows)
+            log(f"untrained prompt: {self.state['untrained']}")
         log(f"{cfg.method}: {run.prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
             f"{len(run.eval_rows)} eval examples; {run.total_steps} steps of {run.ds_config['train_batch_size']} "
             "examples" + (f" (fused with {', '.join(self.fused_with)})" if self.fused_with else ""))
@@ -231,6 +236,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "optimizer_state_bytes": sum(opt_bytes),
         "optimizer_state_bytes_per_rank": opt_bytes,
         "metrics": metrics,
+        "metrics_untrained": state.get("untrained"),  # the initial prompt's, before step 1 (--eval_untrained)
         "data": data or {},
         "selected_step": selected,
         # paper-val: chosen on the split the metrics are reported on (DPT's protocol), an optimistic figure

@@ -1,13 +1,15 @@
 """`lrpt bench`: methods × prompt lengths on one backbone and batch shape, against HF peft.
 
 Each configuration runs in a fresh process, so its peak memory is its own (on CPU the peak RSS
-of a process can only grow). Every configuration trains the prompt on a fixed random batch: a
-plain loop (forward, backward, AdamW), or DeepSpeed's engine under `--deepspeed` (with `--ranks`
-processes through the deepspeed launcher; peak = the largest rank's). The baseline is peft's
-PromptTuningConfig (c virtual tokens, encoder only for T5) on the same backbone (loaded as
-`lrpt train` loads it: ZeRO-3-sharded, 8-bit / 4-bit, gradient checkpointing), batch, precision
-and loop. On a decoder-only backbone every lrpt method is also measured with `--shared_prefix`
-(the prompt once per micro-batch): those rows have path "shared_prefix" and the ratio
+of a process can only grow). Every configuration trains the prompt on a fixed random batch in the
+loop its users run: lrpt's methods in DeepSpeed's engine as `lrpt train` steps them (its built-in
+ZeRO-0 config, or `--deepspeed` with `--ranks` processes through the deepspeed launcher; peak = the
+largest rank's). The baseline is peft's PromptTuningConfig (c virtual tokens, encoder only for T5)
+on the same backbone (loaded as `lrpt train` loads it: ZeRO-3-sharded, 8-bit / 4-bit, gradient
+checkpointing), batch and precision, trained by the HF Trainer in one process (`--baseline plain`:
+a bare forward/backward/AdamW loop instead) and by DeepSpeed's engine under `--deepspeed`. On a
+decoder-only backbone every lrpt method is also measured with `--shared_prefix` (the prompt once
+per micro-batch): those rows have path "shared_prefix" and the ratio
 shared/standard in `throughput_ratio_vs_standard`. Every row also times rank classification's
 forward (no gradient) per example, `eval_s_per_example` (the fastest of --steps).
 Every configuration, peft's included, runs with denormal floats flushed to zero (`--flush_denormal
@@ -81,14 +83,14 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     cfg = _run_config(settings)
     batch_size, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
     steps = settings["steps"]
-    ds_config = None
-    if cfg.deepspeed:
+    ds_config, loop = None, loop_of(settings, method)
+    if loop == "deepspeed":
         from lrpt.trainer.backbone import resolve_config
 
         distributed.init_process_group()
         ds_config = resolve_ds_config(cfg, distributed.world_size(), resolve_config(cfg.model).hidden_size)
     torch.manual_seed(0)
-    backbone, keep_alive = _load(cfg, ds_config)
+    backbone, keep_alive = _load(cfg, ds_config if cfg.deepspeed else None)
     net = backbone.model.train()
     batch = random_batch(net.config, batch_size, seq_len, backbone.is_encoder_decoder)
     if method == "peft":
@@ -105,11 +107,15 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
         model = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
         output_length = prompt.output_length
-    step, engine = _stepper(model, params, ds_config)
-    for _ in range(2):  # warm-up
-        _timed(step, batch)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = [_timed(step, batch) for _ in range(steps)]
+    if loop == "hf_trainer":
+        times, engine = trainer_step_times(model, batch, steps), None
+    else:
+        step, engine = _stepper(model, params, ds_config)
+        for _ in range(2):  # warm-up
+            _timed(step, batch)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times = [_timed(step, batch) for _ in range(steps)]
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     evaluation = [_timed(lambda b: _score(model, b), batch) for _ in range(steps + 1)][1:]
     p50 = statistics.median(times)
@@ -117,8 +123,9 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     world = distributed.world_size()
     peaks = distributed.gather(peak_memory())
     del keep_alive, engine
-    return {"method": method, "path": "peft" if method == "peft" else path, "prompt_length": prompt_length,
-            "prompt_tokens": output_length, "ranks": world, "threads": torch.get_num_threads(),
+    return {"method": method, "path": "peft" if method == "peft" else path, "loop": loop,
+            "prompt_length": prompt_length, "prompt_tokens": output_length, "ranks": world,
+            "threads": torch.get_num_threads(),
             "flush_denormal": denormals_flushed(),
             "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "step_time_p50": p50,
             "step_time_min": min(times),
@@ -128,6 +135,52 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
             "samples_per_s": world * batch_size / min(times), "tokens_per_s": world * tokens / min(times),
             "eval_s_per_example": min(evaluation) / batch_size,
             "peak_bytes": max(p["peak_bytes"] for p in peaks), "measured_by": peaks[0]["measured_by"]}
+
+
+def loop_of(settings: dict, method: str) -> str:
+    """The training loop a configuration is timed in: what its users run. lrpt's rows (and peft's under
+    --deepspeed) step DeepSpeed's engine, with lrpt's built-in ZeRO-0 config when --deepspeed is not given, as
+    `lrpt train` does; peft's rows in one process step the HF Trainer (`--baseline trainer`, the default), or
+    the plain loop lrpt's rows once used (`--baseline plain`: forward, backward, AdamW, nothing else)."""
+    if method != "peft" or settings.get("deepspeed"):
+        return "deepspeed"
+    return "hf_trainer" if settings["baseline"] == "trainer" else "plain"
+
+
+def trainer_step_times(model, batch: dict, steps: int) -> list[float]:
+    """Seconds per optimizer step of `model` trained by the HF Trainer on `batch`'s rows, repeated: AdamW at
+    the same learning rate, no logging, no saving, no evaluation. A step is timed from one step's end to the
+    next (data loading and collation included, as a user's run pays them), after 2 warm-up steps."""
+    import tempfile
+
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(batch["input_ids"].shape[0])]
+
+    class Repeated(Dataset):
+        def __len__(self) -> int:
+            return len(rows) * (steps + 2)
+
+        def __getitem__(self, i: int) -> dict:
+            return rows[i % len(rows)]
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=len(rows), max_steps=steps + 2,
+                                 learning_rate=0.3, optim="adamw_torch", lr_scheduler_type="constant",
+                                 logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+                                 disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+                                 remove_unused_columns=False)
+        Trainer(model=model, args=args, train_dataset=Repeated(), callbacks=[clock]).train()
+    return [b - a for a, b in zip(clock.ends[1:], clock.ends[2:])]
 
 
 def denormals_flushed() -> bool:
@@ -227,11 +280,12 @@ RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_le
              "deepspeed", "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing")
 # what a worker process is given (booleans as true/false, which lrpt's flags accept)
 WORKER_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "steps", "deepspeed",
-                "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing", "flush_denormal")
+                "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing", "flush_denormal",
+                "baseline")
 DEFAULTS = {"model": "tiny-t5", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
             "shared_prefix": "auto", "output_dir": "bench", "pool": 2, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
             "prompt_lengths": "20,50,100,200,400", "steps": 5, "ranks": 1, "repeats": 1,
-            "flush_denormal": True}
+            "flush_denormal": True, "baseline": "trainer"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -250,6 +304,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--ranks", type=int, help="processes per configuration under --deepspeed (the deepspeed launcher)")
     p.add_argument("--repeats", type=int, help="passes over every configuration, alternating order; the fastest counts")
+    p.add_argument("--baseline", choices=("trainer", "plain"),
+                   help="peft's loop in one process: the HF Trainer, or a plain forward/backward/AdamW loop")
     p.add_argument("--flush_denormal", "--flush-denormal", type=_parse_bool,
                    help="flush denormal floats to zero in every configuration (a CPU's slow path; true/false)")
     add_run_arguments(p, only=RUN_FLAGS + tuple(name for name, _, _ in methods.option_fields()))
@@ -354,11 +410,11 @@ def main(argv: list[str]) -> int:
     print(f"{settings['model']}, batch {batch} x {seq_len} per rank, {settings['precision']}, "
           f"{', '.join(x for x in setup if x) or 'one process'}; peak (max over ranks) measured by: "
           f"{rows[0]['measured_by']}")
-    print("| method | path | c | prompt tokens | trainable | s/step (fastest) | tokens/s | peak MiB | time/peft "
+    print("| method | path | loop | c | prompt tokens | trainable | s/step (fastest) | tokens/s | peak MiB | time/peft "
           "| peak/peft | throughput vs peft | vs standard | eval s/example | eval vs standard |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['path']} | {r['prompt_length']} | {r['prompt_tokens']} | "
+        print(f"| {r['method']} | {r['path']} | {r['loop']} | {r['prompt_length']} | {r['prompt_tokens']} | "
               f"{r['trainable_params']:,} | {r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
               f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} | "
               f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} | "
