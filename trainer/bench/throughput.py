@@ -107,16 +107,15 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
         model = PromptedModel(net, prompt, backbone.is_encoder_decoder, shared_prefix=path == "shared_prefix")
         params = list(prompt.parameters())
         output_length = prompt.output_length
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     if loop == "hf_trainer":
-        times, engine = trainer_step_times(model, batch, steps), None
+        (times, faults), engine = trainer_step_times(model, batch, steps), None
     else:
         step, engine = _stepper(model, params, ds_config)
         for _ in range(2):  # warm-up
             _timed(step, batch)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults = minor_faults()
         times = [_timed(step, batch) for _ in range(steps)]
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+        faults = (minor_faults() - faults) / steps
     evaluation = [_timed(lambda b: _score(model, b), batch) for _ in range(steps + 1)][1:]
     p50 = statistics.median(times)
     tokens = batch_size * (seq_len + output_length + (batch["labels"].shape[1] if backbone.is_encoder_decoder else 0))
@@ -147,10 +146,16 @@ def loop_of(settings: dict, method: str) -> str:
     return "hf_trainer" if settings["baseline"] == "trainer" else "plain"
 
 
-def trainer_step_times(model, batch: dict, steps: int) -> list[float]:
+def minor_faults() -> int:
+    """Pages the kernel has handed this process on first touch so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def trainer_step_times(model, batch: dict, steps: int) -> tuple[list[float], float]:
     """Seconds per optimizer step of `model` trained by the HF Trainer on `batch`'s rows, repeated: AdamW at
     the same learning rate, no logging, no saving, no evaluation. A step is timed from one step's end to the
-    next (data loading and collation included, as a user's run pays them), after 2 warm-up steps."""
+    next (data loading and collation included, as a user's run pays them), after 2 warm-up steps; with the
+    minor page faults per timed step, counted over the same steps."""
     import tempfile
 
     from torch.utils.data import Dataset
@@ -170,7 +175,7 @@ def trainer_step_times(model, batch: dict, steps: int) -> list[float]:
             self.ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+            self.ends.append((time.perf_counter(), minor_faults()))
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
@@ -180,7 +185,8 @@ def trainer_step_times(model, batch: dict, steps: int) -> list[float]:
                                  disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
                                  remove_unused_columns=False)
         Trainer(model=model, args=args, train_dataset=Repeated(), callbacks=[clock]).train()
-    return [b - a for a, b in zip(clock.ends[1:], clock.ends[2:])]
+    timed = clock.ends[1:]  # from the end of the second warm-up step
+    return [b - a for (a, _), (b, _) in zip(timed, timed[1:])], (timed[-1][1] - timed[0][1]) / steps
 
 
 def denormals_flushed() -> bool:
