@@ -43,6 +43,11 @@ else
     : "${METHODS:=lamp}"
     : "${MODEL:=google/t5-v1_1-large}"
     : "${PRECISION:=bf16}"
+    # the papers' protocol (lrpt's own defaults are tuned for its small default backbone)
+    : "${PROMPT_LENGTH:=100}"
+    : "${LEARNING_RATE:=0.3}"
+    : "${NUM_TRAIN_EPOCHS:=10}"
+    : "${DECODING:=generate}"
 fi
 : "${SAVE_STEPS:=200}"
 : "${OUTPUT_DIR:=runs/fewshot-${SLURM_ARRAY_JOB_ID:-}}"

@@ -20,7 +20,7 @@ class Crash(Exception):
 
 
 def config(model_dir, data_dir, out, **kw) -> RunConfig:
-    base = dict(model=model_dir, data_dir=str(data_dir), output_dir=str(out), method="lamp", rank=4, pool=2,
+    base = dict(model=model_dir, task="rte", data_dir=str(data_dir), output_dir=str(out), method="lamp", rank=4, pool=2,
                 prompt_length=8, per_device_train_batch_size=2, max_steps=8, save_steps=3, warmup_ratio=0.25,
                 progress=False, seed=3)
     return RunConfig(**{**base, **kw})
@@ -149,7 +149,7 @@ def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_di
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "latest").write_text("step-000006")
     run_files.record(out, ["checkpoints/latest"])  # as lrpt writes it
-    argv = ["train", "--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--output_dir", str(out)]
+    argv = ["train", "--model", tiny_t5_dir, "--task", "rte", "--data_dir", str(memorise_dir), "--output_dir", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "checkpoints/latest names step-000006, which does not exist" in err and err.count("\n") == 1

@@ -20,9 +20,9 @@ LRPT = os.path.join(os.path.dirname(sys.executable), "lrpt")
 
 
 def flags(model_dir, data_dir, out, *extra) -> list[str]:
-    return ["train", "--model", model_dir, "--data_dir", str(data_dir), "--output_dir", str(out), "--method", "dpt",
-            "--rank", "4", "--prompt_length", "6", "--per_device_train_batch_size", "2", "--max_steps", "4",
-            "--save_steps", "2", "--progress", "false", "--seed", "5", *extra]
+    return ["train", "--model", model_dir, "--task", "rte", "--data_dir", str(data_dir), "--output_dir", str(out),
+            "--method", "dpt", "--rank", "4", "--prompt_length", "6", "--per_device_train_batch_size", "2",
+            "--max_steps", "4", "--save_steps", "2", "--progress", "false", "--seed", "5", *extra]
 
 
 def files(root: Path) -> dict[str, bytes]:

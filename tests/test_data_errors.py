@@ -43,8 +43,8 @@ def test_a_data_problem_is_one_line_before_the_backbone_loads(case, tiny_t5_dir,
     (tmp_path / "RTE" / "train.jsonl").write_bytes(train)
     if val is not None:
         (tmp_path / "RTE" / "val.jsonl").write_bytes(val)
-    argv = ["train", "--model", tiny_t5_dir, "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run"),
-            "--max_steps", "1", "--progress", "false", "--per_device_train_batch_size", "1"]
+    argv = ["train", "--model", tiny_t5_dir, "--task", "rte", "--data_dir", str(tmp_path), "--output_dir",
+            str(tmp_path / "run"), "--max_steps", "1", "--progress", "false", "--per_device_train_batch_size", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     path = Path(tmp_path) / "RTE" / f"{named}.jsonl"

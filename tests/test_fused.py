@@ -32,7 +32,8 @@ RUNS = [f"rte-{m}-seed{s}" for m in ("pt", "dpt") for s in (0, 1)]
 
 
 def run_flags(model_dir: str, data_dir, *extra: str) -> list[str]:
-    return ["--model", model_dir, "--data_dir", str(data_dir), "--prompt_length", "4", "--max_steps", "6",
+    return ["--model", model_dir, "--task", "rte", "--data_dir", str(data_dir), "--prompt_length", "4", "--max_steps",
+            "6",
             "--per_device_train_batch_size", "2", "--warmup_ratio", "0.25", "--decoding", "rank", "--progress",
             "false", *extra]
 
@@ -91,7 +92,8 @@ def test_fuse_group_trains_that_group_alone_and_writes_no_table(tiny_t5_dir, mem
 
 def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, memorise_dir, tmp_path):
     """LAMP pooling 7 tokens to 4 next to DPT with 6 and PT with 3: rows of three widths in one batch."""
-    base = dict(model=tiny_llama_dir, data_dir=str(memorise_dir), per_device_train_batch_size=2, max_steps=5,
+    base = dict(model=tiny_llama_dir, task="rte", data_dir=str(memorise_dir), per_device_train_batch_size=2,
+                max_steps=5,
                 learning_rate=0.05,  # AdamW moves a near-zero gradient entry by ~lr·(its rounding)/eps
                 warmup_ratio=0.25, decoding="rank", progress=False, seed=4, shared_prefix="false")
     runs = {"lamp": dict(method="lamp", prompt_length=7, pool=2, rank=2), "dpt": dict(method="dpt", prompt_length=6),

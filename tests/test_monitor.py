@@ -19,9 +19,9 @@ from lrpt.trainer.monitor import read_csv
 
 
 def flags(model: str, data: Path, out: Path, *more: str) -> list[str]:
-    return ["--model", model, "--data_dir", str(data), "--output_dir", str(out), "--method", "dpt",
+    return ["--model", model, "--task", "rte", "--data_dir", str(data), "--output_dir", str(out), "--method", "dpt",
             "--prompt_length", "6", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.25", "--seed", "3",
-            "--progress", "false", *more]
+            "--learning_rate", "0.3", "--progress", "false", *more]
 
 
 def report(out: Path) -> dict:

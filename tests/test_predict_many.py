@@ -46,9 +46,9 @@ def trained(backbone_dirs, memorise_dir, tmp_path_factory):
     def runs(arch: str, task: str = "rte") -> list[str]:
         if (arch, task) not in cache:
             root = tmp_path_factory.mktemp(f"runs-{arch}-{task}")
-            data = {"data_dir": str(memorise_dir)} if task == "rte" else {"task": task, "max_eval_samples": 2}
+            data = {"data_dir": str(memorise_dir)} if task == "rte" else {"max_eval_samples": 2}
             for name, method, length, options in RUNS:
-                train(RunConfig(model=backbone_dirs[arch], output_dir=str(root / name), method=method,
+                train(RunConfig(model=backbone_dirs[arch], task=task, output_dir=str(root / name), method=method,
                                 prompt_length=length, max_steps=2, per_device_train_batch_size=4, progress=False,
                                 decoding="rank", **data, **options))
             cache[arch, task] = [str(root / name) for name in NAMES]

@@ -134,7 +134,8 @@ def probes(backbone_dirs, memorise_dir, tmp_path_factory):
     def get(arch: str, q: str):
         if (arch, q) not in done:
             out = tmp_path_factory.mktemp(f"probe-{arch}-{q}")
-            flags = [*PROBE_FLAGS, "--model", backbone_dirs[arch], "--data_dir", str(memorise_dir), *QUANT_FLAGS[q]]
+            flags = [*PROBE_FLAGS, "--model", backbone_dirs[arch], "--task", "rte", "--data_dir", str(memorise_dir),
+                     *QUANT_FLAGS[q]]
             sessions = {name: resolve_ds_flags(extra, out) for name, extra in SESSIONS[(arch, q)].items()}
             launch("tests/quant_probe.py", [str(out), json.dumps(sessions), "--", *flags])
             done[(arch, q)] = out
@@ -234,7 +235,8 @@ def test_two_rank_report_memory(arch, q, probes):
 # ---------------------------------------------------------------- stage 0, one process
 
 def run_config(model_dir, data_dir, out, **kw) -> RunConfig:
-    base = dict(model=model_dir, data_dir=str(data_dir), output_dir=str(out), prompt_length=8,
+    base = dict(model=model_dir, task="rte", data_dir=str(data_dir), output_dir=str(out), method="dpt",
+                learning_rate=0.3, prompt_length=8,
                 per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=30,
                 warmup_ratio=0.0, logging_steps=100, progress=False, seed=0)
     base.update(kw)

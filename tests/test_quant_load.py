@@ -70,7 +70,7 @@ def probes(sharded_checkpoints, memorise_dir, tmp_path_factory) -> dict[int, Pat
     cells = {(arch, q, load): ["--model", sharded_checkpoints[arch], *QUANTS[q]]
              + (["--quantized_load", "whole"] if load == "whole" else [])
              for arch, q in CELLS for load in ("whole", "sharded")}
-    flags = [*PROBE_FLAGS, "--data_dir", str(memorise_dir)]
+    flags = [*PROBE_FLAGS, "--task", "rte", "--data_dir", str(memorise_dir)]
     two = {session(*key): extra for key, extra in cells.items()}
     one = {session(arch, q, "sharded_load_only"): extra
            for (arch, q, load), extra in cells.items() if load == "sharded"}

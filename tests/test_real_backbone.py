@@ -11,15 +11,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from launch import ROOT, launch
+from launch import ROOT, clean_env, launch
 from lrpt import methods
-from lrpt.trainer import gguf, quant, run_lock
+from lrpt.trainer import gguf, quant
 from lrpt.trainer.backbone import load_backbone, local_model, resolve_config
 from lrpt.trainer.cli import main
 from lrpt.trainer.config import RunConfig
@@ -165,61 +167,36 @@ def test_the_preset_reads_as_a_plain_checkpoint_everywhere(smollm2, monkeypatch,
     assert 130e6 < plan["backbone_params"] < 140e6  # 134.5M: the tied embedding counted once
 
 
-# ---------------------------------------------------------------- an English task: sentiment, held-out words
+# ---------------------------------------------------------------- the default run: an English task, held-out words
 
-# BoolQ's format, so lrpt runs it unchanged (--task boolq --data_dir). The question says nothing of what True
-# means: the prompt must learn that True is a positive review, and can only answer for words it never saw
-# through what the backbone knows of English. Test words are disjoint from training words.
-TRAIN_WORDS = {
-    True: "good great excellent wonderful delightful pleasant lovely superb fantastic brilliant amazing marvelous "
-          "charming enjoyable splendid beautiful perfect outstanding terrific fabulous cheerful gorgeous impressive "
-          "magnificent remarkable exceptional glorious pleasing satisfying admirable".split(),
-    False: "bad terrible awful horrible dreadful unpleasant nasty poor disgusting boring dull mediocre disappointing "
-           "miserable pathetic lousy atrocious abysmal appalling dismal horrid gross tedious bland ugly annoying "
-           "painful tragic rotten sloppy".split()}
-TEST_WORDS = {
-    True: "elegant refreshing sublime exquisite stellar heavenly joyful uplifting graceful flawless delicious "
-          "friendly helpful kind happy nice awesome thrilling inspiring wholesome comfortable dazzling stunning "
-          "lovable generous".split(),
-    False: "clumsy rude hostile filthy gloomy depressing shoddy tasteless inferior worthless useless unbearable "
-           "offensive frightful grim sad stale cheap broken weak messy noisy harsh sour bitter".split()}
-TEMPLATES = ["The movie was {}.", "Our dinner last night was {}.", "I thought the service was {}.",
-             "The hotel room looked {}."]
-ENGLISH = dict(task="boolq", decoding="rank", method="pt", prompt_length=20, learning_rate=0.01, max_steps=40,
-               per_device_train_batch_size=8, seed=42, progress=False, report_to="none")
+# The README's first command: `lrpt train` with every default (SmolLM2, pt, the bundled BoolQ demo: "was the
+# review positive" over one-sentence reviews). The question says nothing of which answer is which: the prompt
+# must learn that True is a positive review, and can only answer for the held-out words through what the
+# backbone knows of English.
+DEMO = ROOT / "eval" / "demo_data" / "BoolQ"
+QUIET = dict(progress=False, report_to="none")
 
 
-def sentiment_rows(words: dict[bool, list[str]], templates: list[str]) -> list[dict]:
-    return [{"passage": t.format(w), "question": "label", "label": label}
-            for label in (True, False) for w in words[label] for t in templates]
+def demo_rows(split: str) -> list[dict]:
+    return [json.loads(line) for line in (DEMO / f"{split}.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def sentiment_dir(tmp_path_factory) -> Path:
-    from conftest import write_task
-
-    assert not set(sum(TRAIN_WORDS.values(), [])) & set(sum(TEST_WORDS.values(), []))
-    return write_task(tmp_path_factory.mktemp("sentiment"), "BoolQ", {
-        "train": sentiment_rows(TRAIN_WORDS, TEMPLATES), "val": sentiment_rows(TEST_WORDS, TEMPLATES[:2])})
+def review_word(row: dict) -> str:
+    return row["passage"].rstrip(".").split()[-1]
 
 
 def train_and_score(cfg: RunConfig) -> tuple[float, float]:
-    """Accuracy of the run's initial prompt, then of its trained prompt, through lrpt's own pipeline."""
-    from lrpt.trainer.evaluate import evaluate
-    from lrpt.trainer.loop import fit, setup
+    """Accuracy of the run's initial prompt, then of its trained prompt, as its report gives them."""
+    from lrpt.trainer.loop import train
 
-    run = setup(cfg)
-    try:
-        before = evaluate(run.model, run.eval_rows, run.task, run.encoder, "rank", 32, False, progress=False)
-        after = fit(run).report["metrics"]
-    finally:
-        run_lock.release(Path(cfg.output_dir))
-    return before["accuracy"], after["accuracy"]
+    report = train(cfg).report
+    return report["metrics_untrained"]["accuracy"], report["metrics"]["accuracy"]
 
 
 @pytest.fixture(scope="module")
-def english(smollm2, sentiment_dir, tmp_path_factory) -> dict:
-    """The same run on SmolLM2 (`--model smollm2-135m`) and on a random backbone of its shape and tokenizer."""
+def english(smollm2, tmp_path_factory) -> dict:
+    """`lrpt train` with no flags (in a fresh process, as the README runs it), and the same run on a random
+    backbone of SmolLM2's shape and tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path_factory.mktemp("english")
@@ -229,11 +206,34 @@ def english(smollm2, sentiment_dir, tmp_path_factory) -> dict:
     random.save_pretrained(out / "random-backbone")
     AutoTokenizer.from_pretrained(smollm2).save_pretrained(out / "random-backbone")
     del random
-    scores = {}
-    for name, model in (("smollm2", SMOL), ("random", str(out / "random-backbone"))):
-        cfg = RunConfig(model=model, data_dir=str(sentiment_dir), output_dir=str(out / name), **ENGLISH)
-        scores[name] = train_and_score(cfg)
-    return {"scores": scores, "run": out / "smollm2"}
+    lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
+    done = subprocess.run([lrpt, "train"], cwd=out, capture_output=True, text=True, timeout=900, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (out / "runs").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    scores = {"smollm2": (report["metrics_untrained"]["accuracy"], report["metrics"]["accuracy"]),
+              "random": train_and_score(RunConfig(model=str(out / "random-backbone"), output_dir=str(out / "random"),
+                                                  progress=False, report_to="none"))}
+    return {"scores": scores, "run": run, "report": report, "stdout": done.stdout, "stderr": done.stderr}
+
+
+@needs_smollm2
+def test_lrpt_train_without_arguments(english):
+    """The README's main job: `lrpt train` alone trains pt on SmolLM2 and the bundled demo, and prints the report
+    with the untrained prompt's accuracy next to the trained one's."""
+    report, run = english["report"], english["run"]
+    assert run.name.endswith("-pt-boolq")
+    assert {"method", "trainable_params", "optimizer_state_bytes", "metrics", "metrics_untrained", "throughput",
+            "memory", "config"} <= report.keys()
+    assert report["method"] == "pt" and report["config"]["model"] == SMOL
+    assert report["trainable_params"] == 20 * 576  # c x e
+    assert report["metrics"]["examples"] == len(demo_rows("val")) and report["train"]["steps"] == 4 * 240 // 8
+    assert report["memory"]["peak_bytes"][0] > 0 and {"tokens_per_s", "step_time_s"} <= report["throughput"].keys()
+    # the table is printed on stdout, the progress bar on stderr
+    untrained, trained = report["metrics_untrained"]["accuracy"], report["metrics"]["accuracy"]
+    assert "eval accuracy untrained -> trained" in english["stdout"]
+    assert f"{untrained:.4f} -> {trained:.4f}" in english["stdout"]
+    assert "11,520" in english["stdout"] and "train pt" in english["stderr"]
 
 
 @needs_smollm2
@@ -241,6 +241,8 @@ def test_a_trained_prompt_answers_for_words_it_never_saw(english):
     """Measured (seed 42): untrained 0.57, trained 0.99, random backbone 0.50 trained and untrained. A backbone
     whose weights were not SmolLM2's (a wrong conversion: unpermuted q/k, untied head, a wrong tokenizer) knows
     no English and answers as the random one; a prompt that never reached the backbone stays untrained."""
+    held_out, seen = {review_word(r) for r in demo_rows("val")}, {review_word(r) for r in demo_rows("train")}
+    assert len(demo_rows("val")) >= 64 and not held_out & seen
     (untrained, trained), (_, random) = english["scores"]["smollm2"], english["scores"]["random"]
     assert trained >= 0.85, english["scores"]
     assert trained - untrained >= 0.25, english["scores"]
@@ -331,12 +333,12 @@ def first_step(smollm2):
 
             flags = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
                      "none": {}}[q]
-            cfg = RunConfig(model=SMOL, **{**ENGLISH, **flags})
+            cfg = RunConfig(model=SMOL, **QUIET, **flags)
             backbone = load_backbone(cfg.model, quantization=quant.bnb_config(cfg))
             layers = [m for m in backbone.model.modules() if quant.is_quantized_layer(m)]
             assert len(layers) == (0 if q == "none" else 30 * 7)  # every linear of every block; the head stays
             model = PromptedModel(backbone.model, build_prompt(cfg, backbone), False).train()
-            rows = sentiment_rows({label: words[::5] for label, words in TRAIN_WORDS.items()}, TEMPLATES[:1])
+            rows = demo_rows("train")[:12]
             inputs = english_batch(backbone.tokenizer, [(f"boolq passage: {r['passage']} question: {r['question']}",
                                                          str(r["label"])) for r in rows])
             loss = model(**inputs).loss
@@ -372,7 +374,7 @@ def test_quantized_real_weights_keep_the_first_step_loss(q, loss_rtol, lm_rtol, 
 
 
 @needs_smollm2
-def test_zero3_on_two_ranks_shards_it_and_matches_one_process(smollm2, sentiment_dir, tmp_path):
+def test_zero3_on_two_ranks_shards_it_and_matches_one_process(smollm2, tmp_path):
     """`--model smollm2-135m` under ZeRO-3 on 2 CPU ranks (tests/zero_probe.py): each rank holds half the frozen
     weights, computes from them (zeroing rank 1's shards changes every rank's loss), and its loss, data-parallel
     prompt gradient and greedy tokens equal one unsharded process's. Each rank finds the converted checkpoint in
@@ -380,7 +382,7 @@ def test_zero3_on_two_ranks_shards_it_and_matches_one_process(smollm2, sentiment
     shares or the numbers."""
     from lrpt.trainer.loop import build_prompt
 
-    flags = ["--model", SMOL, "--task", "boolq", "--data_dir", str(sentiment_dir), "--output_dir",
+    flags = ["--model", SMOL, "--task", "boolq", "--output_dir",
              str(tmp_path / "run"), "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--method", "dpt",
              "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5", "--warmup_ratio", "0",
              "--max_source_length", "24", "--progress", "false", "--report_to", "none"]

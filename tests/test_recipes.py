@@ -60,7 +60,8 @@ def test_lrpt_plan_takes_a_recipe_offline(capsys):
 
 def test_a_run_from_a_recipe_records_it_and_repeats_from_its_config(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--recipe", "dpt-t5-base", "--model", tiny_t5_dir, "--data_dir", str(memorise_dir),
+    argv = ["train", "--recipe", "dpt-t5-base", "--model", tiny_t5_dir, "--task", "rte", "--data_dir",
+            str(memorise_dir),
             "--output_dir", str(out), "--num_train_epochs", "2", "--per_device_train_batch_size", "2",
             "--decoding", "rank", "--progress", "false"]
     assert main(argv) == 0

@@ -38,7 +38,7 @@ def refusal(argv: list[str], capsys) -> str:
 
 def train_refusal(flags: list[str], tmp_path: Path, capsys) -> str:
     out = tmp_path / "run"
-    err = refusal(["train", "--output_dir", str(out), "--progress", "false", *flags], capsys)
+    err = refusal(["train", "--model", "tiny-t5", "--output_dir", str(out), "--progress", "false", *flags], capsys)
     assert not (out / "config.yaml").exists()  # the corrected relaunch is not held to the refused settings
     return err
 
@@ -84,8 +84,8 @@ def test_a_dev_size_that_is_neither_fraction_nor_count_is_refused(size, tmp_path
 
 def test_a_dev_size_that_leaves_no_training_rows_is_refused_once_the_rows_are_read(memorise_dir, tmp_path, capsys,
                                                                                    no_loading):
-    err = train_refusal(["--dev_size", "100000", "--data_dir", str(memorise_dir), "--max_steps", "1"], tmp_path,
-                        capsys)
+    flags = ["--dev_size", "100000", "--task", "rte", "--data_dir", str(memorise_dir), "--max_steps", "1"]
+    err = train_refusal(flags, tmp_path, capsys)
     assert f"--dev_size 100000: a dev split of 100000 row(s) leaves none of the {len(MEMORISE)} training rows" in err
     assert "carve fewer than 4 rows, or a fraction such as 0.1" in err
 
@@ -130,8 +130,8 @@ def test_a_line_datasets_cannot_read_is_named_at_its_file_and_line(case, tmp_pat
     (tmp_path / "RTE").mkdir()
     (tmp_path / "RTE" / "train.jsonl").write_bytes(b"\n".join([GOOD_LINE, line, GOOD_LINE, GOOD_LINE]) + b"\n")
     (tmp_path / "RTE" / "val.jsonl").write_bytes(GOOD_LINE + b"\n")
-    err = train_refusal(["--data_dir", str(tmp_path), "--max_steps", "1", "--per_device_train_batch_size", "1"],
-                        tmp_path, capsys)
+    flags = ["--task", "rte", "--data_dir", str(tmp_path), "--max_steps", "1", "--per_device_train_batch_size", "1"]
+    err = train_refusal(flags, tmp_path, capsys)
     assert err.startswith(f"lrpt train: error: {tmp_path / 'RTE' / 'train.jsonl'}:2: {said}"), err
 
 
@@ -204,7 +204,7 @@ def test_plan_refuses_memory_it_cannot_plan_against(flags, said, capsys):
 
 def test_plan_refuses_fp16_on_t5_by_the_rule_train_refuses_it_by(capsys, no_loading):
     planned = refusal([*PLAN, "--precision", "fp16"], capsys)
-    trained = refusal(["train", "--precision", "fp16"], capsys)
+    trained = refusal(["train", "--model", "tiny-t5", "--precision", "fp16"], capsys)
     assert "--precision fp16 with a t5 backbone" in planned
     assert planned.removeprefix("lrpt plan: ") == trained.removeprefix("lrpt train: ")
     llama = ["plan", "--model", "llama-7b", "--zero", "3", "--gpus", "8", "--precision", "fp16", "--json"]

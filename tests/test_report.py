@@ -17,7 +17,8 @@ from lrpt.trainer.report import format_table
 
 
 def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):
-    report = train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(tmp_path), method="lopt1",
+    report = train(RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(tmp_path),
+                             method="lopt1",
                              prompt_length=8, max_steps=12, per_device_train_batch_size=4, progress=False)).report
     n = report["trainable_params"]
     tensors = 2  # U, V
@@ -139,7 +140,7 @@ def test_the_report_holds_the_untrained_prompts_metrics(tiny_t5_dir, memorise_di
     prompt) trained at a learning rate too small to move it, whose final evaluation is of that prompt. Not
     measured, or measured of another prompt, the untrained metrics differ (on SmolLM2 they are apart from the
     trained prompt's: 0.5625 -> 0.7656 on held-out sentiment rows)."""
-    common = dict(model=tiny_t5_dir, data_dir=str(memorise_dir), method="pt", prompt_length=8, max_steps=12,
+    common = dict(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), method="pt", prompt_length=8, max_steps=12,
                   per_device_train_batch_size=4, decoding="rank", progress=False, report_to="none")
     learns = train(RunConfig(output_dir=str(tmp_path / "learns"), learning_rate=0.3, **common)).report
     frozen = train(RunConfig(output_dir=str(tmp_path / "frozen"), learning_rate=1e-12, eval_untrained=False,

@@ -15,7 +15,8 @@ from lrpt.trainer.run_dir import MAY_DIFFER, differences
 
 
 def flags(model_dir, data_dir, out, *extra) -> list[str]:
-    return ["train", "--model", model_dir, "--data_dir", str(data_dir), "--output_dir", str(out), "--method", "dpt",
+    return ["train", "--model", model_dir, "--task", "rte", "--data_dir", str(data_dir), "--output_dir", str(out),
+            "--method", "dpt",
             "--rank", "4", "--prompt_length", "6", "--per_device_train_batch_size", "2", "--max_steps", "4",
             "--save_steps", "2", "--progress", "false", "--seed", "5", *extra]
 
@@ -54,7 +55,7 @@ def test_a_relaunch_with_other_settings_is_refused_before_loading(finished, tiny
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Loading weights" not in err, err
     for text in ("task: 'rte' (run directory) != 'cb' (this launch)", "seed: 5 (run directory) != 6",
-                 "learning_rate: 0.3 (run directory) != 0.1", "prompt_length: 6 (run directory) != 7",
+                 "learning_rate: 0.01 (run directory) != 0.1", "prompt_length: 6 (run directory) != 7",
                  "--overwrite_output_dir", f"--config {finished}/config.yaml"):
         assert text in err, err
     assert snapshot(finished) == before

@@ -16,7 +16,7 @@ METRIC_KEYS = ("accuracy", "unparsable", "examples")
 
 
 def run(model_dir, data_dir, out, **kw) -> dict:
-    base = dict(model=model_dir, data_dir=str(data_dir), output_dir=str(out), method="pt", prompt_length=4,
+    base = dict(model=model_dir, task="rte", data_dir=str(data_dir), output_dir=str(out), method="pt", prompt_length=4,
                 per_device_train_batch_size=2, max_steps=6, save_steps=1, save_total_limit=10, eval_steps=1,
                 learning_rate=3.0, decoding="rank", progress=False, seed=7)
     return train(RunConfig(**{**base, **kw})).report

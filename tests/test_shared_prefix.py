@@ -59,7 +59,8 @@ def test_shared_prefix_equals_standard_path(method, left, tiny_llama_dir):
 def test_training_with_shared_prefix_follows_the_same_curve(tiny_llama_dir, memorise_dir, tmp_path):
     curves, paths = [], []
     for shared in ("false", "auto"):  # auto takes the shared path on a plain decoder-only run
-        cfg = RunConfig(model=tiny_llama_dir, data_dir=str(memorise_dir), output_dir=str(tmp_path / str(shared)),
+        cfg = RunConfig(model=tiny_llama_dir, task="rte", data_dir=str(memorise_dir),
+                        output_dir=str(tmp_path / str(shared)),
                         method="dpt", prompt_length=8, max_steps=8, per_device_train_batch_size=4,
                         progress=False, shared_prefix=shared)
         report = train(cfg).report
@@ -256,7 +257,8 @@ def cells(tiny_llama_dir, memorise_dir, tmp_path_factory):
             *(["--gradient_checkpointing"] if checkpointing else [])]
     (out / "cells.json").write_text(json.dumps(spec))
     launch("tests/shared_prefix_probe.py", [str(out), str(out / "cells.json"), "--", "--model", tiny_llama_dir,
-                                             "--data_dir", str(memorise_dir), "--method", "dpt", "--prompt_length", "8",
+                                             "--task", "rte", "--data_dir", str(memorise_dir), "--method", "dpt",
+                                             "--prompt_length", "8",
                                              "--per_device_train_batch_size", "2", "--seed", "5", "--max_steps", "4",
                                              "--progress", "false"], timeout=1200)
     return out

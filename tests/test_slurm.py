@@ -96,7 +96,8 @@ def test_each_template_has_an_offline_plan_of_its_own_default_job():
         method = job.get("METHOD") or job["METHODS"].split()[-1]  # a sweep: its last (most expensive) method
         want = {"--model": job["MODEL"], "--method": method, "--zero": zero, "--precision": job["PRECISION"],
                 "--gpus": job["gpus-per-node"], "--nodes": job["nodes"],
-                "--per_device_train_batch_size": job.get("PER_DEVICE_TRAIN_BATCH_SIZE", "8")}
+                "--per_device_train_batch_size": job.get("PER_DEVICE_TRAIN_BATCH_SIZE", "8"),
+                "--prompt_length": job["PROMPT_LENGTH"]}
         assert {k: flags.get(k, {"--nodes": "1", "--per_device_train_batch_size": "8"}.get(k)) for k in want} == want
         commands.append(args)
     code = ("import sys, json; from lrpt.trainer.cli import main; "
@@ -149,7 +150,7 @@ def test_sweeps_print_their_grid_outside_slurm():
 def test_sigusr1_checkpoints_exits_75_and_resumes_to_the_same_prompt(tiny_t5_dir, memorise_dir, tmp_path,
                                                                     monkeypatch):
     def cfg(out):
-        return RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(out), method="lamp",
+        return RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(out), method="lamp",
                          prompt_length=8, per_device_train_batch_size=2, max_steps=8, save_steps=0,
                          warmup_ratio=0.25, progress=False, seed=3)
 
@@ -486,7 +487,8 @@ def test_fused_superglue_array_preempted_ends_on_the_runs_alone(superglue_arrays
 
 # ---- the other templates, each submitted once with its own defaults ---------------------------------------
 
-# what every job below overrides: a CPU's precision and a short run; nothing else a template sets by default
+# what every job below overrides: a CPU's precision and a short run (a short prompt, rank decoding); nothing
+# else a template sets by default
 SHORT = {"PRECISION": "fp32", "PROMPT_LENGTH": "4", "MAX_STEPS": "6", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank",
          "PROGRESS": "false"}
 # the templates' --exclusive would hold a whole node per job: let the jobs share the two nodes (never a core)
@@ -513,7 +515,8 @@ def template_jobs(cluster, tiny_t5_dir, tiny_llama_dir, tmp_path_factory):
     submitted = {}
     for key, (model, flags, grid) in launches.items():
         script = key.split()[0]
-        assert set(SHORT) & set(template_defaults(ROOT / "slurm" / script)) == {"PRECISION"}, script
+        overridden = set(SHORT) & set(template_defaults(ROOT / "slurm" / script))
+        assert overridden == {"PRECISION", "PROMPT_LENGTH", "DECODING"}, script
         cwd = tmp_path_factory.mktemp(key.replace(" ", "-").replace("=", "").removesuffix(".sh"))
         submitted[key] = cwd, cluster.sbatch(script, cwd, {**SHORT, **grid, "MODEL": model}, [*flags, *SHARED])
     counts = {"fewshot_sweep.sh": 4, "fewshot_sweep.sh FUSE=1": 2}

@@ -16,8 +16,8 @@ METHODS = ["pt", "dpt", "lopt1", "lopt2", "lamp", "residual"]
 
 
 def run_config(model_dir: str, data_dir, out, **kw) -> RunConfig:
-    base = dict(model=model_dir, data_dir=str(data_dir), output_dir=str(out), prompt_length=8,
-                per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=50,
+    base = dict(model=model_dir, task="rte", data_dir=str(data_dir), output_dir=str(out), prompt_length=8,
+                learning_rate=0.3, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=50,
                 warmup_ratio=0.0, logging_steps=100, progress=False, seed=0)
     base.update(kw)
     return RunConfig(**base)
@@ -144,7 +144,8 @@ def test_a_runs_config_yaml_repeats_it(tiny_t5_dir, memorise_dir, tmp_path):
     and prompt, bit for bit (a setting config.yaml failed to record would change them)."""
     from lrpt.trainer.cli import main
 
-    flags = ["--model", tiny_t5_dir, "--data_dir", str(memorise_dir), "--method", "lamp", "--rank", "3", "--pool",
+    flags = ["--model", tiny_t5_dir, "--task", "rte", "--data_dir", str(memorise_dir), "--method", "lamp", "--rank",
+             "3", "--pool",
              "2", "--prompt_length", "6", "--learning_rate", "0.05", "--weight_decay", "0.01", "--seed", "11",
              "--max_steps", "3", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.3", "--decoding", "rank",
              "--progress", "false"]

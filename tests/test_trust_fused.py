@@ -85,7 +85,7 @@ def ds_json(tmp_path: Path, **fields) -> str:
 
 def test_gradient_clipping_that_contradicts_max_grad_norm_is_refused(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", *flags(tiny_t5_dir, memorise_dir, "--max_steps", "1", "--output_dir", str(out)),
+    argv = ["train", *flags(tiny_t5_dir, memorise_dir, "--task", "rte", "--max_steps", "1", "--output_dir", str(out)),
             "--deepspeed", ds_json(tmp_path, gradient_clipping=0.5), "--max_grad_norm", "1.0"]
     assert main(argv) == 2
     err = one_line(capsys.readouterr().err)
@@ -98,7 +98,7 @@ def test_gradient_clipping_that_contradicts_max_grad_norm_is_refused(tiny_t5_dir
 def test_universal_checkpoint_loading_is_refused(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     """DeepSpeed reads a universal checkpoint's zero/ files with torch.load(weights_only=False)."""
     out = tmp_path / "run"
-    argv = ["train", *flags(tiny_t5_dir, memorise_dir, "--max_steps", "1", "--output_dir", str(out)),
+    argv = ["train", *flags(tiny_t5_dir, memorise_dir, "--task", "rte", "--max_steps", "1", "--output_dir", str(out)),
             "--deepspeed", ds_json(tmp_path, checkpoint={"load_universal": True})]
     assert main(argv) == 2
     err = one_line(capsys.readouterr().err)

@@ -24,7 +24,8 @@ def test_export_to_peft_gives_the_same_logits(method, options, arch, backbone_di
 
     model_dir = backbone_dirs[arch]
     run = tmp_path / "run"
-    trained = train(RunConfig(model=model_dir, data_dir=str(memorise_dir), output_dir=str(run), method=method,
+    trained = train(RunConfig(model=model_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(run),
+                              method=method,
                               prompt_length=8, max_steps=3, per_device_train_batch_size=4, progress=False, **options))
     assert main(["export", str(run), "--to", "peft", str(tmp_path / "adapter")]) == 0
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
@@ -46,7 +47,7 @@ def test_export_to_peft_gives_the_same_logits(method, options, arch, backbone_di
 
 def test_predict_writes_one_line_per_example_in_order(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+    train(RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
                     prompt_length=8, max_steps=2, per_device_train_batch_size=4, progress=False, decoding="rank"))
     rows = [{"premise": f"Premise number {i}.", "hypothesis": f"Hypothesis {i}.", "idx": 100 + i} for i in range(7)]
     source = tmp_path / "in.jsonl"
@@ -89,7 +90,8 @@ def test_spectrum_of_a_known_rank_r_prompt(r):
 
 def test_rank_command_with_dpt_probe(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     run = tmp_path / "probe"
-    result = train(RunConfig(model=tiny_t5_dir, data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+    result = train(RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(run),
+                             method="dpt",
                              rank=6, rank_probe=True, prompt_length=8, max_steps=6, logging_steps=2,
                              per_device_train_batch_size=4, progress=False))
     prompt = result.model.prompt

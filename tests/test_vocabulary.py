@@ -68,7 +68,8 @@ def test_plan_config_of_a_finished_run_equals_plan_of_its_flags(tiny_llama_dir, 
              "--per_device_train_batch_size", "2", "--max_source_length", "48", "--max_target_length", "6",
              "--gradient_checkpointing", "--deepspeed", str(ROOT / "ds_configs" / "zero2.json")]
     run = tmp_path / "run"
-    assert main(["train", *flags, "--data_dir", str(memorise_dir), "--max_steps", "1", "--output_dir", str(run),
+    assert main(["train", *flags, "--task", "rte", "--data_dir", str(memorise_dir), "--max_steps", "1",
+                 "--output_dir", str(run),
                  "--progress", "false", "--shared_prefix", "false"]) == 0
     capsys.readouterr()
     from_config = plan_json(["--config", str(run / "config.yaml"), "--gpus", "2"], capsys)
@@ -177,8 +178,8 @@ def lrpt(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 def test_a_registered_method_with_its_own_option_trains_from_the_cli(toy_plugin, tiny_t5_dir, memorise_dir, tmp_path):
     run = tmp_path / "toy"
-    done = lrpt(["train", "--method", "toy", "--toy_scale", "2.5", "--model", tiny_t5_dir, "--data_dir",
-                 str(memorise_dir), "--prompt_length", "6", "--max_steps", "3", "--output_dir", str(run),
+    done = lrpt(["train", "--method", "toy", "--toy_scale", "2.5", "--model", tiny_t5_dir, "--task", "rte",
+                 "--data_dir", str(memorise_dir), "--prompt_length", "6", "--max_steps", "3", "--output_dir", str(run),
                  "--progress", "false", "--logging_steps", "1", "--batch", "2"], toy_plugin, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
@@ -189,8 +190,8 @@ def test_a_registered_method_with_its_own_option_trains_from_the_cli(toy_plugin,
     assert (dense - 2.5 * raw).abs().max() < 1e-6 and raw.abs().max() > 0
     # ... and every other command knows it: help, plan, Slurm variables, its own validation
     assert "--toy_scale" in lrpt(["train", "--help"], toy_plugin, tmp_path).stdout
-    planned = lrpt(["plan", "--method", "toy", "--toy_scale", "3", "--prompt_length", "6", "--json"], toy_plugin,
-                   tmp_path)
+    planned = lrpt(["plan", "--model", "tiny-t5", "--method", "toy", "--toy_scale", "3", "--prompt_length", "6",
+                    "--json"], toy_plugin, tmp_path)
     assert planned.returncode == 0 and json.loads(planned.stdout)["trainable_params"] == 6 * 128
     variables = subprocess.run([sys.executable, "-m", "lrpt.trainer.slurm_env"], env=toy_plugin, capture_output=True,
                                text=True, check=True).stdout

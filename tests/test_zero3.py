@@ -20,11 +20,11 @@ from lrpt.trainer.monitor import read_csv
 from lrpt.trainer.prompted import PromptedModel
 
 FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5",
-         "--progress", "false"]
+         "--decoding", "generate", "--progress", "false"]
 
 
 def train_flags(model_dir, data_dir, out, stage: str, *more: str) -> list[str]:
-    return [*FLAGS, "--model", model_dir, "--data_dir", str(data_dir), "--output_dir", str(out),
+    return [*FLAGS, "--model", model_dir, "--task", "rte", "--data_dir", str(data_dir), "--output_dir", str(out),
             "--deepspeed", str(ROOT / "ds_configs" / f"{stage}.json"), "--max_steps", "8", "--logging_steps", "1",
             *more]
 
@@ -32,7 +32,8 @@ def train_flags(model_dir, data_dir, out, stage: str, *more: str) -> list[str]:
 @pytest.mark.parametrize("arch", ["t5", "llama"])
 def test_zero3_shards_frozen_weights_and_matches_one_process(arch, backbone_dirs, memorise_dir, tmp_path):
     model_dir = backbone_dirs[arch]
-    flags = [*FLAGS, "--model", model_dir, "--data_dir", str(memorise_dir), "--output_dir", str(tmp_path / "run"),
+    flags = [*FLAGS, "--model", model_dir, "--task", "rte", "--data_dir", str(memorise_dir), "--output_dir",
+             str(tmp_path / "run"),
              "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--warmup_ratio", "0"]
     launch("tests/zero_probe.py", [str(tmp_path / "probe"), "--", *flags])
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -165,7 +166,7 @@ def test_zero3_killed_run_resumes_to_the_same_curve(zero3_reference, tiny_t5_dir
 
 def test_zero3_without_a_launcher_is_refused(tmp_path):
     lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
-    done = subprocess.run([lrpt, "train", "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"),
+    done = subprocess.run([lrpt, "train", "--model", "tiny-t5", "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"),
                            "--output_dir", str(tmp_path)], env=clean_env(), capture_output=True, text=True)
     assert done.returncode == 2 and "a ZeRO-3 config needs a launcher" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -2,7 +2,7 @@
 made of our own templated sentences (nothing is copied from SuperGLUE).
 
 Each set has a pattern a small model can learn, so sweeps and tests can run on every task without
-downloading anything. Run `python eval/demo_data/generate.py` to rebuild
+downloading anything; BoolQ's, the default run's, is learnt only through a real model's English. Run `python eval/demo_data/generate.py` to rebuild
 <Task>/{train,val}.jsonl deterministically (every task has its own fixed random seed; RTE keeps
 the seed and sizes it always had, so its files do not change).
 """
@@ -55,23 +55,44 @@ def rte(rng: random.Random, idx: int) -> dict:
             "label": "entailment" if entailed else "not_entailment"}
 
 
-# --- BoolQ: a yes/no question the passage answers ------------------------------------------
+# --- BoolQ: is the review positive? Held-out reviews use words training never shows -----------
+# The default run's task: a pretrained backbone answers through what it knows of English, so a prompt
+# trained on "superb" and "dreadful" should also call "exquisite" positive and "shoddy" negative.
+# A random backbone cannot; the report's untrained -> trained accuracy shows the difference.
 
-def boolq(rng: random.Random, idx: int) -> dict:
-    who, other = rng.sample(PEOPLE, 2)
-    place, later, elsewhere = rng.sample(PLACES, 3)
-    thing, other_thing = rng.sample(THINGS, 2)
-    passage = (f"{who} bought {thing} at {place} {rng.choice(DAYS)}. Later that day {who} "
-               f"went to {later} to meet {other}.")
-    answer = rng.random() < 0.5
-    kind = rng.randrange(3)
-    if answer:
-        question = [f"did {who} buy {thing[thing.index(' ') + 1:]}", f"did {who} go to {later}",
-                    f"did {who} meet {other}"][kind]
-    else:
-        question = [f"did {who} buy {other_thing[other_thing.index(' ') + 1:]}", f"did {who} go to {elsewhere}",
-                    f"did {other} buy {thing[thing.index(' ') + 1:]}"][kind]
-    return {"question": question, "passage": passage, "idx": idx, "label": answer}
+REVIEW_WORDS = {
+    "train": {
+        True: "good great excellent wonderful delightful pleasant lovely superb fantastic brilliant amazing "
+              "marvelous charming enjoyable splendid beautiful perfect outstanding terrific fabulous cheerful "
+              "gorgeous impressive magnificent remarkable exceptional glorious pleasing satisfying admirable".split(),
+        False: "bad terrible awful horrible dreadful unpleasant nasty poor disgusting boring dull mediocre "
+               "disappointing miserable pathetic lousy atrocious abysmal appalling dismal horrid gross tedious "
+               "bland ugly annoying painful tragic rotten sloppy".split()},
+    "val": {
+        True: "elegant refreshing sublime exquisite stellar heavenly joyful uplifting graceful flawless delicious "
+              "friendly helpful kind happy nice awesome thrilling inspiring wholesome comfortable dazzling "
+              "stunning lovable generous".split(),
+        False: "clumsy rude hostile filthy gloomy depressing shoddy tasteless inferior worthless useless "
+               "unbearable offensive frightful grim sad stale cheap broken weak messy noisy harsh sour "
+               "bitter".split()},
+}
+REVIEWS = ["The movie was {}.", "Our dinner last night was {}.", "I thought the service was {}.",
+           "The hotel room looked {}."]
+REVIEWS_PER_WORD = {"train": 4, "val": 2}
+
+
+def boolq_reviews(seed: int) -> dict[str, list[dict]]:
+    """Every word of a split, each in a few review sentences, shuffled; no val word occurs in train."""
+    rng = random.Random(seed)
+    rows_by_split = {}
+    for split, words in REVIEW_WORDS.items():
+        pairs = [(label, word) for label, listed in words.items() for word in listed
+                 for _ in range(REVIEWS_PER_WORD[split])]
+        rng.shuffle(pairs)
+        rows_by_split[split] = [{"question": "was the review positive", "idx": idx, "label": label,
+                                 "passage": rng.choice(REVIEWS).format(word)}
+                                for idx, (label, word) in enumerate(pairs)]
+    return rows_by_split
 
 
 # --- CB: the speaker's commitment (sure / doubt / wonder) decides the class -----------------
@@ -244,7 +265,7 @@ def wsc(rng: random.Random, idx: int) -> dict:
 
 def main() -> None:
     write("RTE", splits(rte, 20261125, {"train": 160, "val": 48}))
-    write("BoolQ", splits(boolq, 1))
+    write("BoolQ", boolq_reviews(1))
     write("CB", splits(cb, 2))
     write("COPA", splits(copa, 3))
     write("MultiRC", splits(multirc, 4))

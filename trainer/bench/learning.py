@@ -9,7 +9,7 @@ batch and steps; the Trainer's own shuffling) and is scored by lrpt's rank class
 prompt into lrpt's pt module, the one step both share (`lrpt export --to peft` is tested to give equal logits).
 Writes learning.csv (a row per run and evaluation), learning.png and prints a markdown table.
 
-    python -m lrpt.trainer.bench.learning --model smollm2-135m --seeds 1,2,3 --max_steps 100 --eval_steps 20
+    python -m lrpt.trainer.bench.learning --model smollm2-135m --seeds 1,2,3 --max_steps 120 --eval_steps 40
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from lrpt.trainer.distributed import env_without_launcher
 
 DEFAULTS = {"model": "smollm2-135m", "task": "boolq", "data_dir": None, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
-            "seeds": "1,2,3", "max_steps": 100, "eval_steps": 20, "learning_rate": "0.01", "prompt_length": 20,
+            "seeds": "1,2,3", "max_steps": 120, "eval_steps": 40, "learning_rate": "0.01", "prompt_length": 20,
             "batch": 8, "peft": True, "output_dir": "bench-learning"}
 
 

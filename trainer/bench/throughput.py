@@ -288,9 +288,9 @@ RUN_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_le
 WORKER_FLAGS = ("model", "precision", "per_device_train_batch_size", "max_source_length", "steps", "deepspeed",
                 "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type", "gradient_checkpointing", "flush_denormal",
                 "baseline")
-DEFAULTS = {"model": "tiny-t5", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
+DEFAULTS = {"model": "smollm2-135m", "precision": "fp32", "per_device_train_batch_size": 8, "max_source_length": 128,
             "shared_prefix": "auto", "output_dir": "bench", "pool": 2, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
-            "prompt_lengths": "20,50,100,200,400", "steps": 5, "ranks": 1, "repeats": 1,
+            "prompt_lengths": "20,100,400", "steps": 5, "ranks": 1, "repeats": 1,
             "flush_denormal": True, "baseline": "trainer"}
 
 
