@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrpt.eval import published
-from lrpt.eval.layouts import LAYOUTS, Column, Layout
-from lrpt.eval.tasks import get_task
+from . import published
+from .layouts import LAYOUTS, Column, Layout
+from .tasks import get_task
 
 FULL = "full"   # the K column's value for runs on the whole training set
 # a row whose prompt was chosen on the split it reports is marked (and set apart from one that was not)

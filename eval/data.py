@@ -9,7 +9,7 @@ from typing import Any
 
 import datasets
 
-from lrpt.eval.tasks import EXAMPLE_KEYS, Task
+from .tasks import EXAMPLE_KEYS, Task
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 HUB_DATASET = "aps/super_glue"          # the parquet copy of `super_glue` (no loading script)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 
-from lrpt.eval import published
-from lrpt.eval.tasks import TASKS
+from . import published
+from .tasks import TASKS
 
 
 # short names of the metric keys the tasks' `metrics()` return, for headers

@@ -31,7 +31,7 @@ def carve_dev(rows: datasets.Dataset, size: int | float, seed: int) -> tuple[dat
     """(train', dev): disjoint, together exactly `rows`, each in file order. `size` is a row count
     (an int, or a whole float above 1) or a fraction of the rows (float in (0, 1), rounded, at
     least 1 row). The same rows and seed always give the same split."""
-    from lrpt.eval.fewshot import stable_seed
+    from .fewshot import stable_seed
 
     n, size = len(rows), dev_size(size)
     if isinstance(size, float):

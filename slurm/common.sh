@@ -20,7 +20,7 @@
 #   every trainer flag, as its name upper-cased: MODEL METHOD TASK DATA_DIR DEEPSPEED OUTPUT_DIR SEED
 #                PRECISION PROMPT_LENGTH PER_DEVICE_TRAIN_BATCH_SIZE MAX_STEPS NUM_TRAIN_EPOCHS POOL ...,
 #                and CONFIG for --config; PROMPT_RANK is --rank (RANK is the process rank). The list
-#                comes from lrpt itself (`python -m lrpt.trainer.slurm_env`), method options included.
+#                comes from lrpt itself (`python -m lrpt.trainer.config.slurm_env`), method options included.
 #                Old spellings still work: BATCH_SIZE DS_CONFIG EPOCHS GRAD_ACCUM
 #   EXTRA_ARGS   any other trainer flags, split on spaces; the script's own arguments are added last
 #   SRUN_WAIT    seconds the other ranks get once one rank has ended, before srun ends them (300)
@@ -30,7 +30,7 @@ if [[ -n ${VENV:-} ]]; then
     source "$VENV/bin/activate"
 fi
 PYTHON=${PYTHON:-python3}
-PREEMPTED=75      # trainer/preempt.py EXIT_CODE: checkpoint written on SIGUSR1, run not finished
+PREEMPTED=75      # trainer/runtime/preempt.py EXIT_CODE: checkpoint written on SIGUSR1, run not finished
 KILLED_BY_USR1=138  # 128 + SIGUSR1: the signal came before the trainer listened for it (while loading)
 
 # ---- the job, its rendezvous, its log ---------------------------------------------------------
@@ -78,7 +78,7 @@ lrpt_alias() {  # lrpt_alias OLD NEW: a value under an old name fills the new on
     fi
     printf -v "$new" '%s' "${!old}"
 }
-# trainer/slurm_env.py ALIASES; before the template's defaults, so that a value you set wins over them
+# trainer/config/slurm_env.py ALIASES; before the template's defaults, so that a value you set wins over them
 lrpt_alias BATCH_SIZE PER_DEVICE_TRAIN_BATCH_SIZE
 lrpt_alias DS_CONFIG DEEPSPEED
 lrpt_alias EPOCHS NUM_TRAIN_EPOCHS
@@ -86,7 +86,7 @@ lrpt_alias GRAD_ACCUM GRADIENT_ACCUMULATION_STEPS
 
 lrpt_flags() {  # fills the array LRPT_FLAGS: a flag for every set variable that names a trainer setting
     local names var field extra
-    if ! names=$("$PYTHON" -m lrpt.trainer.slurm_env); then
+    if ! names=$("$PYTHON" -m lrpt.trainer.config.slurm_env); then
         echo "lrpt: $PYTHON cannot import lrpt: pip install -e $LRPT_ROOT there, or set PYTHON or VENV" >&2
         exit 2
     fi
@@ -249,6 +249,6 @@ lrpt_table_if_complete() {  # lrpt_table_if_complete DIR RUN_NAME...: write DIR/
         [[ -f $dir/$name/report.json ]] || return 0
     done
     echo "lrpt: every run of the grid is finished; writing $dir/table.md"
-    "$PYTHON" -m lrpt.trainer.cli table \
+    "$PYTHON" -m lrpt.trainer.cli.main table \
         "${@/#/$dir/}" --output "$dir/table" || echo "lrpt: lrpt table failed (the runs are intact)" >&2
 }

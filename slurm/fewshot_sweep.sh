@@ -37,8 +37,8 @@ source "$LRPT_ROOT/slurm/common.sh"
 : "${SHOTS:=8 16 32}"
 : "${SEEDS:=0 1 2}"
 if [[ -n ${RECIPE:-} ]]; then
-    # a paper's setting (lrpt.trainer.recipe): its backbone, protocol and methods, not this template's
-    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.recipe methods "$RECIPE")}"
+    # a paper's setting (lrpt.trainer.config.recipe): its backbone, protocol and methods, not this template's
+    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.config.recipe methods "$RECIPE")}"
 else
     : "${METHODS:=lamp}"
     : "${MODEL:=google/t5-v1_1-large}"

@@ -5,7 +5,7 @@
 #   sbatch slurm/superglue_sweep.sh                       # 8 tasks x 3 methods x 3 seeds = 72 runs
 #   DATA_DIR=/data/superglue MODEL=google/t5-v1_1-base sbatch slurm/superglue_sweep.sh
 #   RECIPE=dpt-t5-base DATA_DIR=/data/superglue sbatch slurm/superglue_sweep.sh  # DPT's Table 1 setting:
-#                                                          # pt, residual, dpt on t5-base (lrpt.trainer.recipe)
+#                                                          # pt, residual, dpt on t5-base (lrpt.trainer.config.recipe)
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" sbatch --array=0-7 slurm/superglue_sweep.sh
 #   TASKS="cb rte" METHODS="pt dpt" SEEDS="0 1" bash slurm/superglue_sweep.sh   # prints the grid
 #                                                          # and the --array to submit it with
@@ -39,8 +39,8 @@ source "$LRPT_ROOT/slurm/common.sh"
 : "${TASKS:=boolq cb copa multirc record rte wic wsc}"
 : "${SEEDS:=0 1 2}"
 if [[ -n ${RECIPE:-} ]]; then
-    # a paper's setting (lrpt.trainer.recipe): its backbone, protocol and methods, not this template's
-    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.recipe methods "$RECIPE")}"
+    # a paper's setting (lrpt.trainer.config.recipe): its backbone, protocol and methods, not this template's
+    : "${METHODS:=$("$PYTHON" -m lrpt.trainer.config.recipe methods "$RECIPE")}"
 else
     : "${METHODS:=pt dpt lamp}"
     : "${MODEL:=google/t5-v1_1-large}"

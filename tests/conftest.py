@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import lrpt.trainer  # noqa: F401  (sets DS_ACCELERATOR before anything imports deepspeed)
-from lrpt.trainer.presets import save_preset
+from lrpt.trainer.backbone.presets import save_preset
 
 # Four RTE rows to memorise: a prompt alone must be able to push the loss down on these.
 MEMORISE = [

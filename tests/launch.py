@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lrpt.trainer.distributed import env_without_launcher, free_port
+from lrpt.trainer.runtime.distributed import env_without_launcher, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,10 @@
-"""Run under a launcher: quantized backbones loaded sharded (trainer/quant_load.py) or whole (the reference).
+"""Run under a launcher: quantized backbones loaded sharded (trainer/backbone/quant_load.py) or whole (the reference).
 
     deepspeed --num_gpus N tests/quant_load_probe.py OUT_DIR SESSIONS_JSON CHUNK,READ -- <lrpt train flags>
 
 SESSIONS_JSON maps a session name to extra flags (--model, quantization, --quantized_load ...); the
 sessions run one after the other in the same launch (one launcher start for every cell).
-CHUNK,READ set trainer/quant_slices.py's CHUNK_ELEMENTS and READ_ELEMENTS (the tests' weights are far
+CHUNK,READ set trainer/backbone/quant_slices.py's CHUNK_ELEMENTS and READ_ELEMENTS (the tests' weights are far
 smaller than real ones: scaled-down slices make every weight load in several reads and slices, as real
 weights do). Each builds
 lrpt's own engine with `trainer.loop.setup` and writes, per rank r, before any step:
@@ -39,7 +39,7 @@ def state_tensors(layer) -> tuple[dict, dict]:
 def record(run) -> tuple[dict, dict]:
     import torch
 
-    from lrpt.trainer import quant
+    from lrpt.trainer.backbone import quant
 
     model = run.backbone.model
     tensors = {f"shard/{n}": p.ds_tensor.detach().contiguous().view(-1).view(torch.uint8).clone()
@@ -71,9 +71,9 @@ def first_step(run) -> dict:
 def probe(out: Path, flags: list[str], load_only: bool) -> None:
     from safetensors.torch import save_file
 
-    from lrpt.trainer import distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
+    from lrpt.trainer.runtime import distributed
+    from lrpt.trainer.config.run_config import load_config
+    from lrpt.trainer.train.loop import setup
 
     start = time.perf_counter()
     run = setup(load_config([*flags, "--output_dir", str(out / "run")]))
@@ -97,7 +97,7 @@ def main() -> None:
     out, sessions, flags = Path(mine[0]), json.loads(mine[1]), sys.argv[split + 1:]
     import torch
 
-    from lrpt.trainer import quant_slices
+    from lrpt.trainer.backbone import quant_slices
 
     quant_slices.CHUNK_ELEMENTS, quant_slices.READ_ELEMENTS = (int(n) for n in mine[2].split(","))
     torch.set_num_threads(1)  # the ranks share the machine's cores: no rank's thread pool waits on a busy core

@@ -46,10 +46,12 @@ def probe(out: Path, flags: list[str], run_fit: bool) -> None:
     import torch
     from deepspeed.utils import safe_get_full_grad
 
-    from lrpt.trainer import distributed, quant
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import fit, setup
-    from lrpt.trainer.meter import held_bytes
+    from lrpt.trainer.runtime import distributed
+
+    from lrpt.trainer.backbone import quant
+    from lrpt.trainer.config.run_config import load_config
+    from lrpt.trainer.train.loop import fit, setup
+    from lrpt.trainer.measure.meter import held_bytes
 
     run = setup(load_config([*flags, "--output_dir", str(out / "run")]))
     rank = distributed.rank()
@@ -116,7 +118,7 @@ def main() -> None:
     split = sys.argv.index("--")
     mine = [a for a in sys.argv[1:split] if not a.startswith("--local_rank")]  # the launcher adds it
     out, sessions, flags = Path(mine[0]), json.loads(mine[1]), sys.argv[split + 1:]
-    from lrpt.trainer import quant
+    from lrpt.trainer.backbone import quant
 
     convert = quant.prepare_for_zero3
     for i, (name, extra) in enumerate(sessions.items()):

@@ -58,9 +58,11 @@ def train_path(run, batches: list[dict], shared: bool) -> dict:
 def cell(out: Path, flags: list[str]) -> None:
     import deepspeed.comm as dist
 
-    from lrpt.trainer import checkpoint, distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
+    from lrpt.trainer.rundir import checkpoint
+
+    from lrpt.trainer.runtime import distributed
+    from lrpt.trainer.config.run_config import load_config
+    from lrpt.trainer.train.loop import setup
 
     run = setup(load_config([*flags, "--output_dir", str(out / "run"), "--shared_prefix", "true"]))
     dist.configure(enabled=True, prof_all=True, verbose=False)

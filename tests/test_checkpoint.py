@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lrpt.trainer import checkpoint, run_files
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.loop import train
+from lrpt.trainer.rundir import checkpoint, files as run_files
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.loop import train
 
 
 class Crash(Exception):
@@ -62,7 +62,7 @@ def tensors_in(value, path: str = "") -> dict[str, torch.Tensor]:
 def test_checkpoint_holds_the_prompt_and_its_optimizer_state_only(tiny_t5_dir, memorise_dir, tmp_path):
     """What the files contain, tensor by tensor: the prompt's trainable parameters (equal to the checkpoint's
     own prompt.safetensors) and AdamW's step, exp_avg and exp_avg_sq for each of them; nothing else."""
-    from lrpt.trainer.weights_only import load
+    from lrpt.trainer.rundir.weights_only import load
 
     run = train(config(tiny_t5_dir, memorise_dir, tmp_path / "run", max_steps=3))
     ckpt = checkpoint.latest(tmp_path / "run")
@@ -113,7 +113,7 @@ def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path
 
 
 def test_checkpoint_size_does_not_grow_with_the_backbone(memorise_dir, tmp_path):
-    from lrpt.trainer.presets import save_preset
+    from lrpt.trainer.backbone.presets import save_preset
 
     sizes, backbones = {}, {}
     for layers in (1, 4):
@@ -143,7 +143,7 @@ def test_pruning_orders_by_step_and_keeps_the_checkpoint_just_written(tiny_t5_di
 
 
 def test_latest_naming_a_missing_checkpoint_is_refused_before_loading(tiny_t5_dir, memorise_dir, tmp_path, capsys):
-    from lrpt.trainer.cli import main
+    from lrpt.trainer.cli.main import main
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -177,7 +177,7 @@ def stopped_run(tiny_t5_dir, memorise_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("damage", ["pickle payload", "truncated"])
 def test_resume_unpickles_no_code_and_names_a_broken_file(damage, stopped_run, tmp_path, capsys):
-    from lrpt.trainer.cli import main
+    from lrpt.trainer.cli.main import main
 
     out = tmp_path / "run"
     shutil.copytree(stopped_run, out)
@@ -201,7 +201,7 @@ def test_an_explicit_checkpoint_is_resumed_from_when_latest_is_gone(tiny_t5_dir,
                                                                      monkeypatch, capsys):
     """--resume_from_checkpoint PATH resumes from PATH: here `latest` names a checkpoint that was deleted (auto
     is refused), and the run resumed from step 3 ends on the uninterrupted run's curve."""
-    from lrpt.trainer.cli import main
+    from lrpt.trainer.cli.main import main
 
     straight = train(config(tiny_t5_dir, memorise_dir, tmp_path / "straight")).report
     out = tmp_path / "run"

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from launch import clean_env
-from lrpt.trainer.cli import main
-from lrpt.trainer import run_lock
-from lrpt.trainer.config import load_config
-from lrpt.trainer.loop import prepare
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.rundir import lock as run_lock
+from lrpt.trainer.config.run_config import load_config
+from lrpt.trainer.train.loop import prepare
 
 LRPT = os.path.join(os.path.dirname(sys.executable), "lrpt")
 
@@ -66,7 +66,8 @@ def test_two_launches_started_together_into_one_directory_train_one_run(tiny_t5_
 
 def test_a_dead_runs_lock_is_free_and_a_live_one_refuses(tiny_t5_dir, memorise_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lrpt.trainer import run_lock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from lrpt.trainer.rundir import lock as run_lock; "
                                f"run_lock.acquire({str(out)!r}); run_lock.announce({str(out)!r}); print('held', "
                                "flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True, env=clean_env())
     try:

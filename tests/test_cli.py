@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from launch import clean_env
-from lrpt.trainer.cli import main
+from lrpt.trainer.cli.main import main
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "prefix"], "unknown method 'prefix'; known methods: dpt, lamp, lopt1, lopt2, pt, residual"),
@@ -77,7 +77,7 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tiny_t5_
     import shutil
     import time
 
-    from lrpt.trainer import build_lock
+    from lrpt.trainer.runtime import build_lock
 
     built = next(p for p in build_lock.extensions_root().glob("**/deepspeed_shm_comm") if list(p.glob("*.so")))
     cache = tmp_path / "extensions"  # TORCH_EXTENSIONS_DIR holds one folder per op

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lrpt.trainer.config import RunConfig, load_config
-from lrpt.trainer.ds_config import resolve_ds_config
+from lrpt.trainer.config.run_config import RunConfig, load_config
+from lrpt.trainer.config.ds_config import resolve_ds_config
 from lrpt.trainer.errors import LrptError
 
 

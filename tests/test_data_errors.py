@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lrpt.trainer.cli import main
+from lrpt.trainer.cli.main import main
 
 GOOD = [{"premise": "A cat sat.", "hypothesis": "A cat.", "label": "entailment", "idx": i} for i in range(4)]
 

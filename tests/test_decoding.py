@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from lrpt import methods
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.data import Encoder, collate
-from lrpt.trainer.evaluate import rank_classify
-from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.train.data import Encoder, collate
+from lrpt.trainer.train.evaluate import rank_classify
+from lrpt.trainer.model.prompted import PromptedModel
 
 
 def prompted(model_dir: str) -> tuple[PromptedModel, Encoder]:

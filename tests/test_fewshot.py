@@ -81,8 +81,8 @@ def test_few_shot_k8_with_the_default_batch_trains_on_every_task(tiny_t5_dir, tm
     training set smaller than one global batch of 8 trains on what there is, saying so."""
     from lrpt.eval.data import load_formatted
     from lrpt.eval.tasks import TASKS
-    from lrpt.trainer.config import RunConfig
-    from lrpt.trainer.loop import train
+    from lrpt.trainer.config.run_config import RunConfig
+    from lrpt.trainer.train.loop import train
 
     for name in TASKS:
         cfg = RunConfig(model=tiny_t5_dir, task=name, few_shot=8, seed=1, max_steps=1, prompt_length=4,

@@ -1,4 +1,4 @@
-"""Fused runs (`lrpt sweep --fuse`, trainer/fused.py) against the same runs trained one after another.
+"""Fused runs (`lrpt sweep --fuse`, trainer/train/fused.py) against the same runs trained one after another.
 
 The reference for every fused run is its run trained alone by `lrpt sweep` without --fuse (its own
 engine, its own forward of the backbone), never the fused code: loss curves to fp32 rtol 1e-5, the final
@@ -20,12 +20,12 @@ import torch
 from safetensors.torch import load_file
 
 from launch import ROOT, clean_env, run_group
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.distributed import free_port
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.runtime.distributed import free_port
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.fused import check_group, train_fused
-from lrpt.trainer.loop import train
+from lrpt.trainer.train.fused import check_group, train_fused
+from lrpt.trainer.train.loop import train
 
 SWEEP = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0,1"]
 RUNS = [f"rte-{m}-seed{s}" for m in ("pt", "dpt") for s in (0, 1)]
@@ -126,8 +126,8 @@ def test_every_setting_but_the_per_run_ones_is_shared():
     leaves out is exactly what a fused forward depends on."""
     import dataclasses
 
-    from lrpt.trainer.config import RunSettings
-    from lrpt.trainer.fused import PER_RUN, SHARED
+    from lrpt.trainer.config.run_config import RunSettings
+    from lrpt.trainer.train.fused import PER_RUN, SHARED
 
     settings = {f.name for f in dataclasses.fields(RunSettings)}
     assert PER_RUN <= settings, PER_RUN - settings
@@ -160,7 +160,7 @@ def test_runs_that_cannot_share_a_pass_are_refused_naming_what_differs(differs, 
 def test_a_backbone_with_dropout_is_refused(tmp_path):
     from transformers import T5Config
 
-    from lrpt.trainer.presets import save_preset
+    from lrpt.trainer.backbone.presets import save_preset
 
     path = save_preset("tiny-t5", str(tmp_path / "t5"), width=32)
     config = T5Config.from_pretrained(path)
@@ -172,7 +172,7 @@ def test_a_backbone_with_dropout_is_refused(tmp_path):
 
 def test_fuse_max_without_fuse_is_refused(tmp_path):
     with pytest.raises(LrptError, match="--fuse_max N needs --fuse"):
-        from lrpt.trainer.sweep import main as sweep_main
+        from lrpt.trainer.cli.sweep import main as sweep_main
 
         sweep_main([*SWEEP, "--output_dir", str(tmp_path), "--fuse_max", "2"])
 
@@ -209,7 +209,7 @@ def test_a_fused_sweep_killed_mid_run_resumes_every_run_on_its_own_curve(tiny_ll
                       "0.02", "--shared_prefix", "false")
     assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
     argv = [*SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]
-    job = subprocess.Popen([sys.executable, "-m", "lrpt.trainer.cli", "sweep", *argv], cwd=ROOT, env=clean_env(),
+    job = subprocess.Popen([sys.executable, "-m", "lrpt.trainer.cli.main", "sweep", *argv], cwd=ROOT, env=clean_env(),
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = [tmp_path / "fused" / name / "checkpoints" / "latest" for name in RUNS]
     deadline = time.monotonic() + 300

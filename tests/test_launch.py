@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launch import ROOT, clean_env, run_group
-from lrpt.trainer.distributed import free_port
+from lrpt.trainer.runtime.distributed import free_port
 
 SLEEPING_RANK = """import os, sys, time
 from pathlib import Path

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from launch import clean_env
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import load_config
-from lrpt.trainer.loop import setup
-from lrpt.trainer.monitor import read_csv
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import load_config
+from lrpt.trainer.train.loop import setup
+from lrpt.trainer.rundir.monitor import read_csv
 
 
 def flags(model: str, data: Path, out: Path, *more: str) -> list[str]:

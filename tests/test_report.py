@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.ds_config import shipped
-from lrpt.trainer.flops import matmul_params, step_flops
-from lrpt.trainer.loop import train
-from lrpt.trainer.presets import build_preset
-from lrpt.trainer.report import format_table
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.config.ds_config import shipped
+from lrpt.trainer.measure.flops import matmul_params, step_flops
+from lrpt.trainer.train.loop import train
+from lrpt.trainer.backbone.presets import build_preset
+from lrpt.trainer.rundir.report import format_table
 
 
 def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lrpt.trainer import checkpoint
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.run_dir import MAY_DIFFER, differences
+from lrpt.trainer.rundir import checkpoint
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.rundir.contract import MAY_DIFFER, differences
 
 
 def flags(model_dir, data_dir, out, *extra) -> list[str]:

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from lrpt.eval.aggregate import collect, table
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.loop import train
+from lrpt.trainer.train.loop import train
 
 METRIC_KEYS = ("accuracy", "unparsable", "examples")
 

@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
 from lrpt import methods
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.config import RunConfig
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.loop import check_run, train
-from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer.train.loop import check_run, train
+from lrpt.trainer.model.prompted import PromptedModel
 
 from launch import ROOT, launch
 
@@ -137,8 +137,8 @@ def test_rank_classification_scores_equal_the_standard_path(left, tiny_llama_dir
 def test_rank_classify_chooses_as_the_standard_path(tiny_llama_dir):
     import datasets
 
-    from lrpt.trainer.data import Encoder
-    from lrpt.trainer.evaluate import rank_classify
+    from lrpt.trainer.train.data import Encoder
+    from lrpt.trainer.train.evaluate import rank_classify
 
     standard, shared, tokenizer = prompted_pair(tiny_llama_dir)
     rows = datasets.Dataset.from_list([
@@ -178,14 +178,14 @@ def test_an_unchecked_backbone_type_is_refused_by_true_and_skipped_by_auto(tmp_p
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(LrptError, match="gpt2 is not among the backbones"):
         check_run(RunConfig(model=str(tmp_path), shared_prefix=True))
-    from lrpt.trainer.loop import check_shared_prefix
-    from lrpt.trainer.backbone import resolve_config
+    from lrpt.trainer.train.loop import check_shared_prefix
+    from lrpt.trainer.backbone.load import resolve_config
 
     assert check_shared_prefix(RunConfig(model=str(tmp_path)), resolve_config(str(tmp_path))) is False
 
 
 def test_a_kernel_without_block_masks_is_refused_by_true_and_skipped_by_auto(tiny_llama_dir):
-    from lrpt.trainer.loop import use_shared_prefix
+    from lrpt.trainer.train.loop import use_shared_prefix
 
     for value, expected in (("auto", False), ("true", LrptError)):
         backbone = load_backbone(tiny_llama_dir)
@@ -209,8 +209,8 @@ def test_a_kernel_without_block_masks_is_refused_by_true_and_skipped_by_auto(tin
     ({"deepspeed": "ds_configs/zero2.json"}, True),
 ])
 def test_shared_prefix_auto_takes_it_where_proven(flags, expected):
-    from lrpt.trainer.backbone import resolve_config
-    from lrpt.trainer.loop import check_shared_prefix
+    from lrpt.trainer.backbone.load import resolve_config
+    from lrpt.trainer.train.loop import check_shared_prefix
 
     cfg = RunConfig(**{"model": "tiny-llama", **flags})
     assert cfg.shared_prefix == flags.get("shared_prefix", "auto")

@@ -23,9 +23,11 @@ import torch
 from safetensors.torch import load_file
 
 from launch import ROOT, clean_env
-from lrpt.trainer import checkpoint, preempt, slurm_env
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.loop import train
+from lrpt.trainer.rundir import checkpoint
+from lrpt.trainer.runtime import preempt
+from lrpt.trainer.config import slurm_env
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.loop import train
 
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sh")) + [ROOT / "tests" / "slurm_cluster.sh"]
 needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None, reason="Slurm is not installed (no sbatch on PATH)")
@@ -100,7 +102,7 @@ def test_each_template_has_an_offline_plan_of_its_own_default_job():
                 "--prompt_length": job["PROMPT_LENGTH"]}
         assert {k: flags.get(k, {"--nodes": "1", "--per_device_train_batch_size": "8"}.get(k)) for k in want} == want
         commands.append(args)
-    code = ("import sys, json; from lrpt.trainer.cli import main; "
+    code = ("import sys, json; from lrpt.trainer.cli.main import main; "
             "sys.exit(max(main(['plan', *a, '--json']) for a in json.loads(sys.argv[1])))")
     env = {**clean_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/nonexistent/hf"}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], env=env, capture_output=True,
@@ -127,7 +129,7 @@ def test_sweeps_print_their_grid_outside_slurm():
     # FUSE=1: an element per group of at most FUSE_MAX runs of one task, as many as `lrpt sweep --fuse` makes
     from types import SimpleNamespace
 
-    from lrpt.trainer.sweep import fuse_groups
+    from lrpt.trainer.cli.sweep import fuse_groups
 
     runs = [SimpleNamespace(task=t) for t in ("cb", "rte") for _ in range(6)]
     for most, elements in (("", 2), ("4", 4), ("1", 12)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from lrpt.trainer.cli import main
+from lrpt.trainer.cli.main import main
 
 
 def test_sweep_produces_the_aggregated_table(tiny_t5_dir, tmp_path, capsys):

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from lrpt import methods
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.loop import train
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.loop import train
 
 METHODS = ["pt", "dpt", "lopt1", "lopt2", "lamp", "residual"]
 
@@ -65,8 +65,8 @@ def test_method_trains_prompt_only(method, arch, backbone_dirs, memorise_dir, tm
 
 
 def test_only_prompt_receives_gradients(tiny_t5_dir):
-    from lrpt.trainer.backbone import load_backbone
-    from lrpt.trainer.prompted import PromptedModel
+    from lrpt.trainer.backbone.load import load_backbone
+    from lrpt.trainer.model.prompted import PromptedModel
 
     backbone = load_backbone(tiny_t5_dir)
     model = PromptedModel(backbone.model, methods.build("dpt", 6, backbone.embed_dim), True)
@@ -78,7 +78,7 @@ def test_only_prompt_receives_gradients(tiny_t5_dir):
 
 
 def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_path):
-    from lrpt.trainer.meter import optimizer_state_tensors
+    from lrpt.trainer.measure.meter import optimizer_state_tensors
 
     result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16", max_steps=20))
     curve = result.report["train"]["loss_curve"]
@@ -142,7 +142,7 @@ def test_few_shot_trains_on_the_drawn_rows_only(tiny_t5_dir, tmp_path):
 def test_a_runs_config_yaml_repeats_it(tiny_t5_dir, memorise_dir, tmp_path):
     """`lrpt train --config runs/x/config.yaml --output_dir elsewhere` trains the same run again: the same curve
     and prompt, bit for bit (a setting config.yaml failed to record would change them)."""
-    from lrpt.trainer.cli import main
+    from lrpt.trainer.cli.main import main
 
     flags = ["--model", tiny_t5_dir, "--task", "rte", "--data_dir", str(memorise_dir), "--method", "lamp", "--rank",
              "3", "--pool",

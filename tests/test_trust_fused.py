@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from transformers import T5Config
 
-from lrpt.trainer import preempt
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.ds_config import resolve_ds_config
-from lrpt.trainer.presets import save_preset
+from lrpt.trainer.runtime import preempt
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.config.ds_config import resolve_ds_config
+from lrpt.trainer.backbone.presets import save_preset
 from test_fused import assert_same_run
 
 FLAGS = ["--data_dir", "{data}", "--prompt_length", "4", "--per_device_train_batch_size", "2", "--warmup_ratio",

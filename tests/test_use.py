@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.loop import train
-from lrpt.trainer.runs import load_run
-from lrpt.trainer.spectrum import spectrum
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.loop import train
+from lrpt.trainer.rundir.reopen import load_run
+from lrpt.trainer.cli.spectrum import spectrum
 
 EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3}), ("lopt1", {"rank": 3}),
                 ("lopt2", {"rank": 3}), ("residual", {"bottleneck": 16})]
@@ -114,7 +114,7 @@ def test_predict_answers_what_the_models_own_logits_rank_first(tiny_t5_dir, tmp_
     (the passage's entities) per query."""
     from lrpt.eval.data import DEMO_DIR
     from lrpt.eval.tasks import get_task
-    from lrpt.trainer.data import Encoder
+    from lrpt.trainer.train.data import Encoder
 
     run = tmp_path / "run"
     train(RunConfig(model=tiny_t5_dir, task="record", output_dir=str(run), method="dpt", prompt_length=8,

@@ -14,9 +14,9 @@ import pytest
 from safetensors.torch import load_file
 
 from launch import ROOT, clean_env
-from lrpt.trainer.cli import main
-from lrpt.trainer.config import RunConfig, load_config
-from lrpt.trainer.memory_plan import PlanSpec, plan
+from lrpt.trainer.cli.main import main
+from lrpt.trainer.config.run_config import RunConfig, load_config
+from lrpt.trainer.measure.plan import PlanSpec, plan
 
 BIN = Path(sys.executable).parent
 
@@ -26,7 +26,7 @@ def python_outside(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
 
 
 def test_imports_as_lrpt_and_nothing_else_outside_the_checkout(tmp_path):
-    done = python_outside(tmp_path, "import lrpt.methods, lrpt.trainer.cli, lrpt.eval.tasks; "
+    done = python_outside(tmp_path, "import lrpt.methods, lrpt.trainer.cli.main, lrpt.eval.tasks; "
                                     "print(lrpt.methods.build('dpt', 4, 8)().shape)")
     assert done.returncode == 0 and "torch.Size([4, 8])" in done.stdout, done.stderr[-2000:]
     for name in ("trainer", "methods", "eval"):
@@ -193,7 +193,7 @@ def test_a_registered_method_with_its_own_option_trains_from_the_cli(toy_plugin,
     planned = lrpt(["plan", "--model", "tiny-t5", "--method", "toy", "--toy_scale", "3", "--prompt_length", "6",
                     "--json"], toy_plugin, tmp_path)
     assert planned.returncode == 0 and json.loads(planned.stdout)["trainable_params"] == 6 * 128
-    variables = subprocess.run([sys.executable, "-m", "lrpt.trainer.slurm_env"], env=toy_plugin, capture_output=True,
+    variables = subprocess.run([sys.executable, "-m", "lrpt.trainer.config.slurm_env"], env=toy_plugin, capture_output=True,
                                text=True, check=True).stdout
     assert "TOY_SCALE\ttoy_scale" in variables.splitlines()
     refused = lrpt(["train", "--method", "toy", "--toy_scale", "-1"], toy_plugin, tmp_path)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from launch import ROOT, clean_env, deepspeed_command, launch
-from lrpt.trainer.backbone import load_backbone
-from lrpt.trainer.config import RunConfig
-from lrpt.trainer.loop import build_prompt
-from lrpt.trainer.monitor import read_csv
-from lrpt.trainer.prompted import PromptedModel
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.config.run_config import RunConfig
+from lrpt.trainer.train.loop import build_prompt
+from lrpt.trainer.rundir.monitor import read_csv
+from lrpt.trainer.model.prompted import PromptedModel
 
 FLAGS = ["--method", "dpt", "--prompt_length", "8", "--per_device_train_batch_size", "2", "--seed", "5",
          "--decoding", "generate", "--progress", "false"]
@@ -116,7 +116,7 @@ def test_zero3_checkpoint_is_prompt_only(zero3_reference):
     from safetensors.torch import load_file
     from test_checkpoint import tensors_in
 
-    from lrpt.trainer.weights_only import load
+    from lrpt.trainer.rundir.weights_only import load
 
     report, out = zero3_reference
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
@@ -178,7 +178,7 @@ def test_frozen_aware_linear_saves_no_input_and_keeps_gradients():
     import torch.nn.functional as F
     from deepspeed.runtime.zero.linear import zero3_linear_wrap
 
-    from lrpt.trainer import zero3_linear
+    from lrpt.trainer.backbone import zero3_linear
 
     weight, bias = torch.randn(8, 16), torch.randn(8)
     x = torch.randn(3, 5, 16, requires_grad=True)

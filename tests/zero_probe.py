@@ -22,9 +22,9 @@ def main() -> None:
     import torch
     from deepspeed.utils import safe_get_full_grad
 
-    from lrpt.trainer import distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
+    from lrpt.trainer.runtime import distributed
+    from lrpt.trainer.config.run_config import load_config
+    from lrpt.trainer.train.loop import setup
 
     run = setup(load_config(flags))
     rank = distributed.rank()

@@ -14,7 +14,7 @@ if __name__ == "__main__" and not __package__:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from lrpt.trainer.cli import main as cli_main
+        from lrpt.trainer.cli.main import main as cli_main
     except ModuleNotFoundError as exc:
         if exc.name not in ("lrpt", "lrpt.trainer"):
             raise
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     # `deepspeed trainer/run.py sweep --fuse ...`: a sweep on every rank
-    from lrpt.trainer.distributed import without_launcher_args
+    from lrpt.trainer.runtime.distributed import without_launcher_args
 
     rest = without_launcher_args(argv)
     if rest[:1] == ["sweep"]:

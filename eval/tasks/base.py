@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lrpt.eval.metrics import accuracy
+from ..metrics import accuracy
 
 EXAMPLE_KEYS = ("source", "target", "candidates", "answers", "label", "group")
 

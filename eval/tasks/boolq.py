@@ -1,5 +1,5 @@
 """BoolQ: a yes/no question about a Wikipedia passage."""
-from lrpt.eval.tasks.base import ClassificationTask
+from .base import ClassificationTask
 
 BOOLQ = ClassificationTask(name="boolq", dir_name="BoolQ", hub_config="boolq",
                            label_words=("False", "True"), official_labels=(False, True),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lrpt.eval.metrics import accuracy, macro_f1
-from lrpt.eval.tasks.base import ClassificationTask, gold_answers
+from ..metrics import accuracy, macro_f1
+from .base import ClassificationTask, gold_answers
 
 
 @dataclass(frozen=True)

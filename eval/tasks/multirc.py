@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lrpt.eval.metrics import binary_f1, group_exact_match
-from lrpt.eval.tasks.base import Task, gold_answers, is_unlabeled, make_example, require
+from ..metrics import binary_f1, group_exact_match
+from .base import Task, gold_answers, is_unlabeled, make_example, require
 
 WORDS = ("False", "True")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lrpt.eval.metrics import exact_match, max_over_answers, normalize_answer, token_f1
-from lrpt.eval.tasks.base import Task, gold_answers, make_example, require
+from ..metrics import exact_match, max_over_answers, normalize_answer, token_f1
+from .base import Task, gold_answers, make_example, require
 
 
 def passage_sentences(text: str) -> str:

@@ -1,5 +1,5 @@
 """RTE: does the premise entail the hypothesis (two classes)."""
-from lrpt.eval.tasks.base import ClassificationTask
+from .base import ClassificationTask
 
 RTE = ClassificationTask(name="rte", dir_name="RTE", hub_config="rte",
                          label_words=("entailment", "not_entailment"),

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lrpt.eval.metrics import accuracy
-from lrpt.eval.tasks.base import Task, gold_answers, is_unlabeled, make_example, require
+from ..metrics import accuracy
+from .base import Task, gold_answers, is_unlabeled, make_example, require
 
 SPAN_FIELDS = ("span1_text", "span2_index", "span2_text")
 

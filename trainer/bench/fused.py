@@ -1,4 +1,4 @@
-"""Benchmark: a sweep fused (`lrpt sweep --fuse`, trainer/fused.py) against the same runs one after another.
+"""Benchmark: a sweep fused (`lrpt sweep --fuse`, trainer/train/fused.py) against the same runs one after another.
 
     python -m lrpt.trainer.bench.fused walltime                          # tiny-t5, 3 methods x 2 seeds
     python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
@@ -35,7 +35,7 @@ def backbone(args, root: Path) -> str:
     """tiny-t5 at its defaults, or saved at --width/--layers (random weights, dropout 0)."""
     if args.width is None:
         return "tiny-t5"
-    from lrpt.trainer.presets import save_preset
+    from ..backbone.presets import save_preset
 
     return save_preset("tiny-t5", str(root / "t5"), width=args.width, layers=args.layers)
 
@@ -43,7 +43,7 @@ def backbone(args, root: Path) -> str:
 def walltime(args) -> None:
     """Three ways to the same reports: `lrpt sweep` (one process, runs in turn), `lrpt sweep --fuse`, and one
     `lrpt train` process per run in turn (what a Slurm array element runs)."""
-    from lrpt.trainer.distributed import env_without_launcher
+    from ..runtime.distributed import env_without_launcher
 
     root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
     model = backbone(args, root)
@@ -55,10 +55,10 @@ def walltime(args) -> None:
             out = root / f"{repeat}-{way}"
             flags = sweep_flags(model, args.methods, args.seeds, out, args.steps)
             if way == "processes":
-                commands = [[sys.executable, "-m", "lrpt.trainer.cli", "train", *train_flags(flags, m, s)]
+                commands = [[sys.executable, "-m", "lrpt.trainer.cli.main", "train", *train_flags(flags, m, s)]
                             for m in args.methods.split(",") for s in args.seeds.split(",")]
             else:
-                commands = [[sys.executable, "-m", "lrpt.trainer.cli", "sweep", *flags,
+                commands = [[sys.executable, "-m", "lrpt.trainer.cli.main", "sweep", *flags,
                              *(["--fuse"] if way == "fused" else [])]]
             start = time.perf_counter()
             for cmd in commands:
@@ -89,11 +89,11 @@ def train_flags(sweep: list[str], method: str, seed: str) -> list[str]:
 
 
 def gathers(args) -> None:
-    from lrpt.trainer.distributed import env_without_launcher, free_port
+    from ..runtime.distributed import env_without_launcher, free_port
 
     root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
     model = backbone(args, root)
-    from lrpt.trainer.ds_config import shipped
+    from ..config.ds_config import shipped
 
     config = root / "zero3-comms.json"
     ds = json.loads(Path(shipped("zero3")).read_text())
@@ -120,12 +120,14 @@ def gathers(args) -> None:
 
 
 def worker(argv: list[str]) -> int:
-    """One rank of a sweep, its training steps' all-gathers summed (trainer/run_loop.py's begin .. finish)."""
+    """One rank of a sweep, its training steps' all-gathers summed (trainer/train/run_loop.py's begin .. finish)."""
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from deepspeed.comm import comms_logger
 
-    from lrpt.trainer import distributed, run_loop
-    from lrpt.trainer.sweep import main as sweep
+    from ..runtime import distributed
+
+    from ..train import run_loop
+    from ..cli.sweep import main as sweep
 
     counted = {"count": 0, "bytes": 0, "examples": 0, "recording": False}
     begin, finish = run_loop.RunLoop.begin, run_loop.RunLoop.finish
@@ -175,7 +177,7 @@ def slurm(args) -> None:
     (the template's table written). Needs a running Slurm cluster (tests/slurm_cluster.sh)."""
     import shutil
 
-    from lrpt.trainer.distributed import env_without_launcher
+    from ..runtime.distributed import env_without_launcher
 
     if shutil.which("sbatch") is None:
         raise SystemExit("slurm: no sbatch on PATH; start a cluster first (bash tests/slurm_cluster.sh)")
@@ -209,7 +211,7 @@ def slurm(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lrpt.trainer.distributed import without_launcher_args
+    from ..runtime.distributed import without_launcher_args
 
     argv = without_launcher_args(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:

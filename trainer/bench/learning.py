@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lrpt.trainer.distributed import env_without_launcher
+from ..runtime.distributed import env_without_launcher
 
 DEFAULTS = {"model": "smollm2-135m", "task": "boolq", "data_dir": None, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
             "seeds": "1,2,3", "max_steps": 120, "eval_steps": 40, "learning_rate": "0.01", "prompt_length": 20,
@@ -30,7 +30,7 @@ DEFAULTS = {"model": "smollm2-135m", "task": "boolq", "data_dir": None, "methods
 
 
 def parser() -> argparse.ArgumentParser:
-    from lrpt.trainer.config import _parse_bool
+    from ..config.run_config import _parse_bool
 
     p = argparse.ArgumentParser(prog="python -m lrpt.trainer.bench.learning", description=__doc__.split("\n")[0],
                                 epilog="Arguments after -- go to every `lrpt train` (a method's options, --init).")
@@ -66,7 +66,7 @@ def train_flags(args, method: str, seed: int, rate: float, out: Path, extra: lis
 def lrpt_run(args, method: str, seed: int, rate: float, extra: list[str]) -> list[dict]:
     """`lrpt train` in its own process; its accuracy and loss by step (step 0: the untrained prompt)."""
     out = Path(args.output_dir) / f"{method}-s{seed}"
-    cmd = [sys.executable, "-m", "lrpt.trainer.cli", "train", *train_flags(args, method, seed, rate, out, extra)]
+    cmd = [sys.executable, "-m", "lrpt.trainer.cli.main", "train", *train_flags(args, method, seed, rate, out, extra)]
     done = subprocess.run(cmd, env=env_without_launcher(), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed:\n{done.stderr[-2000:]}")
@@ -89,11 +89,11 @@ def peft_run(args, seed: int, rate: float, extra: list[str]) -> list[dict]:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from lrpt.trainer import run_lock
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.data import collate
-    from lrpt.trainer.evaluate import evaluate
-    from lrpt.trainer.loop import setup
+    from ..rundir import lock as run_lock
+    from ..config.run_config import load_config
+    from ..train.data import collate
+    from ..train.evaluate import evaluate
+    from ..train.loop import setup
 
     out = Path(args.output_dir) / f"peft-s{seed}"
     cfg = load_config(train_flags(args, "pt", seed, rate, out, extra))

@@ -18,19 +18,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrpt.trainer.ds_config import shipped
-from lrpt.trainer.meter import AllocationPeak
+from ..config.ds_config import shipped
+from ..measure.meter import AllocationPeak
 
 
 def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int,
            deepspeed_linear: bool = False, fused: int = 1) -> None:
     """One rank: lrpt's own setup, then `steps` steps on a random batch of the planned shape; with `fused`
-    > 1, that many runs of these flags trained fused (trainer/fused.py), each on such a batch."""
+    > 1, that many runs of these flags trained fused (trainer/train/fused.py), each on such a batch."""
     import torch
 
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
-    from lrpt.trainer import distributed
-    from lrpt.trainer.fused import fused_backward
+    from ..runtime import distributed
+    from ..train.fused import fused_backward
 
     cuda = torch.cuda.is_available()
     with AllocationPeak() as peak:
@@ -59,8 +59,8 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
 def one_session(flags: list[str], deepspeed_linear: bool):
     import torch
 
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.loop import setup
+    from ..config.run_config import load_config
+    from ..train.loop import setup
 
     run = setup(load_config(flags))
     if deepspeed_linear and run.stage == 3:  # for comparison: DeepSpeed's linear, which saves inputs
@@ -74,10 +74,10 @@ def one_session(flags: list[str], deepspeed_linear: bool):
 def fused_sessions(flags: list[str], count: int) -> list:
     """`count` runs of these flags (seeds 0, 1, ...; each in its own directory) on one backbone, as
     `lrpt sweep --fuse` builds them."""
-    from lrpt.trainer import distributed
-    from lrpt.trainer.config import load_config
-    from lrpt.trainer.fused import build_group
-    from lrpt.trainer.loop import load_frozen, prepare
+    from ..runtime import distributed
+    from ..config.run_config import load_config
+    from ..train.fused import build_group
+    from ..train.loop import load_frozen, prepare
 
     out = Path(flags[flags.index("--output_dir") + 1])
     preps = [prepare(load_config([*flags, "--seed", str(k), "--output_dir", str(out / f"run{k}")]))
@@ -136,7 +136,7 @@ def ds_config_file(zero: int, variants: list[str], out: Path) -> str:
 
 
 def measure(model_dir: str, ranks: int, ds_config: str, args, out: Path) -> list[dict]:
-    from lrpt.trainer.distributed import env_without_launcher, free_port
+    from ..runtime.distributed import env_without_launcher, free_port
 
     extra = (["--gradient_checkpointing", "true"] if getattr(args, "grad_ckpt", False) else []) + (
         [f"--load_in_{args.quant}", "true"] if getattr(args, "quant", "none") != "none" else [])
@@ -178,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
-        from lrpt.trainer.distributed import without_launcher_args
+        from ..runtime.distributed import without_launcher_args
 
         worker(Path(args.worker), without_launcher_args(flags), args.batch, args.seq_len, args.target_len, args.steps,
                args.deepspeed_linear)
         return 0
 
-    from lrpt.trainer.memory_plan import PlanSpec, plan
-    from lrpt.trainer.presets import save_preset
+    from ..measure.plan import PlanSpec, plan
+    from ..backbone.presets import save_preset
 
     print("| backbone | setup | ranks | rank | predicted peak | measured peak | predicted/measured | "
           "predicted load | measured load |")

@@ -10,7 +10,7 @@ trainer/run.py` for a few DPT steps and prints, per rank, from each run's report
 - its share of the same run at 1 rank, and of the unquantized unsharded backbone;
 - the replicated 4-bit quant_state bytes (included in held);
 - the load peak (memory.load_peak_bytes: the allocator's, while the backbone loads; sharded under ZeRO-3,
-  trainer/quant_load.py).
+  trainer/backbone/quant_load.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrpt.trainer.distributed import TRAIN_SCRIPT, free_port
-from lrpt.trainer.ds_config import shipped
+from ..runtime.distributed import TRAIN_SCRIPT, free_port
+from ..config.ds_config import shipped
 
 QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "4bit-nf4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]}

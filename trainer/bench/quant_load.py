@@ -1,4 +1,4 @@
-"""Benchmark: loading a quantized backbone sharded (trainer/quant_load.py) vs whole, 1 vs 2 ranks, in one run.
+"""Benchmark: loading a quantized backbone sharded (trainer/backbone/quant_load.py) vs whole, 1 vs 2 ranks, in one run.
 
     python -m lrpt.trainer.bench.quant_load                  # ~95M-parameter LLaMA-shaped backbone, CPU
 
@@ -48,8 +48,9 @@ def worker(out: Path, flags: list[str], steps: int, timed: bool) -> None:
     """One rank: setup (the load), a few steps, its figures in out/rank<r>.json. `timed`: the load timed without
     the allocator's measurement (a separate launch measures the peak)."""
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
-    from lrpt.trainer import distributed, loop
-    from lrpt.trainer.config import load_config
+    from ..runtime import distributed
+    from ..train import loop
+    from ..config.run_config import load_config
 
     if timed:
         loop.LoadPeak = _TimedOnly  # this process only: the benchmark's own launch
@@ -69,8 +70,8 @@ def worker(out: Path, flags: list[str], steps: int, timed: bool) -> None:
 
 
 def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: int, timed: bool) -> list[dict]:
-    from lrpt.trainer.distributed import env_without_launcher, free_port
-    from lrpt.trainer.ds_config import shipped
+    from ..runtime.distributed import env_without_launcher, free_port
+    from ..config.ds_config import shipped
 
     env = env_without_launcher()
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -90,7 +91,7 @@ def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: 
 
 def goal_bytes(model_dir: str, quant: str, ranks: int) -> tuple[float, int]:
     """(1/N of the quantized backbone as held + the largest tensor as the checkpoint stores it, that tensor)."""
-    from lrpt.trainer.memory_plan import model_tensors, stored_bytes
+    from ..measure.plan import model_tensors, stored_bytes
 
     q = "8bit" if quant == "8bit" else "4bit"
     tensors = model_tensors(model_dir, q)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         flags = rest[rest.index("--") + 1:] if "--" in rest else rest
-        from lrpt.trainer import distributed
+        from ..runtime import distributed
 
         worker(Path(args.worker), distributed.without_launcher_args(flags), args.steps, args.timed)
         distributed.shutdown()  # every rank leaves the group before exiting (see distributed.shutdown)
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from lrpt.trainer.bench.quant import machine
-    from lrpt.trainer.presets import build_preset
+    from .quant import machine
+    from ..backbone.presets import build_preset
 
     print(f"machine: {machine()}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
           f"transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}")

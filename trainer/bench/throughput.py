@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from lrpt.trainer.distributed import env_without_launcher
+from ..runtime.distributed import env_without_launcher
 
 
 def _run_config(settings: dict):
     """The RunConfig a benchmark configuration corresponds to (its backbone, precision, ZeRO, quantization)."""
-    from lrpt.trainer.config import RunConfig
+    from ..config.run_config import RunConfig
 
     keys = ("model", "precision", "per_device_train_batch_size", "deepspeed", "load_in_8bit", "load_in_4bit",
             "bnb_4bit_quant_type", "gradient_checkpointing")
@@ -49,10 +49,12 @@ def _run_config(settings: dict):
 
 
 def _load(cfg, ds_config: dict | None):
-    """The frozen backbone as `lrpt train` loads it (trainer/loop.py: sharded under ZeRO-3, quantized layers
+    """The frozen backbone as `lrpt train` loads it (trainer/train/loop.py: sharded under ZeRO-3, quantized layers
     made ZeRO-3-shardable), and the HfDeepSpeedConfig to keep alive."""
-    from lrpt.trainer.backbone import load_backbone
-    from lrpt.trainer import distributed, loop, quant
+    from ..backbone.load import load_backbone
+    from ..runtime import distributed
+    from ..train import loop
+    from ..backbone import quant
 
     if ds_config is None:
         return load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg)), None
@@ -72,11 +74,11 @@ def random_batch(config, batch: int, seq_len: int, is_encoder_decoder: bool) -> 
 def measure(settings: dict, method: str, prompt_length: int, path: str = "standard") -> dict:
     """One configuration, in this process (every rank under a launcher): seconds per step after 2
     warm-up steps, peak memory, and rank-classification seconds per example (no gradient)."""
-    from lrpt import methods
-    from lrpt.trainer import distributed
-    from lrpt.trainer.ds_config import resolve_ds_config
-    from lrpt.trainer.meter import peak_memory
-    from lrpt.trainer.prompted import PromptedModel
+    from ... import methods
+    from ..runtime import distributed
+    from ..config.ds_config import resolve_ds_config
+    from ..measure.meter import peak_memory
+    from ..model.prompted import PromptedModel
 
     if settings["flush_denormal"]:  # before the first parallel region: its threads inherit the mode
         torch.set_flush_denormal(True)
@@ -85,7 +87,7 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     steps = settings["steps"]
     ds_config, loop = None, loop_of(settings, method)
     if loop == "deepspeed":
-        from lrpt.trainer.backbone import resolve_config
+        from ..backbone.load import resolve_config
 
         distributed.init_process_group()
         ds_config = resolve_ds_config(cfg, distributed.world_size(), resolve_config(cfg.model).hidden_size)
@@ -208,7 +210,7 @@ def _stepper(model, params: list, ds_config: dict | None):
 
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     if ds_config["zero_optimization"].get("stage") == 3:
-        from lrpt.trainer import zero3_linear
+        from ..backbone import zero3_linear
 
         zero3_linear.install()
 
@@ -238,7 +240,7 @@ def _timed(fn, batch: dict) -> float:
 def run_isolated(settings: dict, method: str, prompt_length: int, path: str) -> dict:
     """A configuration in a fresh process (its peak memory its own); under --deepspeed through the
     deepspeed launcher with --ranks processes."""
-    from lrpt.trainer.distributed import free_port
+    from ..runtime.distributed import free_port
 
     env = env_without_launcher()
     given = {k: settings[k] for k in WORKER_FLAGS if k in settings}
@@ -295,8 +297,8 @@ DEFAULTS = {"model": "smollm2-135m", "precision": "fp32", "per_device_train_batc
 
 
 def parser() -> argparse.ArgumentParser:
-    from lrpt import methods
-    from lrpt.trainer.config import _parse_bool, add_run_arguments
+    from ... import methods
+    from ..config.run_config import _parse_bool, add_run_arguments
 
     p = argparse.ArgumentParser(prog="lrpt bench", description=__doc__.split("\n")[0],
                                 argument_default=argparse.SUPPRESS,
@@ -322,9 +324,9 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(argv: list[str]) -> dict:
     """The bench's settings: DEFAULTS <- flags; shared_prefix normalised to auto/true/false."""
-    from lrpt import methods
-    from lrpt.trainer.config import tristate
-    from lrpt.trainer.errors import LrptError
+    from ... import methods
+    from ..config.run_config import tristate
+    from ..errors import LrptError
 
     settings = {**DEFAULTS, **vars(parser().parse_args(argv))}
     settings["shared_prefix"] = tristate(settings["shared_prefix"], "--shared_prefix")
@@ -355,7 +357,7 @@ def fastest(launches: list[dict]) -> list[dict]:
 
 
 def method_settings(settings: dict) -> dict:
-    from lrpt import methods
+    from ... import methods
 
     return {name: settings[name] for name, _, f in methods.option_fields()
             if settings.get(name, f.default) != f.default}
@@ -365,7 +367,7 @@ def main(argv: list[str]) -> int:
     settings = settings_from(argv)
     batch, seq_len = settings["per_device_train_batch_size"], settings["max_source_length"]
     if "worker" in settings:
-        from lrpt.trainer import distributed
+        from ..runtime import distributed
 
         method, c, path = settings["worker"]
         row = measure(settings, method, int(c), path)
@@ -375,8 +377,8 @@ def main(argv: list[str]) -> int:
         return 0
     from tqdm.auto import tqdm
 
-    from lrpt.trainer.backbone import resolve_config
-    from lrpt.trainer.errors import LrptError
+    from ..backbone.load import resolve_config
+    from ..errors import LrptError
 
     lengths = [int(x) for x in settings["prompt_lengths"].split(",")]
     names = [m.strip() for m in settings["methods"].split(",") if m.strip()]

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrpt.trainer.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
-from lrpt.trainer.ds_config import shipped
+from ..runtime.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
+from ..config.ds_config import shipped
 
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--ds_config", default=shipped("zero3"))
     args = parser.parse_args()
 
-    from lrpt.trainer.presets import save_preset
+    from ..backbone.presets import save_preset
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_preset("tiny-t5", f"{tmp}/model", width=args.width, layers=args.layers)

@@ -1,0 +1,1 @@
+"""The frozen backbone: presets, GGUF, loading, quantization and the sharded quantized load."""

@@ -1,0 +1,1 @@
+"""The `lrpt` commands: each parses its flags and calls the library."""

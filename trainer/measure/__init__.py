@@ -1,0 +1,1 @@
+"""What a step costs: the meter, FLOPs and the memory planner."""

@@ -1,0 +1,1 @@
+"""The run directory: its contract, lock, files, checkpoints, monitor and report."""

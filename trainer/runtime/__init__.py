@@ -1,0 +1,1 @@
+"""The process: distributed set-up, preemption, DeepSpeed's op builds."""

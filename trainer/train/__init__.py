@@ -1,0 +1,1 @@
+"""Training: the data, the session, the loop, fused groups and evaluation."""

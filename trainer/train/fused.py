@@ -1,0 +1,306 @@
+"""Fused runs: several runs' prompts trained in one pass over one frozen backbone (`lrpt sweep --fuse`).
+
+A paper table is many runs on one backbone, and only the prompt differs between them. Trained one
+after another, every run loads the backbone again and, under ZeRO-3, every step of every run gathers
+the whole backbone to move a few kilobytes of prompt. Fused, the runs of a group share one load and
+one forward and backward per step:
+- each step's batch is the concatenation of every run's own micro-batch (its own data order, from its
+  seed); each row is laid out as it is in its run alone - [its run's prompt, its text] - and padded
+  after its end to the longest row, so prompts of different lengths (LAMP's pooling, other c) mix;
+- each run's loss is the backbone's own (token-mean cross-entropy) over its own rows and targets: the
+  prompts are disjoint, so the gradient of the summed losses that reaches run k's prompt is the one of
+  run k's loss alone;
+- each run keeps its own DeepSpeed engine over its prompt alone (`PromptOnly`): AdamW state, schedule,
+  gradient clipping (DeepSpeed's, per engine), ZeRO partitioning of the prompt, and checkpoints in the
+  layout of the run trained alone. The backbone runs outside them, under an engine of its own without
+  optimizer (ZeRO-3: DeepSpeed's parameter offload gathers each layer once for the whole group), and
+  each prompt's gradient is handed to its engine as `engine.backward(<P, dL/dP>)`;
+- evaluation, selection, logs, checkpoints and the report are each run's own (trainer/train/run_loop.py).
+What would make a fused run differ from its run alone is refused before anything loads (`check_group`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..runtime import distributed, preempt
+
+from ..rundir import contract as run_dir, lock as run_lock
+from ..backbone.load import resolve_config
+from ..config.run_config import RunConfig, RunSettings
+from ..config.ds_config import zero_stage
+from ..errors import LrptError
+from ..measure.flops import step_flops
+from .loop import build_session, load_frozen, prepare
+from ..measure.meter import LoadPeak
+from .run_loop import RunLoop, gradient_norm, log
+
+# what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
+# checkpoints); every other setting reaches the one forward over the backbone, so the runs of a group must agree on
+# it - a setting added later is shared until it is named here (`shared_prefix` has its own check)
+PER_RUN = {"recipe", "method", "data_dir", "prompt_length", "learning_rate", "weight_decay", "max_grad_norm",
+           "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "max_steps",
+           "seed", "shared_prefix", "local_rank", "output_dir", "overwrite_output_dir", "logging_steps", "eval_steps",
+           "eval_untrained", "save_steps", "save_total_limit", "resume_from_checkpoint", "max_train_samples",
+           "max_eval_samples", "decoding", "few_shot", "dev_size", "selection", "progress", "report_to"}
+METHOD_OPTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunSettings)}
+SHARED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in PER_RUN | METHOD_OPTIONS)
+
+
+def run_name(cfg: RunConfig) -> str:
+    return Path(cfg.output_dir).name
+
+
+def check_group(cfgs: list[RunConfig]) -> None:
+    """Refuse, before any weight loads, runs that cannot share one pass, naming what differs."""
+    why = refusal(cfgs)
+    if why:
+        raise LrptError(f"--fuse: {why}; or drop --fuse (`lrpt sweep --fuse auto` trains such a group's runs one "
+                        "after another)")
+
+
+def refusal(cfgs: list[RunConfig]) -> str | None:
+    """Why these runs cannot share one pass, naming what differs (None: they can). Reads configs only."""
+    first = cfgs[0]
+    for name in SHARED:
+        other = next((c for c in cfgs if getattr(c, name) != getattr(first, name)), None)
+        if other is not None:
+            return (f"{run_name(first)} has --{name} {getattr(first, name)} and {run_name(other)} "
+                    f"{getattr(other, name)}; fused runs share one backbone and one forward, so they must agree on "
+                    f"it: give every run the same --{name}")
+    if any(c.shared_prefix == "true" for c in cfgs):
+        return ("--shared_prefix true: a fused batch carries a different prompt per run, so its rows take the "
+                "standard path (the prompt with every row); drop --shared_prefix")
+    dropout = active_dropout(resolve_config(first.model))
+    if dropout:
+        return (f"{first.model} trains with dropout ({dropout}): a fused forward draws one set of dropout masks for "
+                "every run's rows, so no fused run could equal its run alone. Use a copy of the backbone saved with "
+                "that dropout set to 0 (for the separate runs too)")
+    return None
+
+
+def active_dropout(config) -> str:
+    """The backbone config's dropout probabilities above 0 ('dropout_rate=0.1'), '' if none."""
+    found = [f"{name}={value}" for name, value in sorted(config.to_dict().items())
+             if "dropout" in name and isinstance(value, float) and value > 0]
+    return ", ".join(found)
+
+
+class PromptOnly(nn.Module):
+    """What a fused run's engine wraps: its prompt alone, named as PromptedModel names it (`prompt.*`), so
+    that its checkpoints are the ones the run alone writes. The forward returns a copy: under ZeRO-3 the
+    parameters are released when it ends, and the prompt is used after it."""
+
+    def __init__(self, prompt: nn.Module):
+        super().__init__()
+        self.prompt = prompt
+
+    def forward(self) -> torch.Tensor:
+        return self.prompt().clone()
+
+
+def backbone_engine(model: nn.Module, ds_config: dict):
+    """The frozen backbone under a DeepSpeed engine without optimizer: cast and placed as the run alone's
+    engine would, and under ZeRO-3 its layers gathered by DeepSpeed's parameter offload. Below ZeRO-3 it
+    holds no shard, so ZeRO-0 (ZeRO-1/2 partition optimizer state, and it has none)."""
+    import deepspeed
+
+    config = copy.deepcopy(ds_config)
+    if zero_stage(config) < 3:
+        config["zero_optimization"] = {"stage": 0}
+    config.pop("gradient_clipping", None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
+def row_layout(prompt: torch.Tensor, batch: dict, embed: nn.Module, is_encoder_decoder: bool):
+    """One run's rows as its run alone lays them out: embeddings [P, text], mask, labels (-100 over P)."""
+    tokens = embed(batch["input_ids"])
+    rows = len(tokens)
+    p = prompt.to(tokens.dtype).unsqueeze(0).expand(rows, -1, -1)
+    mask = batch["attention_mask"]
+    mask = torch.cat([mask.new_ones(rows, prompt.shape[0]), mask], dim=1)
+    labels = batch["labels"]
+    if not is_encoder_decoder:
+        labels = torch.cat([labels.new_full((rows, prompt.shape[0]), -100), labels], dim=1)
+    return torch.cat([p, tokens], dim=1), mask, labels
+
+
+def pad_rows(tensors: list[torch.Tensor], width: int, value=0, left: bool = False) -> torch.Tensor:
+    """Concatenated along the rows, each padded to `width` columns after its end (or before its start)."""
+    def pad(t: torch.Tensor) -> tuple[int, ...]:
+        extra = width - t.shape[1]
+        return (0, 0) * (t.dim() - 2) + ((extra, 0) if left else (0, extra))
+
+    return torch.cat([F.pad(t, pad(t), value=value) for t in tensors])
+
+
+def fused_rows(prompts: list[torch.Tensor], batches: list[dict], embed: nn.Module, is_encoder_decoder: bool):
+    """Embeddings, mask and labels of every run's rows behind its prompt, each row as its run alone lays it out,
+    padded after its end to the longest row (labels -100); run k's rows follow run k - 1's."""
+    laid = [row_layout(prompt, batch, embed, is_encoder_decoder) for prompt, batch in zip(prompts, batches)]
+    width = max(e.shape[1] for e, _, _ in laid)
+    target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
+    return (pad_rows([e for e, _, _ in laid], width), pad_rows([m for _, m, _ in laid], width),
+            pad_rows([lab for _, _, lab in laid], target, value=-100))
+
+
+def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[tuple[torch.Tensor, dict]]):
+    """Each run's loss, the backbone's own (token-mean cross-entropy over its targets), from one forward over
+    every run's rows behind its run's prompt; and the padded width each run's rows took (for their FLOPs)."""
+    prompts, batches = [prompt for prompt, _ in parts], [batch for _, batch in parts]
+    embeds, mask, labels = fused_rows(prompts, batches, backbone.get_input_embeddings(), is_encoder_decoder)
+    logits = backbone_logits(backbone, embeds, mask, labels, is_encoder_decoder)
+    losses, start = [], 0
+    for batch in batches:
+        end = start + len(batch["input_ids"])
+        losses.append(own_loss(backbone, logits[start:end], labels[start:end], is_encoder_decoder))
+        start = end
+    return losses, embeds.shape[1], labels.shape[1]
+
+
+def backbone_logits(backbone: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                    is_encoder_decoder: bool) -> torch.Tensor:
+    """The backbone's logits over laid-out rows, no loss computed (T5 derives its decoder input from the labels,
+    as with labels=)."""
+    if is_encoder_decoder:
+        decoder_input_ids = backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+        return backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                        decoder_input_ids=decoder_input_ids).logits
+    return backbone(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+
+
+def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool):
+    """The loss the backbone computes from `labels=` (T5: cross-entropy on its logits as they are; causal
+    LMs: transformers' loss_function, which shifts and upcasts)."""
+    if is_encoder_decoder:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return backbone.loss_function(logits=logits, labels=labels, vocab_size=backbone.config.vocab_size)
+
+
+def train_fused(cfgs: list[RunConfig]) -> list[dict]:
+    """Train the runs together; returns each run's report (a finished run's as it was written)."""
+    import json
+
+    check_group(cfgs)
+    preps, reports = [], {}
+    try:
+        for cfg in cfgs:  # every run's checks, claim and data before the backbone loads
+            try:
+                preps.append(prepare(cfg))
+            except run_dir.RunFinished as finished:
+                log(str(finished))
+                reports[cfg.output_dir] = json.loads(finished.report_path.read_text())
+        if preps:
+            for report in train_prepared(preps, [run_name(c) for c in cfgs]):
+                reports[report["output_dir"]] = report
+    finally:  # every run directory of the group is free for the next launch
+        for cfg in cfgs:
+            if cfg.output_dir:
+                run_lock.release(Path(cfg.output_dir))
+    return [reports[c.output_dir] for c in cfgs]
+
+
+def train_prepared(preps: list, group: list[str]) -> list[dict]:
+    """One load of the backbone, every run's engine on it, the runs trained together, each one's report.
+    `group`: the names of every run of the group, those finished before included (each report names the others)."""
+    first = preps[0]
+    load_meter = LoadPeak().start()
+    backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
+    load_peak = load_meter.stop()
+    loaded = time.perf_counter()
+    frozen, runs = build_group(preps, backbone)
+    log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its run's "
+        "prompt)")
+    for run in runs:
+        run.keep_alive = keep_alive
+        run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
+        run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded
+    loops = [RunLoop(run, fused_with=[n for n in group if n != run_name(run.cfg)]) for run in runs]
+    preempt.install()  # SIGUSR1: every run of the group checkpoints, then the job exits
+    for position, loop in enumerate(loops):
+        loop.begin(position)
+    frozen.train()
+    for run in runs:
+        run.engine.train()
+    train_together(runs, loops, len(group))
+    return [loop.report for loop in loops]
+
+
+def build_group(preps: list, backbone) -> tuple:
+    """The backbone's engine (no optimizer) and every run's session, its engine over its prompt alone."""
+    frozen = backbone_engine(backbone.model, preps[0].ds_config)
+    return frozen, [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
+
+
+def train_together(runs: list, loops: list[RunLoop], group_size: int) -> None:
+    """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done. A run is
+    finished (evaluated, its report written) at its last step, as alone: a group stopped later never trains it again."""
+    streams = [loop.micro_batches() for loop in loops]
+    while True:
+        finish_done(loops, group_size)  # (a run resumed at its last step)
+        items = []  # (run index, micro-batch index, micro-batch)
+        for k, stream in enumerate(streams):
+            item = None if loops[k].done else next(stream, None)
+            if item is not None:
+                items.append((k, *item))
+        if not items:
+            return
+        for k, i, _ in items:
+            loops[k].micro_start(i)
+        losses, width, target = fused_backward([runs[k] for k, _, _ in items], [batch for _, _, batch in items])
+        stepped = []
+        for (k, i, batch), loss in zip(items, losses):
+            run = runs[k]
+            if loops[k].boundary(i):
+                loops[k].window["grad_norm"] = gradient_norm(run)
+            run.engine.step()
+            flops = padded_flops(loops[k], batch, width, target, run.prompt.output_length)
+            if loops[k].micro_done(i, batch, loss.item(), flops):
+                stepped.append(loops[k])
+        if stepped:
+            stop = preempt.stop_requested()  # collective, once per step of the group: all ranks agree
+            for loop in stepped:
+                loop.step_done(stop and not loop.done)  # a run at its last step is finished instead, below
+            finish_done(loops, group_size)
+            if stop:
+                for loop in (loop for loop in loops if loop.report is None):
+                    if loop not in stepped:
+                        loop.save_checkpoint()
+                    loop.exit_preempted()
+                raise SystemExit(preempt.EXIT_CODE)
+
+
+def finish_done(loops: list[RunLoop], group_size: int) -> None:
+    """The report of every run that has reached its last step and has none yet (collective: every rank agrees)."""
+    for loop in loops:
+        if loop.done and loop.report is None:
+            loop.finish({"fused": {"with": loop.fused_with, "runs": group_size}})
+
+
+def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int, int]:
+    """One micro-batch of each run: its engine's forward (under ZeRO-3 it gathers the prompt), one forward and
+    backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP>, whose gradient
+    is the run's own. Returns each run's loss and the padded widths (fused_losses)."""
+    prompts = [run.engine() for run in runs]
+    leaves = [p.detach().requires_grad_() for p in prompts]
+    backbone = runs[0].backbone
+    losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, list(zip(leaves, batches)))
+    torch.autograd.backward(sum(losses))
+    for run, prompt, leaf in zip(runs, prompts, leaves):
+        run.engine.backward((prompt * leaf.grad).sum())
+    return losses, width, target
+
+
+def padded_flops(loop: RunLoop, batch: dict, width: int, target: int, prompt_rows: int) -> float:
+    """FLOPs computed for this run's rows in the fused forward: its rows at the group's padded width."""
+    rows, backbone = batch["input_ids"].shape[0], loop.run.backbone
+    shape = {"input_ids": batch["input_ids"].new_empty(rows, width - prompt_rows),
+             "labels": batch["labels"].new_empty(rows, target)}
+    return step_flops(backbone.model.config, loop.matmul, shape, prompt_rows)

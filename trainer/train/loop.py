@@ -1,0 +1,310 @@
+"""One training run: RunConfig in, report out. Reads top to bottom like the recipe it is."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from ... import methods
+from ...eval.tasks import Task, get_task
+from ..runtime import build_lock, distributed, preempt
+from ..rundir import monitor, contract as run_dir, lock as run_lock, weights_only
+from ..backbone.load import Backbone, load_backbone, resolve_config
+from ..config.run_config import RunConfig, check_precision
+from .data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
+                   train_batches)
+from ..config.ds_config import read_ds_config, resolve_ds_config, zero_stage
+from ..errors import LrptError
+from ..measure.meter import LoadPeak
+from ..model.prompted import PromptedModel
+from ..backbone import quant
+from ..model import shared_prefix
+from ..backbone.quant_load import sharded as sharded_quantized_load
+from .run_loop import RunLoop, gradient_norm, log
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+    from deepspeed.utils import logger as ds_logger
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    ds_logger.setLevel(logging.WARNING)
+
+
+def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
+    """Everything that can be refused before a weight is loaded; returns the task and the backbone's config."""
+    cfg.validate()
+    try:
+        task = get_task(cfg.task)
+    except KeyError as exc:
+        raise LrptError(exc.args[0]) from None
+    config = resolve_config(cfg.model)
+    check_precision(cfg.precision, config.model_type)
+    quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
+    check_shared_prefix(cfg, config)
+    monitor.check_available(cfg)
+    try:  # shapes and keywords, on a stand-in one-row vocabulary
+        build_method(cfg, config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
+    except ValueError as exc:
+        raise LrptError(str(exc)) from None
+    return task, config
+
+
+def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
+    """Whether this run computes the prompt once per batch (trainer/model/shared_prefix.py). It is proven
+    (tests/test_shared_prefix.py) for every decoder-only backbone type it lists, on every ZeRO stage,
+    quantized or not, with or without gradient checkpointing: `auto` takes it there and the standard
+    path elsewhere; `true` where it is not proven is an error rather than an assumption."""
+    why = shared_prefix.refusal(config) if cfg.shared_prefix != "false" else None
+    if why and cfg.shared_prefix == "true":
+        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
+    return cfg.shared_prefix != "false" and why is None
+
+
+def load_frozen(cfg: RunConfig, ds_config: dict, world: int) -> tuple[Backbone, object]:
+    """The frozen backbone as `deepspeed.initialize` must receive it, and ZeRO-3's `HfDeepSpeedConfig`, which
+    the caller keeps alive while the model lives (None below ZeRO-3). Under ZeRO-3 the weights arrive
+    sharded: unquantized ones built inside `zero.Init`, quantized ones partitioned as they load
+    (trainer/backbone/quant_load.py) or, with --quantized_load whole, loaded whole and sharded by initialize."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    stage3, quantized = zero_stage(ds_config) == 3, quant.mode(cfg) is not None
+    keep_alive = HfDeepSpeedConfig(ds_config) if stage3 and not quantized else None
+    sharded_load = sharded_quantized_load(cfg, ds_config)
+    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {zero_stage(ds_config)}"
+        + (", each rank keeping only its share of the quantized weights" if sharded_load else ""))
+    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg),
+                             sharded=ds_config if sharded_load else None)
+    if stage3 and quantized:
+        keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
+        # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
+        # and hooks the layers, so the layers it must see are the ones that compute from the gathered
+        # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
+        quant.prepare_for_zero3(backbone.model)
+    return backbone, keep_alive
+
+
+def use_shared_prefix(cfg: RunConfig, backbone: Backbone) -> bool:
+    """Install the shared prefix where the loaded backbone takes it (shared_prefix.install: the model type and
+    its attention kernel); --shared_prefix true refuses where it cannot. Logs the path taken."""
+    why = "--shared_prefix false" if cfg.shared_prefix == "false" else shared_prefix.install(backbone.model)
+    if why and cfg.shared_prefix == "true":
+        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
+    log("shared prefix: the prompt is computed once per batch" if why is None else
+        f"shared prefix off ({why}): the prompt is computed for every example")
+    return why is None
+
+
+def build_method(cfg: RunConfig, embed_dim: int, **context) -> methods.PromptModule:
+    """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
+    tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
+    return methods.build(cfg.method, cfg.prompt_length, embed_dim, **{**cfg.method_options(), **context})
+
+
+def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
+    import deepspeed
+
+    embedding = backbone.model.get_input_embeddings().weight
+    text = cfg.method_options().get("init_text")
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"] if text else None
+    # Under ZeRO-3 every rank holds only its shard of the embedding (shape [0] here): gather it to read rows.
+    with deepspeed.zero.GatheredParameters([embedding]):
+        weight = embedding.detach().to(torch.float32).clone()
+    return build_method(cfg, backbone.embed_dim, embedding_weight=weight, init_token_ids=ids,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def default_output_dir(cfg: RunConfig) -> str:
+    return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}-{cfg.task}")
+
+
+@dataclass
+class Session:
+    """Everything `setup` builds: the engine and what feeds it. `fit` trains it; probes and tests
+    can drive the very same engine on batches of their own."""
+    cfg: RunConfig
+    task: Task
+    backbone: Backbone
+    encoder: Encoder
+    model: PromptedModel
+    engine: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ds_config: dict
+    train_rows: object
+    eval_rows: object
+    dev_rows: object
+    steps_per_epoch: int
+    total_steps: int
+    load_peak_bytes: int | None = 0  # this rank's allocator peak while the backbone loaded
+    load_peak_measured_by: str = ""
+    load_seconds: float = 0.0  # wall time from the start of the load until deepspeed.initialize has sharded it
+    keep_alive: object = None  # ZeRO-3's HfDeepSpeedConfig must outlive the model it sharded
+    resume: Path | None = None  # the checkpoint the run directory's claim found to resume from
+
+    @property
+    def prompt(self) -> methods.PromptModule:
+        return self.model.prompt
+
+    @property
+    def stage(self) -> int:
+        return zero_stage(self.ds_config)
+
+    def batches(self, epoch: int, skip: int = 0):
+        return train_batches(self.train_rows, self.ds_config["train_micro_batch_size_per_gpu"],
+                             self.backbone.tokenizer.pad_token_id,
+                             self.cfg.seed, epoch, distributed.rank(), distributed.world_size(), skip=skip)
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves in memory: the report, the trained model and its DeepSpeed engine (None, None for a
+    finished run relaunched, which loads nothing)."""
+    report: dict
+    model: PromptedModel | None
+    engine: object
+
+
+@dataclass
+class Prepared:
+    """A run checked, its directory claimed, its data read and its DeepSpeed config resolved: all that
+    happens before the backbone loads (minutes at 11B), so that any refusal comes first."""
+    cfg: RunConfig
+    task: Task
+    data: object
+    micro: int  # rows per rank and micro-batch (fewer than asked on a tiny few-shot set)
+    ds_config: dict
+    resume: Path | None  # the checkpoint the run directory's claim found to resume from
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate, join the process group, claim the run directory, read the data."""
+    task, backbone_config = check_run(cfg)
+    _quiet_libraries()
+    raw = read_ds_config(cfg.deepspeed)
+    if zero_stage(raw) == 3 and not distributed.launched() and not raw["zero_optimization"].get("offload_param"):
+        raise LrptError("a ZeRO-3 config needs a launcher: ZeRO-3 shards the backbone across ranks, and this process "
+                        "was started alone (no RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT). Launch with "
+                        "`deepspeed --num_gpus N trainer/run.py ...` or torchrun; on one device use "
+                        "ds_configs/zero3_offload.json, or ds_configs/zero0.json when the backbone fits")
+    build_lock.clear_stale_locks(log)  # a build killed earlier would make DeepSpeed's start wait forever
+    build_lock.announce_cpu_comm_build(log)
+    distributed.init_process_group()
+    world = distributed.world_size()
+    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
+    out = Path(cfg.output_dir)
+    resume = run_dir.claim(cfg, log)  # locked, and the directory's contract checked, before any weight loads
+    torch.manual_seed(cfg.seed)
+    # every row read and checked before the backbone (minutes at 11B) loads
+    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
+                         cfg.max_eval_samples)
+    micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps)
+    if micro < cfg.per_device_train_batch_size:
+        log(f"{len(data.train)} training examples are fewer than one global batch of "
+            f"{cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps}: each step trains on "
+            f"{micro * world * cfg.gradient_accumulation_steps} ({micro} per rank and accumulation step)")
+    ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
+    if distributed.is_main():  # the contract is written once every check has passed
+        run_dir.write_config(cfg)
+    monitor.add_sections(cfg, ds_config, out)
+    if quant.mode(cfg):
+        quant.import_bitsandbytes()  # before the load is timed (Session.load_seconds): the load alone
+    return Prepared(cfg=cfg, task=task, data=data, micro=micro, ds_config=ds_config, resume=resume)
+
+
+def setup(cfg: RunConfig) -> Session:
+    """Validate, join the process group, load the (sharded) backbone, build prompt, data, engine."""
+    prep = prepare(cfg)
+    load_meter = LoadPeak().start()  # this rank's allocator peak while the backbone loads
+    backbone, keep_alive = load_frozen(cfg, prep.ds_config, distributed.world_size())
+    load_peak = load_meter.stop()  # loaded: partitioned already, or whole until initialize shards it
+    loaded = time.perf_counter()
+    run = build_session(prep, backbone, use_shared_prefix(cfg, backbone))
+    run.keep_alive = keep_alive
+    run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
+    run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded  # the profiler's own work left out
+    return run
+
+
+def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engine_module=None) -> Session:
+    """Prompt, tokenized rows, optimizer, schedule and DeepSpeed engine of one run on a loaded backbone.
+    The engine wraps the run's PromptedModel, or `engine_module(prompt)` (a fused run's prompt alone,
+    trainer/train/fused.py), whose state_dict must name the prompt's tensors as PromptedModel does."""
+    import deepspeed
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, world = prep.cfg, distributed.world_size()
+    prompt = build_prompt(cfg, backbone)
+    model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder, shared_prefix=shared_prefix)
+
+    encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)
+    train_rows = tokenize(prep.data.train, encoder)
+    for_generation = cfg.decoding == "generate"
+    eval_rows = tokenize(prep.data.val, encoder, for_generation=for_generation)
+    dev_rows = tokenize(prep.data.dev, encoder, for_generation=for_generation) if prep.data.dev is not None else None
+
+    steps_per_epoch = micro_batches_per_epoch(len(train_rows), prep.micro, world) // cfg.gradient_accumulation_steps
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model if engine_module is None else engine_module(prompt), optimizer=optimizer, config=prep.ds_config,
+        lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+    weights_only.install(engine)  # resume reads tensors and data, never code (trainer/rundir/weights_only.py)
+    if zero_stage(prep.ds_config) == 3:
+        from ..backbone import zero3_linear
+
+        zero3_linear.install()  # frozen weights: linear layers save no input (trainer/backbone/zero3_linear.py)
+    return Session(cfg=cfg, task=prep.task, backbone=backbone, encoder=encoder, model=model, engine=engine,
+                   optimizer=optimizer, scheduler=scheduler, ds_config=prep.ds_config, train_rows=train_rows,
+                   eval_rows=eval_rows, dev_rows=dev_rows, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                   resume=prep.resume)
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """One run. A finished run relaunched unchanged is not loaded: its report comes back as it was."""
+    try:
+        try:
+            run = setup(cfg)
+        except run_dir.RunFinished as finished:
+            log(str(finished))
+            return TrainResult(report=json.loads(finished.report_path.read_text()), model=None, engine=None)
+        return fit(run)
+    finally:  # the directory is free for the next launch (a sweep's next run in this process included)
+        if cfg.output_dir:
+            run_lock.release(Path(cfg.output_dir))
+
+
+def fit(run: Session) -> TrainResult:
+    """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report (trainer/train/run_loop.py)."""
+    engine = run.engine
+    preempt.install()  # SIGUSR1 (Slurm, before the time limit or a preemption): checkpoint, then exit
+    loop = RunLoop(run)
+    loop.begin()
+    engine.train()
+    for i, batch in loop.micro_batches():
+        loop.micro_start(i)
+        loop.seed(i)
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        if loop.boundary(i):
+            loop.window["grad_norm"] = gradient_norm(run)
+        engine.step()
+        if not loop.micro_done(i, batch, loss.item()):
+            continue
+        stop = preempt.stop_requested()  # collective, every step: all ranks agree
+        loop.step_done(stop)
+        if stop:
+            loop.exit_preempted()
+            raise SystemExit(preempt.EXIT_CODE)
+    return TrainResult(report=loop.finish(), model=run.model, engine=engine)
