@@ -51,7 +51,7 @@ def probe(out: Path, flags: list[str], run_fit: bool) -> None:
     from lrpt.trainer.backbone import quant
     from lrpt.trainer.config.run_config import load_config
     from lrpt.trainer.train.loop import fit, setup
-    from lrpt.trainer.measure.meter import held_bytes
+    from lrpt.trainer.tensor_bytes import held_bytes
 
     run = setup(load_config([*flags, "--output_dir", str(out / "run")]))
     rank = distributed.rank()

@@ -170,6 +170,65 @@ def test_a_backbone_with_dropout_is_refused(tmp_path):
         check_group([RunConfig(model=path, output_dir=str(tmp_path / "a"))])
 
 
+def gpt2_dir(directory: Path, **dropout: float) -> str:
+    """A tiny GPT-2 (the tiny LLaMA's tokenizer) with every dropout 0 unless given."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from lrpt.trainer.backbone.presets import save_preset
+
+    tokenizer = AutoTokenizer.from_pretrained(save_preset("tiny-llama", str(directory / "llama")))
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **dropout})
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(directory / "gpt2")
+    tokenizer.save_pretrained(directory / "gpt2")
+    return str(directory / "gpt2")
+
+
+def config_dir(directory: Path, config) -> str:
+    """A backbone as far as a refusal reads it: its config alone (the refusal comes before any weight)."""
+    config.save_pretrained(directory)
+    return str(directory)
+
+
+def test_dropout_is_found_by_asking_the_model(tmp_path):
+    """The model decides, not the config's key names: GPT-2's residual dropout (nn.Dropout layers), a BERT
+    decoder's attention dropout (attention_probs_dropout_prob) and LLaMA's (a probability its attention applies
+    itself) are refused; T5's classifier_dropout, which no layer of T5ForConditionalGeneration uses, is not."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
+
+    tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=64)
+    refused = {"resid_pdrop=0.1": GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, embd_pdrop=0.0,
+                                             attn_pdrop=0.0, resid_pdrop=0.1),
+               "attention_probs_dropout_prob=0.1": BertConfig(is_decoder=True, hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.1, **tiny),
+               "attention_dropout=0.1": LlamaConfig(attention_dropout=0.1, **tiny)}
+    for named, config in refused.items():
+        path = config_dir(tmp_path / named, config)
+        with pytest.raises(LrptError, match=f"trains with dropout \\({named}; "):
+            check_group([RunConfig(model=path, output_dir=str(tmp_path / "a"))])
+    unused = T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, vocab_size=64, dropout_rate=0.0,
+                      classifier_dropout=0.1)
+    check_group([RunConfig(model=config_dir(tmp_path / "t5", unused), output_dir=str(tmp_path / "b"))])
+
+
+def test_a_backbone_without_dropout_fuses_and_one_with_dropout_is_refused(memorise_dir, tmp_path, capsys):
+    """GPT-2 with resid_pdrop 0.1 is refused by `lrpt sweep --fuse` before anything is written; the same backbone
+    with every dropout 0 fuses, and each fused run equals its run alone."""
+    with_dropout = gpt2_dir(tmp_path / "dropout", resid_pdrop=0.1)
+    flags = run_flags(with_dropout, memorise_dir, "--max_steps", "3")
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "refused"), "--fuse", *flags]) == 2
+    assert "trains with dropout (resid_pdrop=0.1; " in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    flags = run_flags(gpt2_dir(tmp_path / "plain"), memorise_dir, "--max_steps", "3")
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
+    assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]) == 0
+    assert "group 1/1, fused: " + ", ".join(RUNS) in capsys.readouterr().out
+    for name in RUNS:
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])
+
+
 def test_fuse_max_without_fuse_is_refused(tmp_path):
     with pytest.raises(LrptError, match="--fuse_max N needs --fuse"):
         from lrpt.trainer.cli.sweep import main as sweep_main

@@ -66,6 +66,27 @@ def test_hand_computed_llama_7b_zero3():
     assert p.train_peak == sum(p.per_rank.values()) and p.fits
 
 
+def test_hpz_plans_the_whole_load_the_loader_does(tmp_path):
+    """ZeRO++ hpZ keeps node-wide partitions cut from whole tensors, so the loader loads a quantized backbone whole
+    there (quant_load.sharded says no): the plan's load peak under hpZ equals its --quantized_load whole peak, and
+    is larger than the sharded load the same config without hpZ plans."""
+    from lrpt.trainer.backbone import quant_load
+    from lrpt.trainer.config.ds_config import shipped
+    from lrpt.trainer.config.run_config import RunConfig
+
+    hpz = json.loads(open(shipped("zero3")).read())
+    hpz["zero_optimization"]["zero_hpz_partition_size"] = 4
+    (tmp_path / "hpz.json").write_text(json.dumps(hpz))
+    spec = dict(model="llama-7b", zero=3, gpus=4, nodes=2, method="pt", prompt_length=100, batch=2, seq_len=412,
+                precision="bf16", quant="4bit", gpu_memory_gib=80)
+    under_hpz = plan(PlanSpec(**spec, ds_config=str(tmp_path / "hpz.json")))
+    whole = plan(PlanSpec(**spec, quantized_load="whole"))
+    sharded = plan(PlanSpec(**spec))
+    assert under_hpz.load_peak == whole.load_peak > 4 * sharded.load_peak  # 8 ranks: each holds about 1/8
+    run = RunConfig(load_in_4bit=True, deepspeed=str(tmp_path / "hpz.json"))
+    assert not quant_load.sharded(run, hpz) and quant_load.sharded(run, json.loads(open(shipped("zero3")).read()))
+
+
 def saved_bytes(model, **inputs) -> int:
     """Bytes autograd saves for backward outside the parameters, each storage once (as the planner
     counts them), less the loss's log-softmax output, which the planner counts in the head transient."""

@@ -1,4 +1,4 @@
-"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/cli/predict.py, trainer/model/prompt_mix.py): several runs of one backbone answer
+"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/cli/predict.py, trainer/train/prompt_mix.py): several runs of one backbone answer
 every input in one pass over it.
 
 The reference for every prediction is each run predicting alone through the one-run path (`load_run` +
@@ -20,17 +20,16 @@ import pytest
 import torch
 import yaml
 
-import lrpt.trainer.cli.predict as predict_module
-import lrpt.trainer.rundir.reopen as runs_module
 from lrpt.eval.data import format_rows, read_jsonl
 from lrpt.eval.tasks import get_task
-from lrpt.trainer.model import prompt_mix
+from lrpt.trainer.train import prompt_mix
 from lrpt.trainer.backbone.load import load_backbone
 from lrpt.trainer.cli.main import main
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.train.data import Encoder, collate
 from lrpt.trainer.train.loop import train
-from lrpt.trainer.rundir.reopen import load_run
+from lrpt.trainer.model.prompted import PromptedModel
+from lrpt.trainer.train.reopen import load_run
 
 RUNS = [("a-dpt", "dpt", 8, {}), ("b-lamp", "lamp", 8, {"rank": 4, "pool": 3}), ("c-pt", "pt", 5, {})]
 NAMES = [name for name, *_ in RUNS]
@@ -235,8 +234,7 @@ def test_three_runs_take_one_pass_as_one_run_does(arch, trained, tmp_path, monke
     for label, chosen in (("one", runs[:1]), ("three", runs)):
         for decoding in ("rank", "generate"):
             counter = Counting()
-            monkeypatch.setattr(predict_module, "load_backbone", counter.load)
-            monkeypatch.setattr(runs_module, "load_backbone", counter.load)
+            monkeypatch.setattr("lrpt.trainer.backbone.load.load_backbone", counter.load)  # every run's load
             predict_lines(chosen, source, tmp_path / f"{label}-{decoding}.jsonl", "--decoding", decoding,
                           "--batch_size", "3")
             counts[label, decoding] = counter
@@ -304,15 +302,15 @@ def test_refusals_come_before_the_backbone_loads(trained, tmp_path, capsys, monk
 
     def no_load(*args, **kwargs):
         raise AssertionError("the backbone loaded before the refusal")
-    monkeypatch.setattr(predict_module, "load_backbone", no_load)
-    monkeypatch.setattr(runs_module, "load_backbone", no_load)
+    monkeypatch.setattr("lrpt.trainer.backbone.load.load_backbone", no_load)
 
     source = write_rows(tmp_path / "in.jsonl", [None, None, "d-nope", None, None, None, None])
     err = refused(runs, source, tmp_path, capsys)
     assert f"{source}:3: " in err and '"d-nope"' in err and "a-dpt, b-lamp, c-pt" in err, err
 
     source = write_rows(tmp_path / "in.jsonl")
-    for setting, value in (("task", "cb"), ("max_source_length", 128), ("precision", "bf16"), ("model", "tiny-t5")):
+    for setting, value in (("task", "cb"), ("max_source_length", 128), ("precision", "bf16"), ("model", "tiny-t5"),
+                           ("load_in_8bit", True), ("load_in_4bit", True)):
         other = edited_copy(runs[2], tmp_path / f"d-{setting}", **{setting: value})
         err = refused([runs[0], other], source, tmp_path, capsys)
         assert f"{runs[0]} has --{setting} " in err and f" and {other} {value}" in err, err
@@ -342,3 +340,40 @@ def test_runs_differing_in_decoding_run_with_one_given(trained, tmp_path):
     lines = predict_lines([runs[0], other], source, tmp_path / "out.jsonl", "--decoding", "rank")
     alone = alone_lines([runs[0], runs[2]], source, tmp_path, "--decoding", "rank")
     assert_equal_to_alone(lines, alone, [["a-dpt", "c-pt"]] * 7)
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_predict_on_a_quantized_run_uses_the_backbone_it_trained_on(bits, tiny_llama_dir, memorise_dir, tmp_path):
+    """`lrpt predict` loads the run's backbone as training did, quantized: its predictions are the run's own
+    evaluation's (eval_predictions.jsonl, the same rows), and the scores behind them are those of the trained prompt
+    on a backbone quantized here from the run's settings, not those of the unquantized backbone (which differ)."""
+    from lrpt.trainer.backbone import quant
+
+    run = tmp_path / "run"
+    cfg = RunConfig(model=tiny_llama_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+                    prompt_length=4, max_steps=2, per_device_train_batch_size=4, progress=False, decoding="rank",
+                    **{f"load_in_{bits}": True})
+    train(cfg)
+    lines = predict_lines([str(run)], memorise_dir / "RTE" / "val.jsonl", tmp_path / "out.jsonl")
+    own = [json.loads(line) for line in (run / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [line["prediction"] for line in lines] == [line["prediction"] for line in own]
+
+    _, backbone, model = load_run(run)
+    assert quant.quantized_layers(backbone.model)  # predict's own backbone
+    rows = format_rows(get_task("rte"), read_jsonl(memorise_dir / "RTE" / "val.jsonl"))
+    encoder = Encoder(backbone.tokenizer, False, cfg.max_source_length, cfg.max_target_length)
+    pairs = [encoder.pair(rows[i]["source"], c) for i in range(2) for c in rows[i]["candidates"]]
+
+    def scores(prompted) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.tensor([prompted.label_log_likelihood(torch.tensor([p["input_ids"]]),
+                                                               torch.ones(1, len(p["input_ids"]), dtype=torch.long),
+                                                               torch.tensor([p["labels"]])).item() for p in pairs])
+
+    def on(reference_backbone) -> torch.Tensor:
+        reference_backbone.model.eval()
+        return scores(PromptedModel(reference_backbone.model, model.prompt, False))
+
+    quantized = on(load_backbone(tiny_llama_dir, quantization=quant.bnb_config(cfg)))
+    torch.testing.assert_close(scores(model), quantized, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(quantized, on(load_backbone(tiny_llama_dir)), rtol=1e-4, atol=1e-4)

@@ -20,8 +20,9 @@ from lrpt.trainer.backbone.load import load_backbone
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.train.loop import build_prompt, check_run, setup, train
-from lrpt.trainer.measure.meter import held_bytes
+from lrpt.trainer.tensor_bytes import held_bytes
 from lrpt.trainer.backbone.presets import preset_config
+from lrpt.trainer.measure.flops import matmul_params
 from lrpt.trainer.model.prompted import PromptedModel
 
 # Tolerances against the one-process unsharded quantized reference (fp32; gloo averages the
@@ -367,7 +368,7 @@ def test_refused_before_weights_load(arch, kw, stage, message, config_only_dirs,
     def no_loading(*args, **kwargs):
         raise AssertionError("a weight was about to load")
 
-    monkeypatch.setattr("lrpt.trainer.train.loop.load_backbone", no_loading)
+    monkeypatch.setattr("lrpt.trainer.backbone.load.load_backbone", no_loading)
     monkeypatch.setattr("lrpt.trainer.train.loop.distributed.init_process_group", no_loading)
     with pytest.raises(LrptError):
         setup(cfg)
@@ -389,3 +390,23 @@ def test_supported_cells_pass_the_check(config_only_dirs):
                        {"load_in_4bit": True, "bnb_4bit_quant_storage": "bf16", "precision": "bf16"}):
                 check_run(RunConfig(model=config_only_dirs[arch], deepspeed=str(ROOT / "ds_configs" / f"{stage}.json"),
                                     **kw))
+
+
+@pytest.mark.parametrize("kw", [{"load_in_8bit": True}, {"load_in_4bit": True},
+                                {"load_in_4bit": True, "bnb_4bit_quant_storage": "fp32"}],
+                         ids=["8bit", "4bit-uint8", "4bit-fp32-storage"])
+def test_model_flops_count_the_weights_computed_with(kw, backbone_dirs):
+    """A quantized weight computes as its unquantized self: the FLOPs' N is the unquantized backbone's, which is
+    counted here by hand from the linear layers' shapes (in x out per nn.Linear, plus the LM head), not from the
+    parameters' storage, where a 4-bit weight holds 2 (uint8) or 8 (fp32 storage) values per stored element."""
+    plain = load_backbone(backbone_dirs["llama"]).model
+    by_hand = sum(m.in_features * m.out_features for m in plain.model.modules() if isinstance(m, nn.Linear))
+    head = plain.lm_head.in_features * plain.lm_head.out_features
+    quantized = load_backbone(backbone_dirs["llama"], quantization=quant.bnb_config(RunConfig(**kw))).model
+    stored = sum(p.numel() for m in quantized.model.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    assert stored < by_hand if "load_in_4bit" in kw else stored == by_hand  # the packing the count must undo
+    norms = sum(p.numel() for n, p in plain.model.named_parameters() if "norm" in n)
+    expected = {"decoder": by_hand + norms + head, "head": head}
+    for model in (plain, quantized):
+        params = matmul_params(model, is_encoder_decoder=False)
+        assert {k: params[k] for k in expected} == expected

@@ -152,7 +152,7 @@ def test_bin_checkpoint_refused_before_weights_load(bin_checkpoint, tmp_path, mo
     def no_loading(*args, **kwargs):
         raise AssertionError("a weight was about to load")
 
-    monkeypatch.setattr("lrpt.trainer.train.loop.load_backbone", no_loading)
+    monkeypatch.setattr("lrpt.trainer.backbone.load.load_backbone", no_loading)
     monkeypatch.setattr("lrpt.trainer.train.loop.distributed.init_process_group", no_loading)
     with pytest.raises(LrptError, match="pytorch_model.bin"):
         setup(cfg)

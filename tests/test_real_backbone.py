@@ -22,7 +22,8 @@ import torch
 from launch import ROOT, clean_env, launch
 from lrpt import methods
 from lrpt.trainer.backbone import gguf, quant
-from lrpt.trainer.backbone.load import load_backbone, local_model, resolve_config
+from lrpt.trainer.backbone.load import load_backbone
+from lrpt.trainer.backbone.source import local_model, resolve_config
 from lrpt.trainer.cli.main import main
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
@@ -257,7 +258,7 @@ def test_export_to_peft_gives_lrpts_logits_on_the_real_backbone(english, smollm2
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lrpt.trainer.rundir.reopen import load_run
+    from lrpt.trainer.train.reopen import load_run
 
     assert main(["export", str(english["run"]), "--to", "peft", str(tmp_path / "adapter")]) == 0
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2), str(tmp_path / "adapter"))

@@ -24,7 +24,7 @@ def no_loading(monkeypatch):
     """Loading a backbone fails the test: every refusal here must come before it."""
     monkeypatch.setattr(loop_module, "load_frozen", never)
     monkeypatch.setattr(predict_module, "load_run", never)
-    monkeypatch.setattr(predict_module, "load_backbone", never)
+    monkeypatch.setattr("lrpt.trainer.backbone.load.load_backbone", never)
 
 
 def refusal(argv: list[str], capsys) -> str:

@@ -179,7 +179,7 @@ def test_an_unchecked_backbone_type_is_refused_by_true_and_skipped_by_auto(tmp_p
     with pytest.raises(LrptError, match="gpt2 is not among the backbones"):
         check_run(RunConfig(model=str(tmp_path), shared_prefix=True))
     from lrpt.trainer.train.loop import check_shared_prefix
-    from lrpt.trainer.backbone.load import resolve_config
+    from lrpt.trainer.backbone.source import resolve_config
 
     assert check_shared_prefix(RunConfig(model=str(tmp_path)), resolve_config(str(tmp_path))) is False
 
@@ -209,7 +209,7 @@ def test_a_kernel_without_block_masks_is_refused_by_true_and_skipped_by_auto(tin
     ({"deepspeed": "ds_configs/zero2.json"}, True),
 ])
 def test_shared_prefix_auto_takes_it_where_proven(flags, expected):
-    from lrpt.trainer.backbone.load import resolve_config
+    from lrpt.trainer.backbone.source import resolve_config
     from lrpt.trainer.train.loop import check_shared_prefix
 
     cfg = RunConfig(**{"model": "tiny-llama", **flags})

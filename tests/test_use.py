@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from lrpt.trainer.cli.main import main
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.train.loop import train
-from lrpt.trainer.rundir.reopen import load_run
+from lrpt.trainer.train.reopen import load_run
 from lrpt.trainer.cli.spectrum import spectrum
 
 EXPORT_CASES = [("pt", {}), ("dpt", {}), ("lamp", {"rank": 4, "pool": 3}), ("lopt1", {"rank": 3}),

@@ -6,14 +6,24 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                          PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
-from . import gguf
 from ..errors import LrptError
-from .presets import BUILT, PACKAGED, PRESETS, build_preset, packaged_file, preset_config
+from .presets import BUILT, build_preset
+from .quant import bnb_config, prepare_loaded
+from .quant_load import load_sharded
+from .source import local_model, resolve_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FOUR_BIT_FIELDS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage")
+
+
+def backbone_settings(cfg) -> dict:
+    """The RunConfig fields that make the backbone a run computes with (the 4-bit ones where it is 4-bit): runs
+    that share one backbone agree on every one of them."""
+    fields = ("model", "precision", "load_in_8bit", "load_in_4bit", *(FOUR_BIT_FIELDS if cfg.load_in_4bit else ()))
+    return {name: getattr(cfg, name) for name in fields}
 
 
 @dataclass
@@ -27,38 +37,12 @@ class Backbone:
         return self.model.get_input_embeddings().embedding_dim
 
 
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else that is not a directory is a path typo."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def local_model(name: str) -> str:
-    """What `from_pretrained` reads for a `--model` value, the one place a value becomes a checkpoint: a GGUF
-    file (or a preset that names one) becomes its converted safetensors directory (trainer/backbone/gguf.py,
-    converted on first use), a directory or hub name stays itself. Built presets have no checkpoint."""
-    if name in BUILT:
-        raise ValueError(f"{name} is built in-process (presets.build_preset), not read from a checkpoint")
-    if name in PACKAGED:
-        name = packaged_file(name)
-    if gguf.is_gguf(name):
-        return gguf.local_dir(name)
-    if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
-        raise LrptError(f"model path {name!r} does not exist (give a local directory written by save_pretrained, "
-                        f"a .gguf file, a hub name such as google/t5-v1_1-base, or a preset: {', '.join(PRESETS)})")
-    return os.path.expanduser(name)
-
-
-def resolve_config(name: str) -> PretrainedConfig:
-    """The backbone's config alone: enough to validate a run before loading weights (a GGUF is converted
-    here, once, so that everything after reads a plain checkpoint)."""
-    if name in BUILT:
-        return preset_config(name)
-    path = local_model(name)
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise LrptError(f"could not load model {name!r}: {exc}".splitlines()[0] +
-                        " (offline? set HF_HUB_OFFLINE=1 and use a cached name or a local path)") from None
+def load_run_backbone(cfg, sharded: dict | None = None) -> Backbone:
+    """The backbone a run computes with, as its config says (`backbone_settings`, and its gradient checkpointing):
+    training, evaluation, predict, export and the benchmarks all load it here, so a prompt is never scored on a
+    backbone other than the one it was trained on. `sharded`: the DeepSpeed config, when the quantized weights
+    load sharded under ZeRO-3."""
+    return load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, bnb_config(cfg), sharded=sharded)
 
 
 def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bool = False,
@@ -82,8 +66,6 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
     else:
         model, tokenizer = _from_pretrained(local_model(name), name, config, dtype, quantization, sharded)
     if quantization is not None:
-        from .quant import prepare_loaded
-
         prepare_loaded(model)  # training layout, shared lookup tables (trainer/backbone/quant.py)
     if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -114,8 +96,6 @@ def _from_pretrained(path: str, name: str, config: PretrainedConfig, dtype: torc
     extra = {} if quantization is None else {"quantization_config": quantization}
     try:
         if sharded is not None and quantization is not None:
-            from .quant_load import load_sharded
-
             model = load_sharded(path, config, dtype, quantization, sharded)
         else:
             model = auto.from_pretrained(path, dtype=dtype, **extra)

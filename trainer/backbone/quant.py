@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import LrptError
+from ..tensor_bytes import held_bytes, tensor_bytes, tensors_in
 
 # flag spelling -> torch dtype; both lrpt's short names and torch's long ones are accepted
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -105,9 +106,6 @@ def check_support(cfg, model_type: str, ds_config: dict) -> None:
                 f"casts every floating-point parameter to {cfg.precision} by value, which would corrupt the packed "
                 f"4-bit bytes silently. Use --bnb_4bit_quant_storage uint8 (the default; never cast)"
                 + (f", or {cfg.precision}" if cfg.precision == "bf16" else ""))
-    from . import quant_load
-
-    quant_load.check(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
 
 
 # ---------------------------------------------------------------- ZeRO-3 x 8-bit
@@ -328,8 +326,6 @@ def quantized_layers(model: nn.Module) -> list[nn.Module]:
 def quant_state_bytes(model: nn.Module) -> int:
     """Bytes of the 4-bit layers' `quant_state` tensors (absmax, code, nested statistics): each rank
     holds all of them (replicated under ZeRO-3). Shared tensors count once. 0 without 4-bit layers."""
-    from ..measure.meter import tensor_bytes, tensors_in
-
     tensors = []
     for module in quantized_layers(model):
         state = getattr(getattr(module, "weight", None), "quant_state", None)
@@ -363,7 +359,5 @@ def backbone_memory(model: nn.Module, precision: str) -> dict:
     alive (parameters or their ZeRO shards, buffers, tensors hung on them as attributes; once per
     storage); `unquantized`, the same model unquantized and unsharded at --precision;
     `quant_state`, the replicated 4-bit statistics included in `held_all`."""
-    from ..measure.meter import held_bytes
-
     return {"held_all": held_bytes(model.modules()), "unquantized": unquantized_bytes(model, precision),
             "quant_state": quant_state_bytes(model)}

@@ -38,14 +38,20 @@ from torch import nn
 from ..runtime import distributed
 
 from . import quant, quant_slices
+from .presets import BUILT
+from .source import local_model
 from ..errors import LrptError
 
 
 def sharded(cfg, ds_config: dict) -> bool:
-    """Whether this run loads its quantized backbone sharded: quantized, ZeRO-3 without hpZ, --quantized_load
-    sharded, or auto."""
-    return (quant.mode(cfg) is not None and quant.zero_cell(ds_config).startswith("3") and cfg.quantized_load != "whole"
-            and not _hpz(ds_config))
+    """Whether this run loads its quantized backbone sharded."""
+    return loads_sharded(quant.mode(cfg) is not None, ds_config, cfg.quantized_load)
+
+
+def loads_sharded(quantized: bool, ds_config: dict, quantized_load: str) -> bool:
+    """The one rule, for the loader and the memory planner: a quantized backbone loads sharded under ZeRO-3
+    without hpZ, unless --quantized_load whole."""
+    return quantized and quant.zero_cell(ds_config).startswith("3") and quantized_load != "whole" and not _hpz(ds_config)
 
 
 def _hpz(ds_config: dict) -> bool:
@@ -56,9 +62,6 @@ def _hpz(ds_config: dict) -> bool:
 
 def check(cfg, ds_config: dict) -> None:
     """Refuse, before any weight loads, a sharded load that cannot happen."""
-    from .load import local_model
-    from .presets import BUILT
-
     if cfg.quantized_load == "sharded" and not quant.zero_cell(ds_config).startswith("3"):
         raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "
                         "a ZeRO-3 config (--zero 3) or drop --quantized_load")

@@ -51,13 +51,12 @@ def _run_config(settings: dict):
 def _load(cfg, ds_config: dict | None):
     """The frozen backbone as `lrpt train` loads it (trainer/train/loop.py: sharded under ZeRO-3, quantized layers
     made ZeRO-3-shardable), and the HfDeepSpeedConfig to keep alive."""
-    from ..backbone.load import load_backbone
+    from ..backbone.load import load_run_backbone
     from ..runtime import distributed
     from ..train import loop
-    from ..backbone import quant
 
     if ds_config is None:
-        return load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg)), None
+        return load_run_backbone(cfg), None
     return loop.load_frozen(cfg, ds_config, distributed.world_size())
 
 
@@ -87,7 +86,7 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     steps = settings["steps"]
     ds_config, loop = None, loop_of(settings, method)
     if loop == "deepspeed":
-        from ..backbone.load import resolve_config
+        from ..backbone.source import resolve_config
 
         distributed.init_process_group()
         ds_config = resolve_ds_config(cfg, distributed.world_size(), resolve_config(cfg.model).hidden_size)
@@ -377,7 +376,7 @@ def main(argv: list[str]) -> int:
         return 0
     from tqdm.auto import tqdm
 
-    from ..backbone.load import resolve_config
+    from ..backbone.source import resolve_config
     from ..errors import LrptError
 
     lengths = [int(x) for x in settings["prompt_lengths"].split(",")]

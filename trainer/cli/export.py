@@ -12,9 +12,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..backbone.load import resolve_config
+from ..backbone.source import resolve_config
 from ..errors import LrptError
-from ..rundir.reopen import dense_prompt, run_config
+from ..train.reopen import dense_prompt, run_config
 
 FORMATS = ("peft",)
 

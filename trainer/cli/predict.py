@@ -4,7 +4,7 @@ Rows are in the official SuperGLUE layout of the run's task; they are formatted 
 task formatter and answered with the run's decoding mode (or --decoding). One JSON line per
 example, in input order (a MultiRC row yields one example per answer, a ReCoRD row one per query).
 Several runs of one backbone (same model, task, precision, source/target lengths and decoding) load
-the backbone once and answer each example with each run in one pass (trainer/model/prompt_mix.py): one
+the backbone once and answer each example with each run in one pass (trainer/train/prompt_mix.py): one
 line per (example, run), runs in the order given, each naming its run (its directory's name). A row
 with a field "run": NAME is answered by that run alone.
 """
@@ -20,16 +20,17 @@ from safetensors.torch import load_file
 
 from ...eval.data import WHERE, DataError, format_rows, read_jsonl, row_examples
 from ...eval.tasks import Task, get_task
-from ..model import prompt_mix
-from ..backbone.load import load_backbone
+from ..train import prompt_mix
+from ..backbone.load import backbone_settings, load_run_backbone
 from ..config.run_config import RunConfig
 from ..train.data import Encoder, tokenize
 from ..errors import LrptError
 from ..train.evaluate import DECODING, generate, rank_classify
-from ..rundir.reopen import load_run, prompt_file, run_config, trained_prompt
+from ..train.reopen import load_run, prompt_file, run_config, trained_prompt
 
-# what one pass over one backbone needs the runs to agree on (decoding unless --decoding is given)
-SHARED = ("model", "task", "precision", "max_source_length", "max_target_length")
+# what one pass over one backbone needs the runs to agree on besides the backbone's own settings (decoding unless
+# --decoding is given)
+SHARED = ("task", "max_source_length", "max_target_length")
 
 
 def predict(run_dirs: str | list[str], input_path: str, output_path: str, decoding: str | None = None,
@@ -103,12 +104,14 @@ def run_names(dirs: list[str]) -> list[str]:
 
 def check_runs(dirs: list[str], cfgs: list[RunConfig], decoding: str | None) -> None:
     """Refuse, before the backbone loads, runs that cannot share one pass over one backbone, naming what differs."""
-    shared = SHARED if decoding else SHARED + ("decoding",)
-    for name in shared:
-        b = next((k for k, c in enumerate(cfgs) if getattr(c, name) != getattr(cfgs[0], name)), None)
+    settings = [{**backbone_settings(c), **{name: getattr(c, name) for name in SHARED}} for c in cfgs]
+    if not decoding:
+        settings = [{**s, "decoding": c.decoding} for s, c in zip(settings, cfgs)]
+    for name in dict.fromkeys(k for s in settings for k in s):
+        b = next((k for k, s in enumerate(settings) if s.get(name) != settings[0].get(name)), None)
         if b is not None:
             also = ", or give --decoding to use one for every run" if name == "decoding" else ""
-            raise LrptError(f"{dirs[0]} has --{name} {getattr(cfgs[0], name)} and {dirs[b]} {getattr(cfgs[b], name)}; "
+            raise LrptError(f"{dirs[0]} has --{name} {settings[0].get(name)} and {dirs[b]} {settings[b].get(name)}; "
                             f"several runs are answered in one pass over one backbone, so they must agree on it: "
                             f"predict with runs of one --{name}{also}, or predict each run on its own")
     for d in dirs:
@@ -151,7 +154,7 @@ def predict_many(dirs: list[str], path: Path, out: Path, decoding: str | None, b
         raise LrptError(str(exc)) from None
     answered_by = [list(range(len(dirs))) if name is None else [names.index(name)] for name in wanted]
     cfg = cfgs[0]
-    backbone = load_backbone(cfg.model, cfg.precision)
+    backbone = load_run_backbone(cfg)
     backbone.model.eval()
     prompts = [run_prompt(c, d, backbone.embed_dim) for c, d in zip(cfgs, dirs)]
     decoding = decoding or cfg.decoding

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..rundir.reopen import dense_prompt, run_config
+from ..train.reopen import dense_prompt, run_config
 
 
 def spectrum(prompt: torch.Tensor) -> dict:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .run_config import RunConfig
 from ..errors import LrptError
+
+if TYPE_CHECKING:  # the run's fields are read, never built here: RunConfig imports this module for `shipped`
+    from .run_config import RunConfig
 
 DEFAULT = {"zero_optimization": {"stage": 0}}
 SHIPPED = ("zero0", "zero2", "zero3", "zero3_offload")
@@ -41,6 +43,15 @@ def zero_stage(config: dict[str, Any]) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
+def check_checkpoint_reading(config: dict, path: str | None) -> None:
+    """Refuse the DeepSpeed settings under which resume would read files that lrpt's weights-only checkpoint
+    engine never checks."""
+    if (config.get("checkpoint") or {}).get("load_universal"):
+        raise LrptError(f"--deepspeed {path}: checkpoint.load_universal makes DeepSpeed unpickle a universal "
+                        "checkpoint's zero/ files (torch.load(weights_only=False)), and lrpt resumes only its own "
+                        "checkpoints, read as tensors and data: remove checkpoint.load_universal")
+
+
 def _fill(config: dict, key: str, value: Any) -> None:
     if config.get(key, "auto") == "auto":
         config[key] = value
@@ -59,9 +70,7 @@ def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None =
         if key in config:
             raise LrptError(f"--deepspeed config has an {key!r} section; lrpt builds AdamW and its linear "
                             f"schedule over the prompt parameters itself: remove {key!r} and use --learning_rate/--warmup_ratio")
-    from ..rundir import weights_only
-
-    weights_only.check_ds_config(config, cfg.deepspeed)  # before any weight loads
+    check_checkpoint_reading(config, cfg.deepspeed)  # before any weight loads
     micro, accum = micro_batch or cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     for key, ours in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):
         if config.get(key, "auto") not in ("auto", ours):

@@ -19,7 +19,11 @@ from typing import Any
 import yaml
 
 from ... import methods
+from ...eval import splits
 from ..errors import LrptError
+from . import recipe
+from .ds_config import shipped
+from .recipe import apply_methods
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
@@ -171,11 +175,9 @@ class RunSettings:
     def _validate_dev_size(self) -> None:
         """What carve_dev reads (a fraction, or a row count), refused here before any row is read; a count that
         leaves no training rows is found once the rows are (trainer/train/data.py), still before any weight loads."""
-        from ...eval.splits import dev_size
-
         if self.dev_size:
             try:
-                dev_size(self.dev_size)
+                splits.dev_size(self.dev_size)
             except ValueError as exc:
                 raise LrptError(f"--dev_size {self.dev_size:g}: {exc}") from None
 
@@ -345,8 +347,6 @@ def build_parser(prog: str = "lrpt train") -> argparse.ArgumentParser:
 def _expand_shorthands(args: dict[str, Any]) -> dict[str, Any]:
     """--zero and --quant into the fields they stand for; a shorthand that contradicts its field is an error."""
     if "zero" in args:
-        from .ds_config import shipped
-
         if "deepspeed" in args:
             raise LrptError("--zero and --deepspeed both name the DeepSpeed config; give one")
         args["deepspeed"] = shipped(f"zero{args.pop('zero')}")
@@ -368,8 +368,6 @@ def run_values(args: dict[str, Any]) -> dict[str, Any]:
         raise LrptError("--recipe and --config both give a file of settings; give one (flags override either)")
     values: dict[str, Any] = {}
     if args.get("recipe"):  # a recipe given as a flag is loaded; one recorded in a run's config.yaml is a name
-        from . import recipe
-
         values = read_yaml(recipe.path_of(args["recipe"]), method=args.get("method"))
     elif args.get("config"):
         values = read_yaml(args["config"], method=args.get("method"))
@@ -405,8 +403,6 @@ def read_yaml(path: str, method: str | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LrptError(f"config file {path!r} must hold a mapping of RunConfig fields")
     if "methods" in data:
-        from .recipe import apply_methods
-
         data = apply_methods(data, method, path)
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - set(fields))

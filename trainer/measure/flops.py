@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbone.quant import logical_numel
 from ..model.shared_prefix import read_only_modules
 
 PEAK_FLOPS = {  # dense peak per device, by name fragment and precision (vendor figures, no sparsity);
@@ -27,13 +28,15 @@ PEAK_FLOPS = {  # dense peak per device, by name fragment and precision (vendor 
 
 
 def _numel(module: nn.Module) -> int:
-    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+    """Elements of the weights as computed with: a 4-bit weight packs two per stored byte (and more per
+    stored element in a wider storage dtype), a ZeRO-3 weight is a shard."""
+    return sum(logical_numel(p) for p in module.parameters())
 
 
 def matmul_params(model: nn.Module, is_encoder_decoder: bool) -> dict[str, int]:
     embed = _numel(model.get_input_embeddings())
     head = model.get_output_embeddings()
-    head_numel = getattr(head.weight, "ds_numel", head.weight.numel()) if head is not None else 0
+    head_numel = logical_numel(head.weight) if head is not None else 0
     if is_encoder_decoder:
         return {"encoder": _numel(model.get_encoder()) - embed, "decoder": _numel(model.get_decoder()) - embed + head_numel}
     return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel,

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import LlamaConfig, PretrainedConfig, T5Config
 
+from ..backbone.quant_load import loads_sharded
+
 GiB = 2**30
 
 # Published architecture sizes (T5: Raffel et al. 2020, Table 14 / the released configs;
@@ -151,7 +153,7 @@ def model_config(name: str) -> PretrainedConfig:
     names and GGUF files alike, a GGUF through its converted checkpoint)."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    from ..backbone.load import resolve_config
+    from ..backbone.source import resolve_config
 
     return resolve_config(name)
 
@@ -242,8 +244,6 @@ def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
 
 
 def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:
-    from pathlib import Path
-
     from ..config.run_config import RunConfig
     from ..config.ds_config import resolve_ds_config, shipped
 
@@ -459,7 +459,7 @@ def plan(spec: PlanSpec) -> Plan:
     per_rank["backward_transient"] = transient
     train_peak = int(sum(per_rank.values()))
 
-    if spec.quant != "none" and stage == 3 and spec.quantized_load != "whole":
+    if loads_sharded(spec.quant != "none", ds, spec.quantized_load):
         load_peak = sharded_load_peak(tensors, spec, world)
         notes.append("loading: each rank reads, quantizes and keeps only its share, one tensor at a time "
                      "(--quantized_load sharded; --quantized_load whole loads the whole quantized model on every rank)")

@@ -6,7 +6,7 @@ DeepSpeed reads its checkpoint files with `torch.load(weights_only=False)`, so a
 containers and numbers, plus the few plain-data DeepSpeed classes its optimizer files hold. Any
 other object in a file is refused, and an unreadable file is one error that names it. DeepSpeed settings that
 would read other files (`checkpoint.load_universal`: a universal checkpoint's zero/ files) are refused before
-any weight loads (`check_ds_config`).
+any weight loads, where the DeepSpeed config is resolved.
 """
 from __future__ import annotations
 
@@ -54,14 +54,6 @@ def check(checkpoint: Path) -> None:
     prompt and its optimizer state only: kilobytes)."""
     for path in sorted(checkpoint.glob("*.pt")):
         load(path, map_location="cpu")
-
-
-def check_ds_config(config: dict, path: str | None) -> None:
-    """Refuse the DeepSpeed settings under which resume would read files this module never checks."""
-    if (config.get("checkpoint") or {}).get("load_universal"):
-        raise LrptError(f"--deepspeed {path}: checkpoint.load_universal makes DeepSpeed unpickle a universal "
-                        "checkpoint's zero/ files (torch.load(weights_only=False)), and lrpt resumes only its own "
-                        "checkpoints, read as tensors and data: remove checkpoint.load_universal")
 
 
 def install(engine) -> None:

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from ..runtime import distributed, preempt
 
 from ..rundir import contract as run_dir, lock as run_lock
-from ..backbone.load import resolve_config
+from ..backbone.source import resolve_config
 from ..config.run_config import RunConfig, RunSettings
 from ..config.ds_config import zero_stage
 from ..errors import LrptError
@@ -86,10 +86,23 @@ def refusal(cfgs: list[RunConfig]) -> str | None:
 
 
 def active_dropout(config) -> str:
-    """The backbone config's dropout probabilities above 0 ('dropout_rate=0.1'), '' if none."""
-    found = [f"{name}={value}" for name, value in sorted(config.to_dict().items())
-             if "dropout" in name and isinstance(value, float) and value > 0]
-    return ", ".join(found)
+    """The dropout the backbone applies while it trains ('' if none), found by asking the model, built from its
+    config on the meta device (no weight is read or allocated) and put in training mode as the loop does: dropout
+    layers with p > 0, and the probabilities attention layers keep to apply themselves (`self.attention_dropout`),
+    whatever the config calls them. The message names the config's dropout fields, for the fix."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    model.train()
+    active = [name for name, module in model.named_modules() if module.training and (
+        isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+        or any(isinstance(v, float) and v > 0 and "drop" in k for k, v in vars(module).items()))]
+    if not active:
+        return ""
+    fields = [f"{k}={v}" for k, v in sorted(config.to_dict().items()) if "drop" in k and isinstance(v, float) and v]
+    return (", ".join(fields) or "see its config") + f"; {len(active)} modules, e.g. {active[0]}"
 
 
 class PromptOnly(nn.Module):

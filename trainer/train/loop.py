@@ -15,7 +15,8 @@ from ... import methods
 from ...eval.tasks import Task, get_task
 from ..runtime import build_lock, distributed, preempt
 from ..rundir import monitor, contract as run_dir, lock as run_lock, weights_only
-from ..backbone.load import Backbone, load_backbone, resolve_config
+from ..backbone.load import Backbone, load_run_backbone
+from ..backbone.source import resolve_config
 from ..config.run_config import RunConfig, check_precision
 from .data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
                    train_batches)
@@ -25,6 +26,7 @@ from ..measure.meter import LoadPeak
 from ..model.prompted import PromptedModel
 from ..backbone import quant
 from ..model import shared_prefix
+from ..backbone import quant_load
 from ..backbone.quant_load import sharded as sharded_quantized_load
 from .run_loop import RunLoop, gradient_norm, log
 
@@ -49,7 +51,9 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
         raise LrptError(exc.args[0]) from None
     config = resolve_config(cfg.model)
     check_precision(cfg.precision, config.model_type)
-    quant.check_support(cfg, config.model_type, read_ds_config(cfg.deepspeed))  # the support matrix
+    ds_config = read_ds_config(cfg.deepspeed)
+    quant.check_support(cfg, config.model_type, ds_config)  # the support matrix
+    quant_load.check(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
     check_shared_prefix(cfg, config)
     monitor.check_available(cfg)
     try:  # shapes and keywords, on a stand-in one-row vocabulary
@@ -82,8 +86,7 @@ def load_frozen(cfg: RunConfig, ds_config: dict, world: int) -> tuple[Backbone, 
     sharded_load = sharded_quantized_load(cfg, ds_config)
     log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {zero_stage(ds_config)}"
         + (", each rank keeping only its share of the quantized weights" if sharded_load else ""))
-    backbone = load_backbone(cfg.model, cfg.precision, cfg.gradient_checkpointing, quant.bnb_config(cfg),
-                             sharded=ds_config if sharded_load else None)
+    backbone = load_run_backbone(cfg, sharded=ds_config if sharded_load else None)
     if stage3 and quantized:
         keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
         # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters

@@ -19,7 +19,8 @@ from ..runtime import distributed, preempt
 from ..backbone import quant
 from .evaluate import evaluate
 from ..measure.flops import device_peak_flops, matmul_params, step_flops
-from ..measure.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory, tensor_bytes
+from ..measure.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory
+from ..tensor_bytes import tensor_bytes
 from ..rundir.report import format_table, write
 
 

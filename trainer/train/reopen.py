@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from ... import methods
-from ..backbone.load import Backbone, load_backbone
+from ..backbone.load import Backbone, load_run_backbone
 from ..config.run_config import RunConfig, read_yaml
 from ..errors import LrptError
 from ..model.prompted import PromptedModel
+from .loop import build_method, use_shared_prefix
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -35,22 +36,18 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
 def trained_prompt(cfg: RunConfig, state: dict, embed_dim: int) -> methods.PromptModule:
     """The run's prompt module holding its trained values: the shapes come from the config, the values from
     the file, so a random start is enough."""
-    from ..train.loop import build_method
-
     prompt = build_method(cfg, embed_dim, **methods.random_start(cfg.method))
     prompt.load_state_dict(state)
     return prompt
 
 
 def load_run(run_dir: str | Path, shared_prefix: bool = False) -> tuple[RunConfig, Backbone, PromptedModel]:
-    """Backbone (from the run's --model) with the run's trained prompt in front, in eval mode. `shared_prefix`:
+    """The run's backbone (its model, precision and quantization) with its trained prompt in front, in eval mode. `shared_prefix`:
     where the run's --shared_prefix takes it (for scoring and generating, which it does as the standard path;
     its forward returns no full logits)."""
-    from ..train.loop import use_shared_prefix
-
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
-    backbone = load_backbone(cfg.model, cfg.precision)
+    backbone = load_run_backbone(cfg)
     prompt = trained_prompt(cfg, state, backbone.embed_dim)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
                           shared_prefix=shared_prefix and use_shared_prefix(cfg, backbone))

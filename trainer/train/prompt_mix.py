@@ -22,9 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
-from ..train.data import Encoder, collate
-from ..train.fused import backbone_logits, fused_rows, pad_rows, row_layout
-from .prompted import greedy_settings, pads_first, summed_log_likelihood
+from .data import Encoder, collate
+from .fused import backbone_logits, fused_rows, pad_rows, row_layout
+from ..model.prompted import greedy_settings, pads_first, summed_log_likelihood
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
