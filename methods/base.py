@@ -95,7 +95,8 @@ def initial_prompt(
                          "pass it, or use init='random'")
     if embedding_weight.dim() != 2 or embedding_weight.shape[0] == 0:
         # Under ZeRO-3 an ungathered embedding is a placeholder of shape [0].
-        raise ValueError(f"embedding_weight must be a (V, e) matrix with V >= 1, got shape {tuple(embedding_weight.shape)}; "
+        raise ValueError("embedding_weight must be a (V, e) matrix with V >= 1, "
+                         f"got shape {tuple(embedding_weight.shape)}; "
                          "under ZeRO-3 gather it first (deepspeed.zero.GatheredParameters)")
     if embedding_weight.shape[1] != embed_dim:
         raise ValueError(f"embedding_weight has width {embedding_weight.shape[1]} but embed_dim is {embed_dim}")

@@ -32,7 +32,8 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
 
 def test_bad_input_has_no_traceback(tmp_path):
     lrpt = os.path.join(os.path.dirname(sys.executable), "lrpt")
-    done = subprocess.run([lrpt, "train", "--method", "nope"], cwd=tmp_path, capture_output=True, text=True, env=clean_env())
+    done = subprocess.run([lrpt, "train", "--method", "nope"], cwd=tmp_path, capture_output=True, text=True,
+                          env=clean_env())
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "known methods" in done.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -37,8 +37,10 @@ def test_rank_classify_picks_the_most_likely_candidate(arch, backbone_dirs):
     import datasets
     model, encoder = prompted(backbone_dirs[arch])
     rows = datasets.Dataset.from_list([
-        {"source": "copa choice1: rain choice2: sun premise: wet question: cause", "candidates": ["choice1", "choice2"]},
-        {"source": "record query: @placeholder won entities: Ann, Bob Smith, C", "candidates": ["Ann", "Bob Smith", "C"]},
+        {"source": "copa choice1: rain choice2: sun premise: wet question: cause",
+         "candidates": ["choice1", "choice2"]},
+        {"source": "record query: @placeholder won entities: Ann, Bob Smith, C",
+         "candidates": ["Ann", "Bob Smith", "C"]},
     ])
     chosen = rank_classify(model, rows, encoder, batch_size=2, progress=False)
     for i, row in enumerate(rows):

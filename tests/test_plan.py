@@ -15,7 +15,8 @@ from lrpt.trainer.measure.plan import ARCHITECTURES, PlanSpec, _norm, activation
 def t5_params(d: int, ff: int, inner: int, heads: int, layers: int, vocab: int = 32128) -> int:
     encoder_layer = 4 * d * inner + 2 * d * ff + 2 * d          # q k v o, wi wo, 2 norms
     decoder_layer = 8 * d * inner + 2 * d * ff + 3 * d          # + cross-attention, 3 norms
-    return vocab * d + layers * (encoder_layer + decoder_layer) + 2 * 32 * heads + 2 * d  # tied head, bias tables, final norms
+    # tied head, bias tables, final norms
+    return vocab * d + layers * (encoder_layer + decoder_layer) + 2 * 32 * heads + 2 * d
 
 
 def llama_params(d: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int = 32000) -> int:

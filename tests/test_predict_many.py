@@ -1,5 +1,5 @@
-"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/cli/predict.py, trainer/train/prompt_mix.py): several runs of one backbone answer
-every input in one pass over it.
+"""`lrpt predict RUN_DIR RUN_DIR...` (trainer/cli/predict.py, trainer/train/prompt_mix.py): several runs of one
+backbone answer every input in one pass over it.
 
 The reference for every prediction is each run predicting alone through the one-run path (`load_run` +
 `rank_classify` / `generate`, which for LLaMA takes the shared prefix), never the code under test; the scores are

@@ -46,7 +46,11 @@ def test_batched_generation_equals_one_at_a_time(arch, backbone_dirs):
     rows = [torch.randint(3, 250, (n,)) for n in (3, 9, 6)]
     width = max(len(r) for r in rows)
     left = not model.is_encoder_decoder
-    pad = lambda r: torch.cat([torch.zeros(width - len(r), dtype=torch.long), r] if left else [r, torch.zeros(width - len(r), dtype=torch.long)])
+
+    def pad(r):
+        return torch.cat([torch.zeros(width - len(r), dtype=torch.long), r] if left
+                         else [r, torch.zeros(width - len(r), dtype=torch.long)])
+
     ids = torch.stack([pad(r) for r in rows])
     mask = torch.stack([pad(torch.ones_like(r)) for r in rows])
     batched = model.generate(ids, mask, max_new_tokens=6, min_new_tokens=6, pad_token_id=0, eos_token_id=1)

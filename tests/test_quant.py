@@ -257,7 +257,8 @@ def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("arch", ["t5", "llama"])
 @pytest.mark.parametrize("kw", [{"load_in_8bit": True}, {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
-                                {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": True}],
+                                {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+                                 "bnb_4bit_use_double_quant": True}],
                          ids=["8bit", "4bit-nf4", "4bit-fp4-dq"])
 def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise_dir, tmp_path):
     model_dir = backbone_dirs[arch]

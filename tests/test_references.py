@@ -85,9 +85,10 @@ def test_report_counts_pooled_prompt_tokens_and_each_input_token_once(lamp_run):
 
 
 def measured_step(model_dir: str, prompt_length: int, rows: int, source: int, target: int):
-    """One real forward + backward of PromptedModel (built as trainer/train/loop.py builds it, with a plain prompt, which
-    does no matmul of its own) under FlopCounterMode, and step_flops of the same batch. Attention runs eager: torch
-    has no FLOP formula for the CPU's fused sdpa kernel, and the eager path computes the same products as matmuls."""
+    """One real forward + backward of PromptedModel (built as trainer/train/loop.py builds it, with a plain prompt,
+    which does no matmul of its own) under FlopCounterMode, and step_flops of the same batch. Attention runs eager:
+    torch has no FLOP formula for the CPU's fused sdpa kernel, and the eager path computes the same products as
+    matmuls."""
     backbone = load_backbone(model_dir)
     backbone.model.set_attn_implementation("eager")
     prompt = methods.build("pt", prompt_length, backbone.embed_dim, init="random")

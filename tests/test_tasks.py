@@ -72,7 +72,8 @@ MULTIRC_ROW = {
 def test_multirc_one_example_per_answer_grouped_by_question():
     examples = get_task("multirc").examples(MULTIRC_ROW, train=True)
     assert [tuple(e) for e in examples] == [EXAMPLE_KEYS] * 3
-    assert examples[0] == {"source": "multirc question: Who ran? answer: Ann paragraph: Sent 1: Ann ran. Sent 2: Bo sat. ",
+    assert examples[0] == {"source": "multirc question: Who ran? answer: Ann paragraph: "
+                                     "Sent 1: Ann ran. Sent 2: Bo sat. ",
                            "target": "True", "candidates": ["False", "True"], "answers": ["True"], "label": 1,
                            "group": "4-0"}
     assert [(e["target"], e["group"]) for e in examples] == [("True", "4-0"), ("False", "4-0"), ("True", "4-1")]
@@ -82,7 +83,8 @@ def test_multirc_one_example_per_answer_grouped_by_question():
     assert one("multirc", hub) == examples[0]
 
 
-RECORD_TEXT = "Ann Lee met Bo in Oslo. The US team won.\n@highlight\nAnn Lee spoke\n@highlight\nThey won!\n@highlight\nUnited States cheers"
+RECORD_TEXT = ("Ann Lee met Bo in Oslo. The US team won.\n@highlight\nAnn Lee spoke\n@highlight\nThey won!\n"
+               "@highlight\nUnited States cheers")
 RECORD_ROW = {
     "source": "demo", "idx": 9,
     "passage": {"text": RECORD_TEXT, "entities": [  # unsorted, inclusive ends, a repeated mention
@@ -101,7 +103,8 @@ def test_record_one_example_per_query():
         "target": "US", "candidates": ["Ann Lee", "Bo", "Oslo", "US", "United States"],
         "answers": ["US", "United States"], "label": 3, "group": "21"}
     assert (second["target"], second["answers"], second["label"], second["group"]) == ("Ann Lee", ["Ann Lee"], 0, "22")
-    hub = {"passage": RECORD_TEXT, "query": "@placeholder met Bo.", "entities": ["Bo", "Oslo", "US", "Ann Lee", "United States"],
+    hub = {"passage": RECORD_TEXT, "query": "@placeholder met Bo.",
+           "entities": ["Bo", "Oslo", "US", "Ann Lee", "United States"],
            "entity_spans": {"text": ["US", "Ann Lee", "Bo"], "start": [28, 0, 12], "end": [30, 7, 14]},
            "answers": ["Ann Lee"], "idx": {"passage": 9, "query": 22}}
     ex = one("record", hub)
@@ -172,7 +175,8 @@ def test_missing_field_names_it(tmp_path):
     with pytest.raises(KeyError, match=r"lacks field\(s\) \['hypothesis'\]"):
         get_task("rte").examples({"premise": "a", "label": "entailment"}, train=False)
     with pytest.raises(KeyError, match=r"span2_index"):
-        get_task("wsc").examples({"text": "a b", "label": True, "target": {"span1_text": "a", "span2_text": "b"}}, False)
+        get_task("wsc").examples({"text": "a b", "label": True, "target": {"span1_text": "a", "span2_text": "b"}},
+                                 False)
     with pytest.raises(KeyError, match=r"answers"):
         bad = json.loads(json.dumps(MULTIRC_ROW))
         del bad["passage"]["questions"][1]["answers"]

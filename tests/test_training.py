@@ -80,7 +80,8 @@ def test_only_prompt_receives_gradients(tiny_t5_dir):
 def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_path):
     from lrpt.trainer.measure.meter import optimizer_state_tensors
 
-    result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16", max_steps=20))
+    result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16",
+                              max_steps=20))
     curve = result.report["train"]["loss_curve"]
     assert sum(curve[-3:]) / 3 < 0.95 * curve[0], curve
     backbone = result.model.backbone

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -193,8 +191,8 @@ def test_a_registered_method_with_its_own_option_trains_from_the_cli(toy_plugin,
     planned = lrpt(["plan", "--model", "tiny-t5", "--method", "toy", "--toy_scale", "3", "--prompt_length", "6",
                     "--json"], toy_plugin, tmp_path)
     assert planned.returncode == 0 and json.loads(planned.stdout)["trainable_params"] == 6 * 128
-    variables = subprocess.run([sys.executable, "-m", "lrpt.trainer.config.slurm_env"], env=toy_plugin, capture_output=True,
-                               text=True, check=True).stdout
+    variables = subprocess.run([sys.executable, "-m", "lrpt.trainer.config.slurm_env"], env=toy_plugin,
+                               capture_output=True, text=True, check=True).stdout
     assert "TOY_SCALE\ttoy_scale" in variables.splitlines()
     refused = lrpt(["train", "--method", "toy", "--toy_scale", "-1"], toy_plugin, tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip() == "lrpt train: error: --toy_scale must be > 0"

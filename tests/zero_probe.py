@@ -65,7 +65,8 @@ def main() -> None:
     result = {"rank": rank, "world_size": distributed.world_size(), "stage": run.stage,
               "frozen_held": held, "frozen_total": total, "sharded_tensors": len(sharded),
               "loss": loss.item(), "grads": grads, "step_losses": steps,
-              "loss_before_corruption": before, "gathered_after_release": still_gathered, "loss_after_rank1_zeroed": after,
+              "loss_before_corruption": before, "gathered_after_release": still_gathered,
+              "loss_after_rank1_zeroed": after,
               "batch": {k: v.tolist() for k, v in batch.items()},
               "generation": {"source": source.tolist(), "tokens": generated.tolist()}}
     out.mkdir(parents=True, exist_ok=True)

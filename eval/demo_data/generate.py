@@ -2,7 +2,8 @@
 made of our own templated sentences (nothing is copied from SuperGLUE).
 
 Each set has a pattern a small model can learn, so sweeps and tests can run on every task without
-downloading anything; BoolQ's, the default run's, is learnt only through a real model's English. Run `python eval/demo_data/generate.py` to rebuild
+downloading anything; BoolQ's, the default run's, is learnt only through a real model's English. Run
+`python eval/demo_data/generate.py` to rebuild
 <Task>/{train,val}.jsonl deterministically (every task has its own fixed random seed; RTE keeps
 the seed and sizes it always had, so its files do not change).
 """
@@ -50,7 +51,8 @@ def rte(rng: random.Random, idx: int) -> dict:
     if entailed:
         hypothesis = [f"{who} bought {thing}.", f"{who} was at {place}.", f"Someone bought {thing} {day}."][kind]
     else:
-        hypothesis = [f"{other} bought {thing}.", f"{who} was at {other_place}.", f"Someone bought {other_thing} {day}."][kind]
+        hypothesis = [f"{other} bought {thing}.", f"{who} was at {other_place}.",
+                      f"Someone bought {other_thing} {day}."][kind]
     return {"premise": premise, "hypothesis": hypothesis, "idx": idx,
             "label": "entailment" if entailed else "not_entailment"}
 
@@ -99,7 +101,8 @@ def boolq_reviews(seed: int) -> dict[str, list[dict]]:
 
 CB_FRAMES = {
     "entailment": ["I am sure that {c}.", "Everyone knows that {c}.", "I saw with my own eyes that {c}."],
-    "contradiction": ["I really doubt that {c}.", "It is not true that {c}.", "Nobody believes that {c}, because it is false."],
+    "contradiction": ["I really doubt that {c}.", "It is not true that {c}.",
+                      "Nobody believes that {c}, because it is false."],
     "neutral": ["I wonder whether {c}.", "Maybe {c}, maybe not.", "I have no idea if {c}."],
 }
 
@@ -203,7 +206,8 @@ def record(rng: random.Random, idx: int) -> dict:
 # --- WiC: six ambiguous words, three sentences per sense -------------------------------------
 
 SENSES = {
-    "bank": (["We sat on the bank of the river.", "The boat drifted toward the muddy bank.", "Reeds grew along the bank."],
+    "bank": (["We sat on the bank of the river.", "The boat drifted toward the muddy bank.",
+              "Reeds grew along the bank."],
              ["She opened an account at the bank.", "The bank approved the loan.", "He works at a bank downtown."]),
     "bat": (["A bat flew out of the cave.", "The bat hangs upside down all day.", "We saw a bat at dusk."],
             ["He swung the bat hard.", "She bought a new bat for the match.", "The bat cracked in half."]),
@@ -212,7 +216,8 @@ SENSES = {
     "ring": (["He gave her a gold ring.", "The ring fits my finger.", "She lost her ring at the beach."],
              ["I heard the phone ring twice.", "Did the bell ring yet?", "The doorbell will ring soon."]),
     "spring": (["The flowers bloom in spring.", "We travel every spring.", "Spring came early this year."],
-               ["The spring in the mattress broke.", "A metal spring holds the lid.", "Replace the spring in the clock."]),
+               ["The spring in the mattress broke.", "A metal spring holds the lid.",
+                "Replace the spring in the clock."]),
     "match": (["Light the match carefully.", "He struck a match in the dark.", "The match burned his fingers."],
               ["We watched the match on television.", "Our team won the match.", "The match ended in a draw."]),
 }

@@ -16,7 +16,8 @@ from .quant_load import load_sharded
 from .source import local_model, resolve_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FOUR_BIT_FIELDS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage")
+FOUR_BIT_FIELDS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
+                   "bnb_4bit_quant_storage")
 
 
 def backbone_settings(cfg) -> dict:

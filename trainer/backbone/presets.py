@@ -56,7 +56,8 @@ def preset_config(name: str, width: int = 128, layers: int = 2) -> PretrainedCon
     raise ValueError(f"unknown built preset {name!r}; built presets: {', '.join(BUILT)}")
 
 
-def build_preset(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes) -> tuple[PreTrainedModel, ByT5Tokenizer]:
+def build_preset(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 **sizes) -> tuple[PreTrainedModel, ByT5Tokenizer]:
     """A freshly initialised tiny model and its tokenizer. `from_config` honours ZeRO-3's
     `HfDeepSpeedConfig`, so under ZeRO-3 even the preset arrives sharded."""
     config = preset_config(name, **sizes)

@@ -6,7 +6,8 @@
 - `prepare_for_zero3` (before `deepspeed.initialize`) / `ZeroLinear8bit`: the 8-bit layer ZeRO-3
   can really shard. bitsandbytes' `Linear8bitLt` keeps the full int8 matrix as `weight.CB` /
   `state.CB` and computes from that copy whenever it is set, ignoring the shard DeepSpeed gathers;
-  dropping `CB` alone is silently wrong (bnb re-quantizes the int8 values as if they were floats and the true row scale is lost).
+  dropping `CB` alone is silently wrong (bnb re-quantizes the int8 values as if they were floats
+  and the true row scale is lost).
   So each layer is replaced by one that holds the int8 matrix only as its ZeRO parameter, keeps
   the per-row scale `SCB` as a small replicated buffer, and dequantizes the *gathered* weight
   (int8 x SCB / 127) on the fly - the same arithmetic as bitsandbytes' own training path on CPU

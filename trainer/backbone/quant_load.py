@@ -51,7 +51,8 @@ def sharded(cfg, ds_config: dict) -> bool:
 def loads_sharded(quantized: bool, ds_config: dict, quantized_load: str) -> bool:
     """The one rule, for the loader and the memory planner: a quantized backbone loads sharded under ZeRO-3
     without hpZ, unless --quantized_load whole."""
-    return quantized and quant.zero_cell(ds_config).startswith("3") and quantized_load != "whole" and not _hpz(ds_config)
+    return (quantized and quant.zero_cell(ds_config).startswith("3") and quantized_load != "whole"
+            and not _hpz(ds_config))
 
 
 def _hpz(ds_config: dict) -> bool:

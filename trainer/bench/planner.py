@@ -51,7 +51,8 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
     result = {"rank": rank, "world_size": distributed.world_size(),
               "measured_peak": torch.cuda.max_memory_allocated() if cuda else peak.after_mark,
               "measured_load_peak": load if cuda else peak.before_mark,
-              "measured_by": "torch.cuda.max_memory_allocated" if cuda else "torch.profiler allocation events (CPU allocator)"}
+              "measured_by": ("torch.cuda.max_memory_allocated" if cuda
+                              else "torch.profiler allocation events (CPU allocator)")}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="input tokens of the random batch")
     p.add_argument("--max_target_length", "--target_len", dest="target_len", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--gradient_checkpointing", "--grad_ckpt", dest="grad_ckpt", action="store_true", help="gradient checkpointing in every case")
+    p.add_argument("--gradient_checkpointing", "--grad_ckpt", dest="grad_ckpt", action="store_true",
+                   help="gradient checkpointing in every case")
     p.add_argument("--quant", default="none", choices=("none", "8bit", "4bit"), help="quantized backbones")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--deepspeed_linear", action="store_true", help=argparse.SUPPRESS)

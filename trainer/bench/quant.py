@@ -31,7 +31,8 @@ QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit",
 
 
 def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
            str(TRAIN_SCRIPT),
            "--model", model, "--deepspeed", shipped(ds_config), "--output_dir", str(out),
@@ -51,7 +52,8 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return f"{os.cpu_count()} x {cpu}, {mem:.1f} GiB, no GPU" if not _cuda() else f"{os.cpu_count()} x {cpu}, {mem:.1f} GiB, GPU"
+    return (f"{os.cpu_count()} x {cpu}, {mem:.1f} GiB, no GPU" if not _cuda()
+            else f"{os.cpu_count()} x {cpu}, {mem:.1f} GiB, GPU")
 
 
 def _cuda() -> bool:
@@ -84,17 +86,20 @@ def main() -> None:
         for model in args.models.split(","):
             for quant in args.quants.split(","):
                 for ds_config in args.ds_configs.split(","):
-                    reports = {n: run(model, QUANTS[quant], ds_config, n, Path(tmp) / f"{model}-{quant}-{ds_config}-{n}",
-                                      args.steps) for n in (1, 2)}
+                    reports = {n: run(model, QUANTS[quant], ds_config, n,
+                                      Path(tmp) / f"{model}-{quant}-{ds_config}-{n}", args.steps)
+                               for n in (1, 2)}
                     one = reports[1]["memory"]["backbone_bytes_held_all"][0]
                     for n, report in reports.items():
                         mem = report["memory"]
-                        for r, (held, qs, load) in enumerate(zip(mem["backbone_bytes_held_all"], mem["quant_state_bytes"],
+                        for r, (held, qs, load) in enumerate(zip(mem["backbone_bytes_held_all"],
+                                                                 mem["quant_state_bytes"],
                                                                  mem["load_peak_bytes"])):
                             print(f"| {model} | {quant} | {ds_config} | {n} | {r} | {held / kib:.1f} KiB | "
                                   f"{held / one:.3f} | {held / mem['backbone_bytes_unquantized']:.3f} | "
                                   f"{qs / kib:.1f} KiB | {load / mib:.0f} MiB |", flush=True)
-                    summary.append((model, quant, ds_config, max(reports[2]["memory"]["backbone_bytes_held_all"]) / one))
+                    summary.append((model, quant, ds_config,
+                                    max(reports[2]["memory"]["backbone_bytes_held_all"]) / one))
     print()
     print("2-rank / 1-rank held bytes per rank (max over ranks):")
     for model, quant, ds_config, ratio in summary:

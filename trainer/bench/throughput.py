@@ -422,7 +422,8 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['path']} | {r['loop']} | {r['prompt_length']} | {r['prompt_tokens']} | "
-              f"{r['trainable_params']:,} | {r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} | "
+              f"{r['trainable_params']:,} | {r['step_time_min']:.4f} | {r['tokens_per_s']:.0f} | "
+              f"{r['peak_bytes'] / 2**20:.0f} | "
               f"{r['step_time_ratio_vs_peft']:.2f} | {r['peak_ratio_vs_peft']:.2f} | "
               f"{r['throughput_ratio_vs_peft']:.2f} | {r['throughput_ratio_vs_standard']:.2f} | "
               f"{r['eval_s_per_example']:.4f} | {r['eval_speedup_vs_standard']:.2f} |")

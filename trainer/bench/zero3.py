@@ -54,8 +54,10 @@ def main() -> None:
     for n, report in reports.items():
         mem = report["memory"]
         p50 = report["throughput"].get("step_time_s", {}).get("p50", float("nan"))
-        for r, (held, load, peak) in enumerate(zip(mem["backbone_bytes_held"], mem["load_peak_bytes"], mem["peak_bytes"])):
-            print(f"| {n} | {r} | {held / mib:.1f} MiB | {held / total:.3f} | {load / mib:.0f} MiB | {peak / mib:.0f} MiB | {p50:.3f} s |")
+        for r, (held, load, peak) in enumerate(zip(mem["backbone_bytes_held"], mem["load_peak_bytes"],
+                                                   mem["peak_bytes"])):
+            print(f"| {n} | {r} | {held / mib:.1f} MiB | {held / total:.3f} | {load / mib:.0f} MiB | "
+                  f"{peak / mib:.0f} MiB | {p50:.3f} s |")
     held_ratio = max(reports[2]["memory"]["backbone_bytes_held"]) / reports[1]["memory"]["backbone_bytes_held"][0]
     ratio = {k: max(reports[2]["memory"][k]) / reports[1]["memory"][k][0] for k in ("load_peak_bytes", "peak_bytes")}
     print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, load peak "

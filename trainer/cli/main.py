@@ -28,8 +28,8 @@ def train_command(argv: list[str]) -> int:
 
 # every other command is its module's `main(argv)`, imported only when it runs
 MODULES = {"sweep": "lrpt.trainer.cli.sweep", "table": "lrpt.eval.aggregate", "export": "lrpt.trainer.cli.export",
-           "predict": "lrpt.trainer.cli.predict", "rank": "lrpt.trainer.cli.spectrum", "bench": "lrpt.trainer.bench.throughput",
-           "plan": "lrpt.trainer.measure.plan"}
+           "predict": "lrpt.trainer.cli.predict", "rank": "lrpt.trainer.cli.spectrum",
+           "bench": "lrpt.trainer.bench.throughput", "plan": "lrpt.trainer.measure.plan"}
 
 
 def run_command(name: str, argv: list[str]) -> int:

@@ -46,7 +46,8 @@ def plot(results: dict[str, dict], probes: dict[str, list[dict]], path: Path) ->
     axes[0].set(title="singular values (σ/σ₁)", xlabel="index")
     axes[1].set(title="energy captured at rank r", xlabel="r", ylim=(0, 1.02))
     for name, history in probes.items():
-        axes[2].step([h["step"] for h in history], [h["probe_positive_rank"] for h in history], where="post", label=name)
+        axes[2].step([h["step"] for h in history], [h["probe_positive_rank"] for h in history], where="post",
+                     label=name)
     if probes:
         from matplotlib.ticker import MaxNLocator
         axes[2].set(title="DPT probe: positive entries of Σ", xlabel="step")
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> int:
     width = max(len(n) for n in results)
     print(f"{'run':<{width}}  shape     numerical  effective  r(90%)  r(99%)")
     for name, r in results.items():
-        print(f"{name:<{width}}  {r['shape'][0]}x{r['shape'][1]:<5} {r['numerical_rank']:>9}  {r['effective_rank']:>9.2f}  "
-              f"{r['rank_for_90']:>6}  {r['rank_for_99']:>6}")
+        print(f"{name:<{width}}  {r['shape'][0]}x{r['shape'][1]:<5} {r['numerical_rank']:>9}  "
+              f"{r['effective_rank']:>9.2f}  {r['rank_for_90']:>6}  {r['rank_for_99']:>6}")
     print(f"plot: {out}  numbers: {out.with_suffix('.json')}")
     return 0

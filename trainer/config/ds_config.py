@@ -69,7 +69,8 @@ def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None =
     for key in ("optimizer", "scheduler"):
         if key in config:
             raise LrptError(f"--deepspeed config has an {key!r} section; lrpt builds AdamW and its linear "
-                            f"schedule over the prompt parameters itself: remove {key!r} and use --learning_rate/--warmup_ratio")
+                            f"schedule over the prompt parameters itself: remove {key!r} and use "
+                            "--learning_rate/--warmup_ratio")
     check_checkpoint_reading(config, cfg.deepspeed)  # before any weight loads
     micro, accum = micro_batch or cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     for key, ours in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum)):

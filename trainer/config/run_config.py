@@ -79,12 +79,17 @@ class RunSettings:
     max_source_length: int = 256
     max_target_length: int = 16
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)
-    load_in_8bit: bool = field(default=False, metadata={"help": "load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision"})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision"})
     bnb_4bit_quant_type: str = field(default="fp4", metadata={"help": "nf4 | fp4 (4-bit only)"})
-    bnb_4bit_compute_dtype: str | None = field(default=None, metadata={"help": "fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)"})
-    bnb_4bit_use_double_quant: bool = field(default=False, metadata={"help": "quantize the 4-bit block scales too (4-bit only)"})
-    bnb_4bit_quant_storage: str = field(default="uint8", metadata={"help": "uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in"})
+    bnb_4bit_compute_dtype: str | None = field(default=None, metadata={
+        "help": "fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)"})
+    bnb_4bit_use_double_quant: bool = field(default=False, metadata={
+        "help": "quantize the 4-bit block scales too (4-bit only)"})
+    bnb_4bit_quant_storage: str = field(default="uint8", metadata={
+        "help": "uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in"})
     quantized_load: str = field(default="auto", metadata={
         "help": "auto | sharded | whole: how a quantized backbone loads under ZeRO-3. sharded: each rank reads the "
                 "safetensors checkpoint one tensor at a time and keeps only its ZeRO-3 share (no rank holds the whole "
@@ -105,13 +110,17 @@ class RunSettings:
                 "next to the trained prompt's, the baseline the training is judged against"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     save_total_limit: int = 2
-    resume_from_checkpoint: str | None = field(default="auto", metadata={"help": "auto (latest in output_dir if any) | none | path to a checkpoint"})
+    resume_from_checkpoint: str | None = field(default="auto", metadata={
+        "help": "auto (latest in output_dir if any) | none | path to a checkpoint"})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     # evaluation protocol (the papers: validation split reported as the test set)
-    decoding: str = field(default="rank", metadata={"help": "generate (greedy, mapped to an answer) | rank (score each candidate answer)"})
-    few_shot: int | None = field(default=None, metadata={"help": "train on K training rows sampled by (task, K, seed) alone"})
-    dev_size: float = field(default=0, metadata={"help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
+    decoding: str = field(default="rank", metadata={
+        "help": "generate (greedy, mapped to an answer) | rank (score each candidate answer)"})
+    few_shot: int | None = field(default=None, metadata={
+        "help": "train on K training rows sampled by (task, K, seed) alone"})
+    dev_size: float = field(default=0, metadata={
+        "help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
     selection: str = field(default="auto", metadata={
         "help": "which prompt is evaluated: final (the last) | dev (best on the --dev_size split) | paper-val (best "
                 "on the validation split it is reported on, as DPT's code: optimistic, marked so) | auto (dev "
@@ -218,7 +227,8 @@ class RunSettings:
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("bnb_4bit_")}
         changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
         if changed and not self.load_in_4bit:
-            raise LrptError(f"{', '.join('--' + n for n in changed)} only apply to a 4-bit backbone: add --load_in_4bit")
+            raise LrptError(f"{', '.join('--' + n for n in changed)} only apply to a 4-bit backbone: "
+                            "add --load_in_4bit")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

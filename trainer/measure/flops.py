@@ -38,7 +38,8 @@ def matmul_params(model: nn.Module, is_encoder_decoder: bool) -> dict[str, int]:
     head = model.get_output_embeddings()
     head_numel = logical_numel(head.weight) if head is not None else 0
     if is_encoder_decoder:
-        return {"encoder": _numel(model.get_encoder()) - embed, "decoder": _numel(model.get_decoder()) - embed + head_numel}
+        return {"encoder": _numel(model.get_encoder()) - embed,
+                "decoder": _numel(model.get_decoder()) - embed + head_numel}
     return {"decoder": _numel(model.base_model) - embed + head_numel, "head": head_numel,
             "last_layer_reads": sum(_numel(m) for m in read_only_modules(model))}
 

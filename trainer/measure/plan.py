@@ -274,7 +274,8 @@ def _t5_attention(c: PretrainedConfig, q_tokens: int, kv_tokens: int, s: int) ->
     """q, k, v, output and log-sum-exp kept by sdpa, and the position bias + padding mask it is given
     (one per layer and example for a padded batch)."""
     inner = c.num_heads * c.d_kv
-    return s * inner * (2 * q_tokens + 2 * kv_tokens) + 4 * c.num_heads * q_tokens + s * c.num_heads * q_tokens * kv_tokens
+    return (s * inner * (2 * q_tokens + 2 * kv_tokens) + 4 * c.num_heads * q_tokens
+            + s * c.num_heads * q_tokens * kv_tokens)
 
 
 def _t5_ff(c: PretrainedConfig, tokens: int, s: int) -> int:
@@ -314,7 +315,8 @@ def _int8_inputs(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int) -
     return [b * t * (2 * h + q + config.intermediate_size)] * config.num_hidden_layers, 0
 
 
-def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int, int8_inputs: bool = False) -> dict[str, int]:
+def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int,
+                int8_inputs: bool = False) -> dict[str, int]:
     """Saved-for-backward bytes per rank (`saved`) and the backward's transient peak (`transient`)."""
     s, b = BYTES[spec.precision], spec.batch
     v = config.vocab_size
@@ -325,7 +327,8 @@ def activations(config: PretrainedConfig, spec: PlanSpec, prompt_tokens: int, in
         h = config.d_model
         # the decoder's first norm and self-attention see only the (frozen) target embeddings: no
         # gradient flows there, nothing is saved; the prompt reaches the decoder through cross-attention
-        layers[config.num_layers] -= _norm(tt, h, s, True) + _t5_attention(config, tt, tt, s) - s * config.num_heads * tt * tt
+        layers[config.num_layers] -= (_norm(tt, h, s, True) + _t5_attention(config, tt, tt, s)
+                                      - s * config.num_heads * tt * tt)
         # per stack: the final norms; the decoder's causal position bias is one tensor for the batch
         stack = _norm(te, h, s, True) + _norm(tt, h, s, True)
         shared = s * config.num_heads * tt * tt
@@ -376,7 +379,8 @@ def plan(spec: PlanSpec) -> Plan:
     from ..errors import LrptError
 
     if spec.zero not in (0, 2, 3) and spec.ds_config is None:
-        raise LrptError(f"--zero {spec.zero}: lrpt ships ds_configs/zero0, zero2 and zero3; pass --deepspeed for others")
+        raise LrptError(f"--zero {spec.zero}: lrpt ships ds_configs/zero0, zero2 and zero3; "
+                        "pass --deepspeed for others")
     if spec.quant not in ("none", "8bit", "4bit"):
         raise LrptError(f"--quant {spec.quant!r}: choose none, 8bit or 4bit")
     if spec.precision not in BYTES:
@@ -506,8 +510,9 @@ def render(p: Plan) -> str:
     lines = [f"{s.model}: {p.backbone_params / 1e9:.2f}B frozen parameters, {s.precision}, quantization {s.quant}; "
              f"ZeRO-{s.zero} on {p.world_size} rank(s) ({s.nodes} node(s) x {s.gpus}); {s.method} c={s.prompt_length}"
              f"{options} ({p.prompt_tokens} prompt tokens, {p.trainable_params:,} trainable); micro batch {s.batch} x "
-             f"{s.seq_len} input tokens" + (f" (+{s.target_len} decoder tokens)" if model_config(s.model).is_encoder_decoder
-                                            else "") + (", gradient checkpointing" if s.grad_ckpt else "")
+             f"{s.seq_len} input tokens" + (f" (+{s.target_len} decoder tokens)"
+                                            if model_config(s.model).is_encoder_decoder else "")
+             + (", gradient checkpointing" if s.grad_ckpt else "")
              + (f"; {s.fused} such runs fused (lrpt sweep --fuse): micro batch {s.batch * s.fused} in one forward"
                 if s.fused > 1 else ""),
              "", "| per rank | GiB |", "|---|---|"]
@@ -518,7 +523,8 @@ def render(p: Plan) -> str:
               f"| + CUDA context and NCCL (assumed) | {s.overhead_gib:.3f} |",
               f"| **needed per GPU** | **{p.needed / GiB:.3f}** |", ""]
     verdict = "fits" if p.fits else "does NOT fit"
-    lines.append(f"{verdict} in {s.gpu_memory_gib:g} GiB per GPU ({100 * p.needed / (s.gpu_memory_gib * GiB):.0f}% used)")
+    lines.append(f"{verdict} in {s.gpu_memory_gib:g} GiB per GPU "
+                 f"({100 * p.needed / (s.gpu_memory_gib * GiB):.0f}% used)")
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
 
@@ -530,7 +536,8 @@ def parser():
 
     a = argparse.ArgumentParser(prog="lrpt plan", argument_default=argparse.SUPPRESS,
                                 description="Predict per-rank GPU memory of a run before submitting it. Takes "
-                                            "`lrpt train`'s flags (or --config RUN_DIR/config.yaml) and plans that run.")
+                                            "`lrpt train`'s flags (or --config RUN_DIR/config.yaml) "
+                                            "and plans that run.")
     cluster = a.add_argument_group("where it runs")
     cluster.add_argument("--gpus", type=int, default=1, help="GPUs (ranks) per node (default 1)")
     cluster.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")

@@ -45,10 +45,13 @@ def format_table(report: dict) -> str:
               (f"{_value(untrained[k])} -> " if k in untrained else "") + _value(v))
              for k, v in report["metrics"].items()]
     if "step_time_s" in thr:
-        rows += [("step time mean/p50/p95", "/".join(f"{thr['step_time_s'][k]:.3f}" for k in ("mean", "p50", "p95")) + " s"),
+        rows += [("step time mean/p50/p95",
+                  "/".join(f"{thr['step_time_s'][k]:.3f}" for k in ("mean", "p50", "p95")) + " s"),
                  ("samples/s (all ranks)", f"{thr['samples_per_s']:.1f}"),
-                 ("tokens/s (all ranks)", f"{thr['tokens_per_s']:.0f} (prompt {thr['prompt_tokens_per_s']:.0f}, input {thr['input_tokens_per_s']:.0f})"),
-                 ("model FLOP/s (4·N·T + attn)", f"{thr['model_flops_per_s']:.3g}" + (f", MFU {thr['mfu']:.1%}" if thr.get("mfu") else ""))]
+                 ("tokens/s (all ranks)", f"{thr['tokens_per_s']:.0f} (prompt {thr['prompt_tokens_per_s']:.0f}, "
+                                          f"input {thr['input_tokens_per_s']:.0f})"),
+                 ("model FLOP/s (4·N·T + attn)",
+                  f"{thr['model_flops_per_s']:.3g}" + (f", MFU {thr['mfu']:.1%}" if thr.get("mfu") else ""))]
     mem = report["memory"]
     rows += [(f"rank {r}: peak / backbone held", f"{_size(b)} / {_size(h)} of {_size(mem['backbone_bytes_total'])}")
              for r, (b, h) in enumerate(zip(mem["peak_bytes"], mem["backbone_bytes_held"]))]

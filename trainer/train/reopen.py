@@ -42,9 +42,9 @@ def trained_prompt(cfg: RunConfig, state: dict, embed_dim: int) -> methods.Promp
 
 
 def load_run(run_dir: str | Path, shared_prefix: bool = False) -> tuple[RunConfig, Backbone, PromptedModel]:
-    """The run's backbone (its model, precision and quantization) with its trained prompt in front, in eval mode. `shared_prefix`:
-    where the run's --shared_prefix takes it (for scoring and generating, which it does as the standard path;
-    its forward returns no full logits)."""
+    """The run's backbone (its model, precision and quantization) with its trained prompt in front, in eval mode.
+    `shared_prefix`: where the run's --shared_prefix takes it (for scoring and generating, which it does as the
+    standard path; its forward returns no full logits)."""
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
     backbone = load_run_backbone(cfg)

@@ -256,7 +256,8 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
                    "load_peak_measured_by": per_rank[0]["load_peak_measured_by"],
                    "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
                    "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"],
-                   # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step; trainer/backbone/quant.py
+                   # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step;
+                   # trainer/backbone/quant.py
                    "backbone_bytes_held_all": [r["backbone_memory"]["held_all"] for r in per_rank],
                    "backbone_bytes_unquantized": per_rank[0]["backbone_memory"]["unquantized"],
                    "quant_state_bytes": [r["backbone_memory"]["quant_state"] for r in per_rank]},
