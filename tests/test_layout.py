@@ -4,6 +4,9 @@ The graph is built here from `ast`, not from anything lrpt reports about itself.
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,21 @@ def test_eval_and_methods_never_import_trainer():
                    if m.startswith(("lrpt.eval", "lrpt.methods")) and d.startswith("lrpt.trainer"))
     assert not wrong, wrong
     assert all(d.startswith("lrpt.methods") for m, deps in graph.items() if m.startswith("lrpt.methods") for d in deps)
+
+
+def test_the_style_gate_passes():
+    """ruff with the project's settings (pyproject.toml: pyflakes, pycodestyle's errors, lines of at most 120)."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    result = subprocess.run([ruff, "check", "--no-cache", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_style_gate_catches_a_long_line_and_an_unused_import(tmp_path):
+    """The gate can fail: the project's settings on a file with a 121-character line and an unused import."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\nx = '" + "a" * 115 + "'\n")
+    assert len(probe.read_text().splitlines()[-1]) == 121
+    result = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "--config",
+                             str(ROOT / "pyproject.toml"), str(probe)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and "E501" in result.stdout and "F401" in result.stdout, result.stdout
