@@ -83,7 +83,7 @@ def test_hpz_plans_the_whole_load_the_loader_does(tmp_path):
     under_hpz = plan(PlanSpec(**spec, ds_config=str(tmp_path / "hpz.json")))
     whole = plan(PlanSpec(**spec, quantized_load="whole"))
     sharded = plan(PlanSpec(**spec))
-    assert under_hpz.load_peak == whole.load_peak > 4 * sharded.load_peak  # 8 ranks: each holds about 1/8
+    assert under_hpz.load_peak == whole.load_peak > 3 * sharded.load_peak  # an eighth each, + one tensor converting
     run = RunConfig(load_in_4bit=True, deepspeed=str(tmp_path / "hpz.json"))
     assert not quant_load.sharded(run, hpz) and quant_load.sharded(run, json.loads(open(shipped("zero3")).read()))
 
