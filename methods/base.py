@@ -16,9 +16,10 @@ from torch import nn
 INITS = ("random", "vocab", "text")
 
 
-def option(default: Any, help: str) -> Any:
-    """A method option: a dataclass field whose help text reaches `lrpt train --help`."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
+    """A method option: a dataclass field whose help text reaches `lrpt train --help`; `aliases`: other flag
+    names for it."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
 
 
 @dataclass

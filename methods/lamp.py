@@ -22,7 +22,7 @@ DEFAULT_RANK = 8
 class LAMPConfig(VocabInitConfig):
     rank: int | None = option(None, "r, the truncated SVD's rank (default 8)")
     pool: int | None = option(None, "p, the average-pooling block: ⌈c/p⌉ prompt tokens reach the backbone "
-                                    "(default 1: none)")
+                                    "(default 1: none)", aliases=("lamp_pool",))
 
 
 def block_mean(x: torch.Tensor, pool: int) -> torch.Tensor:

@@ -86,13 +86,15 @@ def option_fields() -> tuple[tuple[str, Any, dataclasses.Field], ...]:
     for cls in REGISTRY.values():
         hints = typing.get_type_hints(cls.config_class)
         for f in dataclasses.fields(cls.config_class):
-            entry = merged.setdefault(f.name, {"type": hints[f.name], "default": f.default, "help": {}})
+            entry = merged.setdefault(f.name, {"type": hints[f.name], "default": f.default, "help": {}, "aliases": {}})
             if (entry["type"], entry["default"]) != (hints[f.name], f.default):
                 raise TypeError(f"method {cls.name!r} declares option {f.name!r} as {hints[f.name]} = {f.default!r}, "
                                 f"another method as {entry['type']} = {entry['default']!r}; make them agree")
             entry["help"].setdefault(f.metadata.get("help", ""), []).append(cls.name)
+            entry["aliases"].update(dict.fromkeys(f.metadata.get("aliases", ())))
     return tuple((name, e["type"], dataclasses.field(default=e["default"], metadata={
-                "help": "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items())}))
+                "help": "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items()),
+                "aliases": tuple(e["aliases"])}))
             for name, e in merged.items())
 
 

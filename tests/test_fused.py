@@ -122,16 +122,13 @@ def test_fused_runs_on_a_quantized_backbone_equal_the_runs_alone(quant, tiny_lla
 
 
 def test_every_setting_but_the_per_run_ones_is_shared():
-    """The per-run list names real settings (a renamed one would otherwise turn shared silently), and what it
-    leaves out is exactly what a fused forward depends on."""
+    """Every field is either per run or shared, and what is shared is what a fused forward depends on."""
     import dataclasses
 
-    from lrpt.trainer.config.run_config import RunSettings
     from lrpt.trainer.train.fused import PER_RUN, SHARED
 
-    settings = {f.name for f in dataclasses.fields(RunSettings)}
-    assert PER_RUN <= settings, PER_RUN - settings
-    assert set(SHARED) == settings - PER_RUN
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert PER_RUN | set(SHARED) == fields and not PER_RUN & set(SHARED)
     assert {"model", "precision", "deepspeed", "load_in_4bit", "max_source_length"} <= set(SHARED)
     assert not {"rank", "pool", "seed", "learning_rate"} & set(SHARED)  # method options and each run's own
 
@@ -179,7 +176,8 @@ def gpt2_dir(directory: Path, **dropout: float) -> str:
     tokenizer = AutoTokenizer.from_pretrained(save_preset("tiny-llama", str(directory / "llama")))
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **dropout})
+                        **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+                           **dropout})
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(directory / "gpt2")
     tokenizer.save_pretrained(directory / "gpt2")
@@ -199,8 +197,9 @@ def test_dropout_is_found_by_asking_the_model(tmp_path):
     from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
     tiny = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=64)
-    refused = {"resid_pdrop=0.1": GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, embd_pdrop=0.0,
-                                             attn_pdrop=0.0, resid_pdrop=0.1),
+    refused = {"resid_pdrop=0.1": GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, bos_token_id=0,
+                                             eos_token_id=0, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.1,
+                                             summary_first_dropout=0.0),
                "attention_probs_dropout_prob=0.1": BertConfig(is_decoder=True, hidden_dropout_prob=0.0,
                                                                attention_probs_dropout_prob=0.1, **tiny),
                "attention_dropout=0.1": LlamaConfig(attention_dropout=0.1, **tiny)}

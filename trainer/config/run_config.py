@@ -38,97 +38,114 @@ SEEDS = (0, 2**32 - 1)
 FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How lrpt treats a setting beyond its value, declared once, on its field: fused groups, the run directory's
+    contract and the flags all read it from there, so a new setting is one line here."""
+    per_run: bool = False          # the runs of one fused group may differ in it (each keeps its own); else they agree
+    binding: bool = True           # part of a run directory's contract: a relaunch that changes it is refused
+    aliases: tuple[str, ...] = ()  # other flag names for it
+
+
+def setting(default: Any, *, help: str | None = None, per_run: bool = False, binding: bool = True,
+            aliases: tuple[str, ...] = (), **extra: Any) -> Any:
+    """A RunSettings field: its default, its --help text, its Policy (and argparse extras such as `const`)."""
+    metadata = {**extra, "policy": Policy(per_run, binding, tuple(aliases))}
+    if help is not None:
+        metadata["help"] = help
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class RunSettings:
     """The settings every run has. RunConfig (below) adds each registered method's own options."""
-    recipe: str | None = field(default=None, metadata={
-        "help": "a paper's setting (trainer/config/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
-                "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml"})
+    recipe: str | None = setting(None, per_run=True, binding=False,
+        help="a paper's setting (trainer/config/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
+             "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml")
     # what to train
-    model: str = field(default="smollm2-135m", metadata={
-        "help": "preset (tiny-t5, tiny-llama, smollm2-135m), HF hub name, local path, or a GGUF: file.gguf, "
-                "or org/repo/file.gguf"})
-    method: str = field(default="pt", metadata={"help": f"prompt method: {', '.join(methods.available())}"})
-    task: str = field(default="boolq", metadata={"help": "SuperGLUE task"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": "<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; "
-                "default: bundled demo data"})
+    model: str = setting("smollm2-135m",
+        help="preset (tiny-t5, tiny-llama, smollm2-135m), HF hub name, local path, or a GGUF: file.gguf, "
+             "or org/repo/file.gguf")
+    method: str = setting("pt", per_run=True, help=f"prompt method: {', '.join(methods.available())}")
+    task: str = setting("boolq", help="SuperGLUE task")
+    data_dir: str | None = setting(None, per_run=True,
+        help="<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; "
+             "default: bundled demo data")
     # the prompt (each method's own options follow at the end: methods/*.py, their MethodConfig)
-    prompt_length: int = field(default=20, metadata={"help": "c, prompt tokens before any pooling"})
+    prompt_length: int = setting(20, per_run=True, help="c, prompt tokens before any pooling")
     # optimisation (DPT's code: AdamW, wd 1e-5, clip 1.0, linear schedule, 10% warm-up; its lr 0.3 is for T5,
     # the default 0.01 was measured on the default backbone: docs/benchmarks.md; the recipes set the papers')
-    learning_rate: float = 0.01
-    weight_decay: float = 1e-5
-    max_grad_norm: float = 1.0
-    warmup_ratio: float = 0.1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 16
+    learning_rate: float = setting(0.01, per_run=True)
+    weight_decay: float = setting(1e-5, per_run=True)
+    max_grad_norm: float = setting(1.0, per_run=True)
+    warmup_ratio: float = setting(0.1, per_run=True)
+    per_device_train_batch_size: int = setting(8, per_run=True, aliases=("batch",))
+    per_device_eval_batch_size: int = setting(16, per_run=True, binding=False)
     gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 4.0
-    max_steps: int = field(default=-1, metadata={"help": "if > 0, overrides num_train_epochs"})
-    seed: int = 42
+    num_train_epochs: float = setting(4.0, per_run=True)
+    max_steps: int = setting(-1, per_run=True, help="if > 0, overrides num_train_epochs")
+    seed: int = setting(42, per_run=True)
     # backbone
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (fp16 is refused for T5)"})
-    gradient_checkpointing: bool = False
-    shared_prefix: str = field(default="auto", metadata={
-        "const": "true",
-        "help": "decoder-only: compute the prompt once per micro-batch (the batch packed as one sequence behind it). "
-                "auto: on where proven (LLaMA, Mistral, Qwen2 with sdpa/eager attention; every ZeRO stage, "
-                "quantization, gradient checkpointing, precision), otherwise off; true: on, or an error saying why "
-                "not; false: off"})
-    max_source_length: int = 256
-    max_target_length: int = 16
+    precision: str = setting("fp32", help="fp32 | bf16 (fp16 is refused for T5)")
+    gradient_checkpointing: bool = setting(False, aliases=("grad_ckpt",))
+    shared_prefix: str = setting("auto", const="true", per_run=True,
+        help="decoder-only: compute the prompt once per micro-batch (the batch packed as one sequence behind it). "
+             "auto: on where proven (LLaMA, Mistral, Qwen2 with sdpa/eager attention; every ZeRO stage, "
+             "quantization, gradient checkpointing, precision), otherwise off; true: on, or an error saying why "
+             "not; false: off")
+    max_source_length: int = setting(256, aliases=("seq_len",))
+    max_target_length: int = setting(16, aliases=("target_len",))
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)
-    load_in_8bit: bool = field(default=False, metadata={
-        "help": "load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision"})
-    load_in_4bit: bool = field(default=False, metadata={
-        "help": "load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision"})
-    bnb_4bit_quant_type: str = field(default="fp4", metadata={"help": "nf4 | fp4 (4-bit only)"})
-    bnb_4bit_compute_dtype: str | None = field(default=None, metadata={
-        "help": "fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)"})
-    bnb_4bit_use_double_quant: bool = field(default=False, metadata={
-        "help": "quantize the 4-bit block scales too (4-bit only)"})
-    bnb_4bit_quant_storage: str = field(default="uint8", metadata={
-        "help": "uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in"})
-    quantized_load: str = field(default="auto", metadata={
-        "help": "auto | sharded | whole: how a quantized backbone loads under ZeRO-3. sharded: each rank reads the "
-                "safetensors checkpoint one tensor at a time and keeps only its ZeRO-3 share (no rank holds the whole "
-                "model); whole: every rank loads the whole quantized model, deepspeed.initialize shards it (the "
-                "reference); auto: sharded under ZeRO-3, else whole"})
+    load_in_8bit: bool = setting(False,
+        help="load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision")
+    load_in_4bit: bool = setting(False,
+        help="load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision")
+    bnb_4bit_quant_type: str = setting("fp4", help="nf4 | fp4 (4-bit only)")
+    bnb_4bit_compute_dtype: str | None = setting(None,
+        help="fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)")
+    bnb_4bit_use_double_quant: bool = setting(False, aliases=("double_quant",),
+        help="quantize the 4-bit block scales too (4-bit only)")
+    bnb_4bit_quant_storage: str = setting("uint8",
+        help="uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in")
+    quantized_load: str = setting("auto",
+        help="auto | sharded | whole: how a quantized backbone loads under ZeRO-3. sharded: each rank reads the "
+             "safetensors checkpoint one tensor at a time and keeps only its ZeRO-3 share (no rank holds the whole "
+             "model); whole: every rank loads the whole quantized model, deepspeed.initialize shards it (the "
+             "reference); auto: sharded under ZeRO-3, else whole")
     # DeepSpeed
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config (default: ZeRO-0 built in)"})
-    local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher; the LOCAL_RANK env var wins"})
+    deepspeed: str | None = setting(None, help="DeepSpeed JSON config (default: ZeRO-0 built in)")
+    local_rank: int = setting(-1, per_run=True, binding=False,
+        help="set by the deepspeed launcher; the LOCAL_RANK env var wins")
     # output, evaluation, checkpoints
-    output_dir: str | None = field(default=None, metadata={"help": "default runs/<time>-<method>-<task>"})
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "start afresh in an --output_dir that holds a run: remove its checkpoints, logs and results first "
-                "(a relaunch into it otherwise resumes it, and must have its settings)"})
-    logging_steps: int = 10
-    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
-    eval_untrained: bool = field(default=True, metadata={
-        "help": "evaluate the untrained (initial) prompt before the first step: the report shows its metrics "
-                "next to the trained prompt's, the baseline the training is judged against"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    save_total_limit: int = 2
-    resume_from_checkpoint: str | None = field(default="auto", metadata={
-        "help": "auto (latest in output_dir if any) | none | path to a checkpoint"})
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    output_dir: str | None = setting(None, per_run=True, binding=False, help="default runs/<time>-<method>-<task>")
+    overwrite_output_dir: bool = setting(False, per_run=True, binding=False,
+        help="start afresh in an --output_dir that holds a run: remove its checkpoints, logs and results first "
+             "(a relaunch into it otherwise resumes it, and must have its settings)")
+    logging_steps: int = setting(10, per_run=True, binding=False)
+    eval_steps: int = setting(0, per_run=True, help="evaluate every N steps (0: only at the end)")
+    eval_untrained: bool = setting(True, per_run=True,
+        help="evaluate the untrained (initial) prompt before the first step: the report shows its metrics "
+             "next to the trained prompt's, the baseline the training is judged against")
+    save_steps: int = setting(0, per_run=True, binding=False, help="checkpoint every N steps (0: only at the end)")
+    save_total_limit: int = setting(2, per_run=True, binding=False)
+    resume_from_checkpoint: str | None = setting("auto", per_run=True, binding=False,
+        help="auto (latest in output_dir if any) | none | path to a checkpoint")
+    max_train_samples: int | None = setting(None, per_run=True)
+    max_eval_samples: int | None = setting(None, per_run=True)
     # evaluation protocol (the papers: validation split reported as the test set)
-    decoding: str = field(default="rank", metadata={
-        "help": "generate (greedy, mapped to an answer) | rank (score each candidate answer)"})
-    few_shot: int | None = field(default=None, metadata={
-        "help": "train on K training rows sampled by (task, K, seed) alone"})
-    dev_size: float = field(default=0, metadata={
-        "help": "carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none"})
-    selection: str = field(default="auto", metadata={
-        "help": "which prompt is evaluated: final (the last) | dev (best on the --dev_size split) | paper-val (best "
-                "on the validation split it is reported on, as DPT's code: optimistic, marked so) | auto (dev "
-                "with --dev_size, else final). dev and paper-val score every --eval_steps, or every epoch"})
-    progress: bool = True
-    report_to: str = field(default="csv", metadata={
-        "help": "csv | tensorboard | wandb | none, or a comma-separated list: loss, lr, grad norm and tokens/s "
-                "every --logging_steps through DeepSpeed's monitor, under <output_dir>/logs"})
+    decoding: str = setting("rank", per_run=True,
+        help="generate (greedy, mapped to an answer) | rank (score each candidate answer)")
+    few_shot: int | None = setting(None, per_run=True, help="train on K training rows sampled by (task, K, seed) alone")
+    dev_size: float = setting(0, per_run=True,
+        help="carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none")
+    selection: str = setting("auto", per_run=True,
+        help="which prompt is evaluated: final (the last) | dev (best on the --dev_size split) | paper-val (best "
+             "on the validation split it is reported on, as DPT's code: optimistic, marked so) | auto (dev "
+             "with --dev_size, else final). dev and paper-val score every --eval_steps, or every epoch")
+    progress: bool = setting(True, per_run=True, binding=False)
+    report_to: str = setting("csv", per_run=True, binding=False,
+        help="csv | tensorboard | wandb | none, or a comma-separated list: loss, lr, grad norm and tokens/s "
+             "every --logging_steps through DeepSpeed's monitor, under <output_dir>/logs")
 
     def __post_init__(self) -> None:
         self.shared_prefix = tristate(self.shared_prefix, "--shared_prefix")  # YAML may give a bool
@@ -310,9 +327,17 @@ def _optional(convert):
 
 
 # Old spellings that `lrpt plan`/`bench` used; every command accepts them (and the dashed forms).
-ALIASES = {"per_device_train_batch_size": ("batch",), "gradient_checkpointing": ("grad_ckpt",),
-           "max_source_length": ("seq_len",), "max_target_length": ("target_len",), "pool": ("lamp_pool",),
-           "bnb_4bit_use_double_quant": ("double_quant",)}
+SETTINGS = frozenset(f.name for f in dataclasses.fields(RunSettings))
+
+
+def policies() -> dict[str, Policy]:
+    """Every RunConfig field's Policy. A method's options are its run's own (per run, binding), with the aliases
+    the method declares."""
+    return {f.name: f.metadata.get("policy", Policy()) if f.name in SETTINGS else
+            Policy(per_run=True, aliases=tuple(f.metadata.get("aliases", ()))) for f in dataclasses.fields(RunConfig)}
+
+
+ALIASES = {name: policy.aliases for name, policy in policies().items() if policy.aliases}
 ZERO_STAGES = (0, 2, 3)
 QUANTS = ("none", "8bit", "4bit")
 

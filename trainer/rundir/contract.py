@@ -2,8 +2,8 @@
 
 Relaunching into an --output_dir that holds a run resumes that run, so the new launch must train
 exactly what the old one did: a differing value of any field that changes what is trained or
-measured is refused (all of them named, with both values) before any weight loads. Fields in
-`MAY_DIFFER` change nothing trained. A finished run (report.json) relaunched unchanged is left
+measured is refused (all of them named, with both values) before any weight loads. Fields whose Policy
+is not binding (`MAY_DIFFER`) change nothing trained. A finished run (report.json) relaunched unchanged is left
 as it is. --overwrite_output_dir starts afresh: it removes what an earlier run wrote there first
 (the files lrpt recorded as its own, and nothing else), so that no old checkpoint can be resumed,
 pruned or named by `latest` by mistake.
@@ -18,14 +18,10 @@ import yaml
 from . import checkpoint, files as run_files, lock as run_lock, weights_only
 
 from ..runtime import distributed
-from ..config.run_config import RUN_CONFIG_HEADER, RunConfig, read_yaml
+from ..config.run_config import RUN_CONFIG_HEADER, RunConfig, policies, read_yaml
 from ..errors import LrptError
 
-MAY_DIFFER = frozenset({
-    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "local_rank", "per_device_eval_batch_size",
-    "logging_steps", "save_steps", "save_total_limit", "progress", "report_to",
-    "recipe",  # a name: the values it set are compared themselves
-})
+MAY_DIFFER = frozenset(name for name, policy in policies().items() if not policy.binding)
 
 
 class RunFinished(Exception):

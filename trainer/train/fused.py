@@ -21,7 +21,6 @@ What would make a fused run differ from its run alone is refused before anything
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from ..runtime import distributed, preempt
 
 from ..rundir import contract as run_dir, lock as run_lock
 from ..backbone.source import resolve_config
-from ..config.run_config import RunConfig, RunSettings
+from ..config.run_config import RunConfig, policies
 from ..config.ds_config import zero_stage
 from ..errors import LrptError
 from ..measure.flops import step_flops
@@ -42,15 +41,10 @@ from ..measure.meter import LoadPeak
 from .run_loop import RunLoop, gradient_norm, log
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
-# checkpoints); every other setting reaches the one forward over the backbone, so the runs of a group must agree on
-# it - a setting added later is shared until it is named here (`shared_prefix` has its own check)
-PER_RUN = {"recipe", "method", "data_dir", "prompt_length", "learning_rate", "weight_decay", "max_grad_norm",
-           "warmup_ratio", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "max_steps",
-           "seed", "shared_prefix", "local_rank", "output_dir", "overwrite_output_dir", "logging_steps", "eval_steps",
-           "eval_untrained", "save_steps", "save_total_limit", "resume_from_checkpoint", "max_train_samples",
-           "max_eval_samples", "decoding", "few_shot", "dev_size", "selection", "progress", "report_to"}
-METHOD_OPTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(RunSettings)}
-SHARED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in PER_RUN | METHOD_OPTIONS)
+# checkpoints: the fields whose Policy says per_run); every other setting reaches the one forward over the backbone,
+# so the runs of a group must agree on it (`shared_prefix` has its own check)
+PER_RUN = frozenset(name for name, policy in policies().items() if policy.per_run)
+SHARED = tuple(name for name, policy in policies().items() if not policy.per_run)
 
 
 def run_name(cfg: RunConfig) -> str:
