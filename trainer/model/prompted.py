@@ -21,6 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...methods import PromptModule
 from . import shared_prefix as shared_prefix_path
+from .rows import lay_out
 
 
 class PromptedModel(nn.Module):
@@ -41,22 +42,15 @@ class PromptedModel(nn.Module):
         lm_head) because it walks `named_parameters()`, which lists a tied tensor once."""
         return self.prompt.state_dict(destination=destination, prefix=prefix + "prompt.", keep_vars=keep_vars)
 
-    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cat[P, embed(input_ids)] and the mask extended by ones over the prompt."""
+    def _lay_out(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        """The rows behind the prompt: embeddings [P, text], mask, labels."""
         tokens = self.backbone.get_input_embeddings()(input_ids)
-        prompt = self.prompt().to(tokens.dtype)
-        batch = input_ids.shape[0]
-        embeds = torch.cat([prompt.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-        ones = attention_mask.new_ones(batch, prompt.shape[0])
-        return embeds, torch.cat([ones, attention_mask], dim=1)
+        return lay_out(self.prompt(), tokens, attention_mask, labels, self.is_encoder_decoder)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         if self.shared_prefix:
             return self._forward_shared_prefix(input_ids, attention_mask, labels)
-        embeds, mask = self._embed(input_ids, attention_mask)
-        if not self.is_encoder_decoder:
-            ignore = labels.new_full((labels.shape[0], self.prompt.output_length), -100)
-            labels = torch.cat([ignore, labels], dim=1)
+        embeds, mask, labels = self._lay_out(input_ids, attention_mask, labels)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
 
     def _shared_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -88,7 +82,7 @@ class PromptedModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """Greedy generation; returns only the new tokens. Decoder-only input must be left-padded."""
-        embeds, mask = self._embed(input_ids, attention_mask)
+        embeds, mask, _ = self._lay_out(input_ids, attention_mask)
         if self.shared_prefix:  # the prompt pre-filled once, its cache broadcast to the batch: (prompt, pads, text)
             kwargs[self._cache_kw] = self._prompt_cache(embeds[:1, :self.prompt.output_length], embeds.shape[0])
         elif not self.is_encoder_decoder:

@@ -38,6 +38,7 @@ from ..errors import LrptError
 from ..measure.flops import step_flops
 from .loop import build_session, load_frozen, prepare
 from ..measure.meter import LoadPeak
+from ..model.rows import lay_out, pad_rows
 from .run_loop import RunLoop, gradient_norm, log
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
@@ -126,32 +127,11 @@ def backbone_engine(model: nn.Module, ds_config: dict):
     return engine
 
 
-def row_layout(prompt: torch.Tensor, batch: dict, embed: nn.Module, is_encoder_decoder: bool):
-    """One run's rows as its run alone lays them out: embeddings [P, text], mask, labels (-100 over P)."""
-    tokens = embed(batch["input_ids"])
-    rows = len(tokens)
-    p = prompt.to(tokens.dtype).unsqueeze(0).expand(rows, -1, -1)
-    mask = batch["attention_mask"]
-    mask = torch.cat([mask.new_ones(rows, prompt.shape[0]), mask], dim=1)
-    labels = batch["labels"]
-    if not is_encoder_decoder:
-        labels = torch.cat([labels.new_full((rows, prompt.shape[0]), -100), labels], dim=1)
-    return torch.cat([p, tokens], dim=1), mask, labels
-
-
-def pad_rows(tensors: list[torch.Tensor], width: int, value=0, left: bool = False) -> torch.Tensor:
-    """Concatenated along the rows, each padded to `width` columns after its end (or before its start)."""
-    def pad(t: torch.Tensor) -> tuple[int, ...]:
-        extra = width - t.shape[1]
-        return (0, 0) * (t.dim() - 2) + ((extra, 0) if left else (0, extra))
-
-    return torch.cat([F.pad(t, pad(t), value=value) for t in tensors])
-
-
 def fused_rows(prompts: list[torch.Tensor], batches: list[dict], embed: nn.Module, is_encoder_decoder: bool):
     """Embeddings, mask and labels of every run's rows behind its prompt, each row as its run alone lays it out,
     padded after its end to the longest row (labels -100); run k's rows follow run k - 1's."""
-    laid = [row_layout(prompt, batch, embed, is_encoder_decoder) for prompt, batch in zip(prompts, batches)]
+    laid = [lay_out(prompt, embed(batch["input_ids"]), batch["attention_mask"], batch["labels"], is_encoder_decoder)
+            for prompt, batch in zip(prompts, batches)]
     width = max(e.shape[1] for e, _, _ in laid)
     target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
     return (pad_rows([e for e, _, _ in laid], width), pad_rows([m for _, m, _ in laid], width),

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
 from .data import Encoder, collate
-from .fused import backbone_logits, fused_rows, pad_rows, row_layout
+from .fused import backbone_logits, fused_rows
 from ..model.prompted import greedy_settings, pads_first, summed_log_likelihood
+from ..model.rows import lay_out, pad_rows
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -36,7 +37,7 @@ def generation_rows(prompts: Sequence[torch.Tensor], batches: Sequence[dict], em
     """Embeddings and mask to generate from. T5: [P_k, text] right-padded (batches right-padded). Decoder-only
     (batches left-padded): (pads, P_k, text), every pad first, as `PromptedModel.generate` re-orders its rows;
     runs of another prompt length get more pads in front."""
-    laid = [row_layout(prompt, {**batch, "labels": batch["input_ids"][:, :0]}, embed, is_encoder_decoder)[:2]
+    laid = [lay_out(prompt, embed(batch["input_ids"]), batch["attention_mask"])[:2]
             for prompt, batch in zip(prompts, batches)]
     if is_encoder_decoder:
         width = max(e.shape[1] for e, _ in laid)
