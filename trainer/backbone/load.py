@@ -51,11 +51,11 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
     """Frozen model + tokenizer. Under ZeRO-3 the caller keeps an `HfDeepSpeedConfig` alive first,
     so `from_pretrained`/`from_config` build the weights already partitioned.
 
-    `quantization` (a transformers `BitsAndBytesConfig`, see trainer/backbone/quant.py) loads the model
+    `quantization` (a transformers `BitsAndBytesConfig`, see backbone.quant) loads the model
     quantized; transformers leaves the model's `_keep_in_fp32_modules` (T5's `wo`) and the
     output head unquantized. transformers never builds a quantized model inside `zero.Init`: with
     `sharded` (the run's resolved ZeRO-3 config) lrpt loads it partitioned itself, one tensor at a
-    time (trainer/backbone/quant_load.py); without it every rank loads it whole and ZeRO-3 shards it in
+    time (backbone.quant_load); without it every rank loads it whole and ZeRO-3 shards it in
     `deepspeed.initialize`."""
     config = resolve_config(name)
     dtype = DTYPES[precision]
@@ -67,7 +67,7 @@ def load_backbone(name: str, precision: str = "fp32", gradient_checkpointing: bo
     else:
         model, tokenizer = _from_pretrained(local_model(name), name, config, dtype, quantization, sharded)
     if quantization is not None:
-        prepare_loaded(model)  # training layout, shared lookup tables (trainer/backbone/quant.py)
+        prepare_loaded(model)  # training layout, shared lookup tables (backbone.quant)
     if tokenizer.pad_token_id is None:  # LLaMA tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.requires_grad_(False)

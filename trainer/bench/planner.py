@@ -25,7 +25,7 @@ from ..measure.meter import AllocationPeak
 def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: int, steps: int,
            deepspeed_linear: bool = False, fused: int = 1) -> None:
     """One rank: lrpt's own setup, then `steps` steps on a random batch of the planned shape; with `fused`
-    > 1, that many runs of these flags trained fused (trainer/train/fused.py), each on such a batch."""
+    > 1, that many runs of these flags trained fused (train.fused), each on such a batch."""
     import torch
 
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)

@@ -10,7 +10,7 @@ trainer/run.py` for a few DPT steps and prints, per rank, from each run's report
 - its share of the same run at 1 rank, and of the unquantized unsharded backbone;
 - the replicated 4-bit quant_state bytes (included in held);
 - the load peak (memory.load_peak_bytes: the allocator's, while the backbone loads; sharded under ZeRO-3,
-  trainer/backbone/quant_load.py).
+  backbone.quant_load).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark: loading a quantized backbone sharded (trainer/backbone/quant_load.py) vs whole, 1 vs 2 ranks, in one run.
+"""Benchmark: loading a quantized backbone sharded (backbone.quant_load) vs whole, 1 vs 2 ranks, in one run.
 
     python -m lrpt.trainer.bench.quant_load                  # ~95M-parameter LLaMA-shaped backbone, CPU
 

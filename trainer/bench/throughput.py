@@ -49,7 +49,7 @@ def _run_config(settings: dict):
 
 
 def _load(cfg, ds_config: dict | None):
-    """The frozen backbone as `lrpt train` loads it (trainer/train/loop.py: sharded under ZeRO-3, quantized layers
+    """The frozen backbone as `lrpt train` loads it (train.loop: sharded under ZeRO-3, quantized layers
     made ZeRO-3-shardable), and the HfDeepSpeedConfig to keep alive."""
     from ..backbone.load import load_run_backbone
     from ..runtime import distributed

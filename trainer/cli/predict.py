@@ -4,7 +4,7 @@ Rows are in the official SuperGLUE layout of the run's task; they are formatted 
 task formatter and answered with the run's decoding mode (or --decoding). One JSON line per
 example, in input order (a MultiRC row yields one example per answer, a ReCoRD row one per query).
 Several runs of one backbone (same model, task, precision, source/target lengths and decoding) load
-the backbone once and answer each example with each run in one pass (trainer/train/prompt_mix.py): one
+the backbone once and answer each example with each run in one pass (train.prompt_mix): one
 line per (example, run), runs in the order given, each naming its run (its directory's name). A row
 with a field "run": NAME is answered by that run alone.
 """

@@ -37,7 +37,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--fuse", nargs="?", const="true", choices=("true", "auto"), default=None,
                         help="train each task's runs together: one backbone load, one forward and backward per step "
                              "for all of them, each run with its own prompt, optimizer, schedule, checkpoints and "
-                             "report (trainer/train/fused.py). A group whose runs cannot share a pass (a backbone that "
+                             "report (train.fused). A group whose runs cannot share a pass (a backbone that "
                              "trains with dropout, ...) is refused; with `--fuse auto` it trains its runs one after "
                              "another instead, each as alone, and says why (the Slurm sweeps' FUSE=1)")
     parser.add_argument("--fuse_max", "--fuse-max", type=int, default=None,
@@ -142,7 +142,7 @@ def train_in_turn(configs: list) -> None:
 
 
 def train_groups(groups: list[list], only: int | None = None, auto: bool = False) -> None:
-    """Every group checked before any trains (trainer/train/fused.py), then each trained in one pass; `only`: that
+    """Every group checked before any trains (train.fused), then each trained in one pass; `only`: that
     group alone (--fuse_group); `auto`: a group whose runs cannot share a pass trains them one after another."""
     from ..train.fused import check_group, refusal, train_fused
 

@@ -29,8 +29,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
 QUANT_STORAGES = ("uint8", "int8", *COMPUTE_DTYPES)
 SELECTIONS = ("auto", "final", "dev", "paper-val")
-QUANTIZED_LOADS = ("auto", "sharded", "whole")  # trainer/backbone/quant_load.py
-# the first line of every run directory's config.yaml (written by trainer/rundir/contract.py, read by _own_run_dir)
+QUANTIZED_LOADS = ("auto", "sharded", "whole")  # backbone.quant_load
+# the first line of every run directory's config.yaml (written by rundir.contract, read by _own_run_dir)
 RUN_CONFIG_HEADER = "# lrpt run config: `lrpt train --config <this file>` repeats the run in this file's directory\n"
 # numpy's seed range, well inside torch's: epoch_order seeds a generator with seed * 100_003 + epoch (< 2**64)
 SEEDS = (0, 2**32 - 1)
@@ -200,7 +200,7 @@ class RunSettings:
 
     def _validate_dev_size(self) -> None:
         """What carve_dev reads (a fraction, or a row count), refused here before any row is read; a count that
-        leaves no training rows is found once the rows are (trainer/train/data.py), still before any weight loads."""
+        leaves no training rows is found once the rows are (train.data), still before any weight loads."""
         if self.dev_size:
             try:
                 splits.dev_size(self.dev_size)

@@ -67,7 +67,7 @@ def step_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], p
 
 
 def shared_prefix_flops(config, params: dict[str, int], batch: dict[str, torch.Tensor], prompt_length: int) -> float:
-    """The shared path (trainer/model/shared_prefix.py) computes the prompt once per micro-batch: the layers
+    """The shared path (model.shared_prefix) computes the prompt once per micro-batch: the layers
     run over c + rows·L tokens, the head and the last layer's output projection and MLP only where a
     target is predicted, and attention is the prompt's causal square plus each row's L queries over c
     prompt keys and its own L (causal)."""

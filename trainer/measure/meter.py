@@ -52,7 +52,7 @@ class StepMeter:
             "tokens_per_s": (self.input_tokens + self.prompt_tokens) / total,
             "input_tokens_per_s": self.input_tokens / total,
             "prompt_tokens_per_s": self.prompt_tokens / total,
-            "model_flops_per_s": self.flops / total,  # trainer/measure/flops.py: 4·N·T + attention
+            "model_flops_per_s": self.flops / total,  # measure.flops: 4·N·T + attention
         }
 
 

@@ -17,14 +17,14 @@ arithmetic written out below and in docs/benchmarks.md ("Memory planner"):
   bf16);
 - DeepSpeed's gradient reduce bucket (ZeRO-1/2/3 with contiguous gradients);
 - activations saved for backward. The backbone is frozen, so a linear layer saves nothing for its
-  input gradient but its weight (under ZeRO-3 too: trainer/backbone/zero3_linear.py; bitsandbytes' own
+  input gradient but its weight (under ZeRO-3 too: backbone.zero3_linear; bitsandbytes' own
   8-bit layer is the exception, `_int8_inputs`); what is saved is listed per layer in
   `_llama_layer`/`_t5_layer` (checked against torch's saved-tensor hooks in tests/test_plan.py);
 - the transient peak of the backward: the output head's logits, log-softmax and their gradients,
   or one layer's recomputation under gradient checkpointing, or one dequantized weight.
 
 Load-time peak: under ZeRO-3 a quantized model loads sharded (`sharded_load_peak`: each rank's share
-plus the tensor being converted; trainer/backbone/quant_load.py), or with --quantized_load whole (and below
+plus the tensor being converted; backbone.quant_load), or with --quantized_load whole (and below
 ZeRO-3) whole on every rank (docs/quantization.md); an unquantized one arrives sharded through
 zero.Init.
 """
@@ -83,7 +83,7 @@ class PlanSpec:
     nodes: int = 1
     quant: str = "none"           # none | 8bit | 4bit
     double_quant: bool = False    # 4-bit: --bnb_4bit_use_double_quant
-    quantized_load: str = "auto"  # --quantized_load: auto | sharded | whole (trainer/backbone/quant_load.py)
+    quantized_load: str = "auto"  # --quantized_load: auto | sharded | whole (backbone.quant_load)
     method: str = "dpt"
     prompt_length: int = 100
     options: dict = field(default_factory=dict)  # the method's options (rank, pool, ...): RunConfig.method_options()
@@ -219,7 +219,7 @@ def stored_bytes(t: ParamInfo, quant: str, precision: str, double_quant: bool) -
 
 
 def sharded_load_peak(tensors: list[ParamInfo], spec: PlanSpec, world: int) -> int:
-    """A rank's peak under --quantized_load sharded (trainer/backbone/quant_load.py): each parameter becomes its ZeRO-3
+    """A rank's peak under --quantized_load sharded (backbone.quant_load): each parameter becomes its ZeRO-3
     partition as it loads, so a rank holds 1/N of every stored tensor and the replicated statistics, plus
     the tensor being converted. The checkpoint is assumed stored in --precision."""
     held = sum(math.ceil(big / world) + small for big, small in
@@ -230,7 +230,7 @@ def sharded_load_peak(tensors: list[ParamInfo], spec: PlanSpec, world: int) -> i
 def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
     """Bytes in flight while one tensor loads: an unquantized one read whole; a quantized one's whole quantized
     form (its rows all-gathered), one slab of this rank's 1/N of the rows read in --precision (8-bit from fp32 or
-    fp16: in fp16) and, 8-bit from bf16, one slice's fp16 copy (trainer/backbone/quant_slices.py)."""
+    fp16: in fp16) and, 8-bit from bf16, one slice's fp16 copy (backbone.quant_slices)."""
     from ..backbone.quant_slices import CHUNK_ELEMENTS, READ_ELEMENTS
 
     big, _ = stored_bytes(t, spec.quant, spec.precision, spec.double_quant)

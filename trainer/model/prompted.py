@@ -7,7 +7,7 @@ already masks the source). Training batches are right-padded (prompt, text, pads
 batches are left-padded and re-ordered to (pads, prompt, text), so no pad sits between prompt
 and text and position ids follow the attention mask.
 With `shared_prefix` (decoder-only) the prompt is computed once per batch: training and scoring
-run the batch packed behind it in one forward (trainer/model/shared_prefix.py), generation pre-fills
+run the batch packed behind it in one forward (model.shared_prefix), generation pre-fills
 its cache once and broadcasts it, laid out (prompt, pads, text).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PromptedModel(nn.Module):
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
 
     def _shared_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        """The logits that predict each target token, and the targets (trainer/model/shared_prefix.py)."""
+        """The logits that predict each target token, and the targets (model.shared_prefix)."""
         tokens = self.backbone.get_input_embeddings()(input_ids)
         where, wanted = shared_prefix_path.targets(labels)
         prompt = self.prompt().to(tokens.dtype)

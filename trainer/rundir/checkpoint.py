@@ -5,7 +5,7 @@ Layout: <output_dir>/checkpoints/step-000050/ holds DeepSpeed's checkpoint writt
 buffers), `prompt_dense.safetensors` (P for export) and `trainer_state.json`.
 A checkpoint is written to a staging directory and renamed into place, then `latest` is replaced
 atomically: a save killed half-way never damages the last good checkpoint. Its files are recorded as lrpt's
-before the rename, and pruning deletes recorded files only (trainer/rundir/files.py).
+before the rename, and pruning deletes recorded files only (rundir.files).
 """
 from __future__ import annotations
 

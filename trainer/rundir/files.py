@@ -20,7 +20,7 @@ CONFIG = "config.yaml"
 FIXED = (CONFIG, "report.json", "report.json.tmp", "prompt.safetensors", "prompt_dense.safetensors",
          "eval_predictions.jsonl", "best/prompt.safetensors", "best/prompt_dense.safetensors",
          "checkpoints/latest", "checkpoints/latest.tmp")
-# DeepSpeed's csv monitor writes <output_path>/<job_name>/<event>.csv (trainer/rundir/monitor.py: job_name "logs")
+# DeepSpeed's csv monitor writes <output_path>/<job_name>/<event>.csv (rundir.monitor: job_name "logs")
 MONITOR_CSVS = tuple(f"logs/Train_Samples_{event}.csv" for event in ("loss", "grad_norm", "tokens_per_s", "lr"))
 CHECKPOINT_FILES = "checkpoints/step-*/**/*"  # DeepSpeed's names: recorded as each checkpoint lands
 # the monitors' files, named by time and host: recorded as they appear; never in the way (a launch starts new ones)

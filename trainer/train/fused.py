@@ -15,7 +15,7 @@ one forward and backward per step:
   layout of the run trained alone. The backbone runs outside them, under an engine of its own without
   optimizer (ZeRO-3: DeepSpeed's parameter offload gathers each layer once for the whole group), and
   each prompt's gradient is handed to its engine as `engine.backward(<P, dL/dP>)`;
-- evaluation, selection, logs, checkpoints and the report are each run's own (trainer/train/run_loop.py).
+- evaluation, selection, logs, checkpoints and the report are each run's own (train.run_loop).
 What would make a fused run differ from its run alone is refused before anything loads (`check_group`).
 """
 from __future__ import annotations

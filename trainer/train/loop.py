@@ -64,7 +64,7 @@ def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
 
 
 def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
-    """Whether this run computes the prompt once per batch (trainer/model/shared_prefix.py). It is proven
+    """Whether this run computes the prompt once per batch (model.shared_prefix). It is proven
     (tests/test_shared_prefix.py) for every decoder-only backbone type it lists, on every ZeRO stage,
     quantized or not, with or without gradient checkpointing: `auto` takes it there and the standard
     path elsewhere; `true` where it is not proven is an error rather than an assumption."""
@@ -78,7 +78,7 @@ def load_frozen(cfg: RunConfig, ds_config: dict, world: int) -> tuple[Backbone, 
     """The frozen backbone as `deepspeed.initialize` must receive it, and ZeRO-3's `HfDeepSpeedConfig`, which
     the caller keeps alive while the model lives (None below ZeRO-3). Under ZeRO-3 the weights arrive
     sharded: unquantized ones built inside `zero.Init`, quantized ones partitioned as they load
-    (trainer/backbone/quant_load.py) or, with --quantized_load whole, loaded whole and sharded by initialize."""
+    (backbone.quant_load) or, with --quantized_load whole, loaded whole and sharded by initialize."""
     from transformers.integrations import HfDeepSpeedConfig
 
     stage3, quantized = zero_stage(ds_config) == 3, quant.mode(cfg) is not None
@@ -241,7 +241,7 @@ def setup(cfg: RunConfig) -> Session:
 def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engine_module=None) -> Session:
     """Prompt, tokenized rows, optimizer, schedule and DeepSpeed engine of one run on a loaded backbone.
     The engine wraps the run's PromptedModel, or `engine_module(prompt)` (a fused run's prompt alone,
-    trainer/train/fused.py), whose state_dict must name the prompt's tensors as PromptedModel does."""
+    train.fused), whose state_dict must name the prompt's tensors as PromptedModel does."""
     import deepspeed
     from transformers import get_linear_schedule_with_warmup
 
@@ -263,11 +263,11 @@ def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engin
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model if engine_module is None else engine_module(prompt), optimizer=optimizer, config=prep.ds_config,
         lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
-    weights_only.install(engine)  # resume reads tensors and data, never code (trainer/rundir/weights_only.py)
+    weights_only.install(engine)  # resume reads tensors and data, never code (rundir.weights_only)
     if zero_stage(prep.ds_config) == 3:
         from ..backbone import zero3_linear
 
-        zero3_linear.install()  # frozen weights: linear layers save no input (trainer/backbone/zero3_linear.py)
+        zero3_linear.install()  # frozen weights: linear layers save no input (backbone.zero3_linear)
     return Session(cfg=cfg, task=prep.task, backbone=backbone, encoder=encoder, model=model, engine=engine,
                    optimizer=optimizer, scheduler=scheduler, ds_config=prep.ds_config, train_rows=train_rows,
                    eval_rows=eval_rows, dev_rows=dev_rows, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -289,7 +289,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
 
 def fit(run: Session) -> TrainResult:
-    """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report (trainer/train/run_loop.py)."""
+    """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report (train.run_loop)."""
     engine = run.engine
     preempt.install()  # SIGUSR1 (Slurm, before the time limit or a preemption): checkpoint, then exit
     loop = RunLoop(run)

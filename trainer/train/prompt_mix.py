@@ -3,9 +3,9 @@
 `lrpt predict runs/a runs/b runs/c` asks R finished runs of one backbone the same questions. Only the prompt
 differs between them, so rather than loading the backbone R times and running R passes, each batch of
 examples goes through the backbone once, every example repeated behind the prompt of each run that answers
-it. Each row is laid out exactly as its run alone lays it out (trainer/model/prompted.py):
+it. Each row is laid out exactly as its run alone lays it out (model.prompted):
 - rank scoring, both kinds, and T5 generation: [P_k, text] padded after its end (mask 0 on pads; decoder-only
-  labels -100 over the prompt), trainer/train/fused.py's `fused_rows`, as fused training lays out the rows of
+  labels -100 over the prompt), train.fused's `fused_rows`, as fused training lays out the rows of
   several runs;
 - decoder-only generation: (pads, P_k, text), every pad first (`pads_first`), because HF generation derives
   positions from the attention mask.

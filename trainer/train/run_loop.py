@@ -1,7 +1,7 @@
 """One run's side of the training loop: its micro-batches, step accounting, evaluation, checkpoints, report.
 
 The caller computes each micro-batch's loss and steps the engine: `loop.fit` for a run alone (its
-engine's forward), trainer/train/fused.py for runs trained together in one forward over one backbone. Whatever
+engine's forward), train.fused for runs trained together in one forward over one backbone. Whatever
 drives it, a run's steps, logs, evaluations, checkpoints and report are made here, the same way.
 """
 from __future__ import annotations
@@ -257,7 +257,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
                    "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
                    "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"],
                    # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step;
-                   # trainer/backbone/quant.py
+                   # backbone.quant
                    "backbone_bytes_held_all": [r["backbone_memory"]["held_all"] for r in per_rank],
                    "backbone_bytes_unquantized": per_rank[0]["backbone_memory"]["unquantized"],
                    "quant_state_bytes": [r["backbone_memory"]["quant_state"] for r in per_rank]},
