@@ -18,7 +18,6 @@ from operator import itemgetter
 from . import published
 from .tasks import TASKS
 
-
 # short names of the metric keys the tasks' `metrics()` return, for headers
 METRIC_NAMES = {"accuracy": "acc", "macro_f1": "F1", "f1a": "F1a", "em": "EM", "f1": "F1"}
 # what `Task.score` averages, per task (tests check this against Task.score itself)

@@ -1,7 +1,15 @@
 """Soft-prompt methods: each is a PromptModule that returns the prompt matrix P (c' × e)."""
 from .base import MethodConfig, PromptModule, initial_prompt, option
-from .registry import (REGISTRY, accepted_kwargs, available, build, method_options, option_fields, option_names,
-                       random_start)
+from .registry import (
+    REGISTRY,
+    accepted_kwargs,
+    available,
+    build,
+    method_options,
+    option_fields,
+    option_names,
+    random_start,
+)
 
 
 def count_trainable(module: PromptModule) -> int:

@@ -13,8 +13,15 @@ import importlib.util
 import os
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokenizer, LlamaConfig,
-                          PretrainedConfig, PreTrainedModel, T5Config)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    ByT5Tokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    T5Config,
+)
 
 from ..errors import LrptError
 

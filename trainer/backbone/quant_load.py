@@ -35,12 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import LrptError
 from ..runtime import distributed
-
 from . import quant, quant_slices
 from .presets import BUILT
 from .source import local_model
-from ..errors import LrptError
 
 
 def sharded(cfg, ds_config: dict) -> bool:

@@ -123,7 +123,8 @@ def quantize_4bit(read: Read, shape: torch.Size, dtype: torch.dtype, device, blo
     """The packed 4-bit weight and its `QuantState`, as `Params4bit` makes them with `quantize_4bit`. On N
     ranks: the blocks of this rank's partition and of its block scales only; the scales then all-gathered and
     double-quantized once every one is known."""
-    from bitsandbytes.functional import QuantState, get_4bit_type, quantize_4bit as bnb_quantize_4bit
+    from bitsandbytes.functional import QuantState, get_4bit_type
+    from bitsandbytes.functional import quantize_4bit as bnb_quantize_4bit
 
     rows, cols = shape
     numel = rows * cols

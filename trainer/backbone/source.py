@@ -6,8 +6,8 @@ import os
 
 from transformers import AutoConfig, PretrainedConfig
 
-from . import gguf
 from ..errors import LrptError
+from . import gguf
 from .presets import BUILT, PACKAGED, PRESETS, packaged_file, preset_config
 
 

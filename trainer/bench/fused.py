@@ -124,10 +124,9 @@ def worker(argv: list[str]) -> int:
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from deepspeed.comm import comms_logger
 
-    from ..runtime import distributed
-
-    from ..train import run_loop
     from ..cli.sweep import main as sweep
+    from ..runtime import distributed
+    from ..train import run_loop
 
     counted = {"count": 0, "bytes": 0, "examples": 0, "recording": False}
     begin, finish = run_loop.RunLoop.begin, run_loop.RunLoop.finish

@@ -89,8 +89,8 @@ def peft_run(args, seed: int, rate: float, extra: list[str]) -> list[dict]:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from ..rundir import lock as run_lock
     from ..config.run_config import load_config
+    from ..rundir import lock as run_lock
     from ..train.data import collate
     from ..train.evaluate import evaluate
     from ..train.loop import setup

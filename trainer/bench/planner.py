@@ -26,9 +26,9 @@ def worker(out: Path, flags: list[str], batch: int, seq_len: int, target_len: in
            deepspeed_linear: bool = False, fused: int = 1) -> None:
     """One rank: lrpt's own setup, then `steps` steps on a random batch of the planned shape; with `fused`
     > 1, that many runs of these flags trained fused (train.fused), each on such a batch."""
+    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     import torch
 
-    import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
     from ..runtime import distributed
     from ..train.fused import fused_backward
 
@@ -75,8 +75,8 @@ def one_session(flags: list[str], deepspeed_linear: bool):
 def fused_sessions(flags: list[str], count: int) -> list:
     """`count` runs of these flags (seeds 0, 1, ...; each in its own directory) on one backbone, as
     `lrpt sweep --fuse` builds them."""
-    from ..runtime import distributed
     from ..config.run_config import load_config
+    from ..runtime import distributed
     from ..train.fused import build_group
     from ..train.loop import load_frozen, prepare
 
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                args.deepspeed_linear)
         return 0
 
-    from ..measure.plan import PlanSpec, plan
     from ..backbone.presets import save_preset
+    from ..measure.plan import PlanSpec, plan
 
     print("| backbone | setup | ranks | rank | predicted peak | measured peak | predicted/measured | "
           "predicted load | measured load |")

@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..runtime.distributed import TRAIN_SCRIPT, free_port
 from ..config.ds_config import shipped
+from ..runtime.distributed import TRAIN_SCRIPT, free_port
 
 QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "4bit-nf4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]}

@@ -48,9 +48,10 @@ def worker(out: Path, flags: list[str], steps: int, timed: bool) -> None:
     """One rank: setup (the load), a few steps, its figures in out/rank<r>.json. `timed`: the load timed without
     the allocator's measurement (a separate launch measures the peak)."""
     import lrpt.trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+
+    from ..config.run_config import load_config
     from ..runtime import distributed
     from ..train import loop
-    from ..config.run_config import load_config
 
     if timed:
         loop.LoadPeak = _TimedOnly  # this process only: the benchmark's own launch
@@ -70,8 +71,8 @@ def worker(out: Path, flags: list[str], steps: int, timed: bool) -> None:
 
 
 def launch(model_dir: str, quant: str, load: str, ranks: int, out: Path, steps: int, timed: bool) -> list[dict]:
-    from ..runtime.distributed import env_without_launcher, free_port
     from ..config.ds_config import shipped
+    from ..runtime.distributed import env_without_launcher, free_port
 
     env = env_without_launcher()
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from .quant import machine
     from ..backbone.presets import build_preset
+    from .quant import machine
 
     print(f"machine: {machine()}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
           f"transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}")

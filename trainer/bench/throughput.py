@@ -74,10 +74,10 @@ def measure(settings: dict, method: str, prompt_length: int, path: str = "standa
     """One configuration, in this process (every rank under a launcher): seconds per step after 2
     warm-up steps, peak memory, and rank-classification seconds per example (no gradient)."""
     from ... import methods
-    from ..runtime import distributed
     from ..config.ds_config import resolve_ds_config
     from ..measure.meter import peak_memory
     from ..model.prompted import PromptedModel
+    from ..runtime import distributed
 
     if settings["flush_denormal"]:  # before the first parallel region: its threads inherit the mode
         torch.set_flush_denormal(True)

@@ -15,9 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..runtime.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
 from ..config.ds_config import shipped
-
+from ..runtime.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
 
 
 def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:

@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 
 from ...eval.data import WHERE, DataError, format_rows, read_jsonl, row_examples
 from ...eval.tasks import Task, get_task
-from ..train import prompt_mix
 from ..backbone.load import backbone_settings, load_run_backbone
 from ..config.run_config import RunConfig
-from ..train.data import Encoder, tokenize
 from ..errors import LrptError
+from ..train import prompt_mix
+from ..train.data import Encoder, tokenize
 from ..train.evaluate import DECODING, generate, rank_classify
 from ..train.reopen import load_run, prompt_file, run_config, trained_prompt
 

@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from ...eval.layouts import LAYOUTS
-from ..rundir import contract as run_dir
 from ..config.run_config import load_config
 from ..errors import LrptError
+from ..rundir import contract as run_dir
 
 
 def _ints(text: str) -> list[int]:

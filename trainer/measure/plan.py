@@ -244,8 +244,8 @@ def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
 
 
 def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:
-    from ..config.run_config import RunConfig
     from ..config.ds_config import resolve_ds_config, shipped
+    from ..config.run_config import RunConfig
 
     path = spec.ds_config or shipped(f"zero{spec.zero}")
     cfg = RunConfig(deepspeed=path, per_device_train_batch_size=spec.batch, precision=spec.precision)

@@ -18,10 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ...methods import PromptModule
+from ..errors import LrptError
 from ..runtime import distributed
 from . import files as run_files
-from ..errors import LrptError
-
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from . import checkpoint, files as run_files, lock as run_lock, weights_only
-
-from ..runtime import distributed
 from ..config.run_config import RUN_CONFIG_HEADER, RunConfig, policies, read_yaml
 from ..errors import LrptError
+from ..runtime import distributed
+from . import checkpoint, weights_only
+from . import files as run_files
+from . import lock as run_lock
 
 MAY_DIFFER = frozenset(name for name, policy in policies().items() if not policy.binding)
 

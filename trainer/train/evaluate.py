@@ -13,9 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ...eval.tasks import Task
+from ..model.prompted import PromptedModel
 from ..runtime import distributed
 from .data import Encoder, collate, eval_batches
-from ..model.prompted import PromptedModel
 
 DECODING = ("generate", "rank")
 

@@ -28,17 +28,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtime import distributed, preempt
-
-from ..rundir import contract as run_dir, lock as run_lock
 from ..backbone.source import resolve_config
-from ..config.run_config import RunConfig, policies
 from ..config.ds_config import zero_stage
+from ..config.run_config import RunConfig, policies
 from ..errors import LrptError
 from ..measure.flops import step_flops
-from .loop import build_session, load_frozen, prepare
 from ..measure.meter import LoadPeak
 from ..model.rows import lay_out, pad_rows
+from ..rundir import contract as run_dir
+from ..rundir import lock as run_lock
+from ..runtime import distributed, preempt
+from .loop import build_session, load_frozen, prepare
 from .run_loop import RunLoop, gradient_norm, log
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and

@@ -13,21 +13,21 @@ from transformers import PretrainedConfig
 
 from ... import methods
 from ...eval.tasks import Task, get_task
-from ..runtime import build_lock, distributed, preempt
-from ..rundir import monitor, contract as run_dir, lock as run_lock, weights_only
+from ..backbone import quant, quant_load
 from ..backbone.load import Backbone, load_run_backbone
+from ..backbone.quant_load import sharded as sharded_quantized_load
 from ..backbone.source import resolve_config
-from ..config.run_config import RunConfig, check_precision
-from .data import (Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize,
-                   train_batches)
 from ..config.ds_config import read_ds_config, resolve_ds_config, zero_stage
+from ..config.run_config import RunConfig, check_precision
 from ..errors import LrptError
 from ..measure.meter import LoadPeak
-from ..model.prompted import PromptedModel
-from ..backbone import quant
 from ..model import shared_prefix
-from ..backbone import quant_load
-from ..backbone.quant_load import sharded as sharded_quantized_load
+from ..model.prompted import PromptedModel
+from ..rundir import contract as run_dir
+from ..rundir import lock as run_lock
+from ..rundir import monitor, weights_only
+from ..runtime import build_lock, distributed, preempt
+from .data import Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize, train_batches
 from .run_loop import RunLoop, gradient_norm, log
 
 

@@ -22,10 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbone.load import Backbone
-from .data import Encoder, collate
-from .fused import backbone_logits, fused_rows
 from ..model.prompted import greedy_settings, pads_first, summed_log_likelihood
 from ..model.rows import lay_out, pad_rows
+from .data import Encoder, collate
+from .fused import backbone_logits, fused_rows
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -14,14 +14,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ... import methods
-from ..rundir import checkpoint, monitor, files as run_files
-from ..runtime import distributed, preempt
 from ..backbone import quant
-from .evaluate import evaluate
 from ..measure.flops import device_peak_flops, matmul_params, step_flops
 from ..measure.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory
-from ..tensor_bytes import tensor_bytes
+from ..rundir import checkpoint, monitor
+from ..rundir import files as run_files
 from ..rundir.report import format_table, write
+from ..runtime import distributed, preempt
+from ..tensor_bytes import tensor_bytes
+from .evaluate import evaluate
 
 
 def log(message: str) -> None:
