@@ -44,7 +44,7 @@ def test_config_roundtrip_through_yaml(tmp_path):
 def test_ds_config_auto_fields(tmp_path):
     cfg = RunConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_grad_norm=0.5,
                     deepspeed="ds_configs/zero3.json")
-    ds = resolve_ds_config(cfg, world_size=2)
+    ds = resolve_ds_config(cfg, world_size=2).json
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
     assert ds["train_batch_size"] == 16 and ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] is False and ds["zero_optimization"]["stage"] == 3

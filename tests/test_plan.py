@@ -72,7 +72,7 @@ def test_hpz_plans_the_whole_load_the_loader_does(tmp_path):
     there (quant_load.sharded says no): the plan's load peak under hpZ equals its --quantized_load whole peak, and
     is larger than the sharded load the same config without hpZ plans."""
     from lrpt.trainer.backbone import quant_load
-    from lrpt.trainer.config.ds_config import shipped
+    from lrpt.trainer.config.ds_config import DeepSpeedConfig, shipped
     from lrpt.trainer.config.run_config import RunConfig
 
     hpz = json.loads(open(shipped("zero3")).read())
@@ -85,7 +85,8 @@ def test_hpz_plans_the_whole_load_the_loader_does(tmp_path):
     sharded = plan(PlanSpec(**spec))
     assert under_hpz.load_peak == whole.load_peak > 3 * sharded.load_peak  # an eighth each, + one tensor converting
     run = RunConfig(load_in_4bit=True, deepspeed=str(tmp_path / "hpz.json"))
-    assert not quant_load.sharded(run, hpz) and quant_load.sharded(run, json.loads(open(shipped("zero3")).read()))
+    zero3 = DeepSpeedConfig(json.loads(open(shipped("zero3")).read()))
+    assert not quant_load.sharded(run, DeepSpeedConfig(hpz)) and quant_load.sharded(run, zero3)
 
 
 def saved_bytes(model, **inputs) -> int:

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, ByT5Tokeni
 
 from launch import ROOT, launch
 from lrpt.trainer.backbone import quant_load, quant_slices
+from lrpt.trainer.config.ds_config import DeepSpeedConfig
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.errors import LrptError
 from lrpt.trainer.train.loop import check_run, setup
@@ -179,7 +180,7 @@ def test_hpz_loads_whole_under_auto_and_refuses_sharded(sharded_checkpoints, tmp
     (tmp_path / "hpz.json").write_text(json.dumps(hpz))
     cfg = RunConfig(model=sharded_checkpoints["llama"], deepspeed=str(tmp_path / "hpz.json"), load_in_8bit=True)
     check_run(cfg)
-    assert quant_load.sharded(cfg, plain) and not quant_load.sharded(cfg, hpz)
+    assert quant_load.sharded(cfg, DeepSpeedConfig(plain)) and not quant_load.sharded(cfg, DeepSpeedConfig(hpz))
     with pytest.raises(LrptError, match="hpZ"):
         check_run(RunConfig(model=cfg.model, deepspeed=cfg.deepspeed, load_in_8bit=True, quantized_load="sharded"))
 

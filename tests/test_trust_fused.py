@@ -92,7 +92,7 @@ def test_gradient_clipping_that_contradicts_max_grad_norm_is_refused(tiny_t5_dir
     assert "gradient_clipping=0.5" in err and "--max_grad_norm 1.0" in err and '"auto"' in err
     assert "Loading weights" not in err and not (out / "config.yaml").exists()  # before any weight loads
     agreeing = RunConfig(deepspeed=ds_json(tmp_path, gradient_clipping=0.5), max_grad_norm=0.5)
-    assert resolve_ds_config(agreeing, world_size=1)["gradient_clipping"] == 0.5
+    assert resolve_ds_config(agreeing, world_size=1).json["gradient_clipping"] == 0.5
 
 
 def test_universal_checkpoint_loading_is_refused(tiny_t5_dir, memorise_dir, tmp_path, capsys):

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from ..config.ds_config import DeepSpeedConfig
 from ..errors import LrptError
 from ..tensor_bytes import held_bytes, tensor_bytes, tensors_in
 
@@ -73,28 +74,20 @@ def bnb_config(cfg):
                               bnb_4bit_quant_storage=storage_dtype(cfg))
 
 
-def zero_cell(ds_config: dict) -> str:
-    """The support matrix's column for a DeepSpeed config: '0', '1', '2', '3' or '3-offload'."""
-    zero = ds_config.get("zero_optimization", {})
-    stage = int(zero.get("stage", 0))
-    offload = (zero.get("offload_param") or {}).get("device", "none")
-    return "3-offload" if stage == 3 and offload not in (None, "none") else str(stage)
-
-
-def check_support(cfg, model_type: str, ds_config: dict) -> None:
+def check_support(cfg, model_type: str, ds_config: DeepSpeedConfig) -> None:
     """The support matrix (docs/quantization.md): refuse, before any weight loads, what is not supported.
     Needs only the RunConfig, the backbone's model_type and the (unresolved) DeepSpeed config."""
     quant = mode(cfg)
     if quant is None:
         return
     flag = "--load_in_8bit" if quant == "8bit" else "--load_in_4bit"
-    offload = ((ds_config.get("zero_optimization") or {}).get("offload_param") or {}).get("device", "none")
-    if offload not in (None, "none", "cpu"):
+    offload = ds_config.offload_param
+    if offload not in ("none", "cpu"):
         raise LrptError(f"{flag} with ZeRO-3 parameter offload to {offload!r}: not supported (the quantized "
                         "ZeRO-3 path is tested with offload to cpu only). Use ds_configs/zero3_offload.json "
                         "(offload_param.device = cpu) or ds_configs/zero3.json")
-    buffer_dtype = (ds_config.get("data_types") or {}).get("buffer_dtype")
-    if quant == "8bit" and zero_cell(ds_config).startswith("3") and buffer_dtype not in (None, "fp32", "float32"):
+    buffer_dtype = ds_config.buffer_dtype
+    if quant == "8bit" and ds_config.stage == 3 and buffer_dtype not in (None, "fp32", "float32"):
         raise LrptError(f"--load_in_8bit under ZeRO-3 with data_types.buffer_dtype={buffer_dtype!r}: the 8-bit layers "
                         "keep their per-row scales (SCB) as fp32 buffers, and DeepSpeed would cast them, changing "
                         "every dequantized weight. Remove data_types.buffer_dtype from the DeepSpeed config")

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config.ds_config import DeepSpeedConfig
 from ..errors import LrptError
 from ..runtime import distributed
 from . import quant, quant_slices
@@ -42,30 +43,24 @@ from .presets import BUILT
 from .source import local_model
 
 
-def sharded(cfg, ds_config: dict) -> bool:
+def sharded(cfg, ds_config: DeepSpeedConfig) -> bool:
     """Whether this run loads its quantized backbone sharded."""
     return loads_sharded(quant.mode(cfg) is not None, ds_config, cfg.quantized_load)
 
 
-def loads_sharded(quantized: bool, ds_config: dict, quantized_load: str) -> bool:
+def loads_sharded(quantized: bool, ds_config: DeepSpeedConfig, quantized_load: str) -> bool:
     """The one rule, for the loader and the memory planner: a quantized backbone loads sharded under ZeRO-3
-    without hpZ, unless --quantized_load whole."""
-    return (quantized and quant.zero_cell(ds_config).startswith("3") and quantized_load != "whole"
-            and not _hpz(ds_config))
+    (offloaded or not) unless --quantized_load whole, or ZeRO++'s hpZ, whose node-wide secondary partitions are cut
+    from whole tensors, of which a rank of the sharded load holds only its own rows."""
+    return quantized and ds_config.stage == 3 and quantized_load != "whole" and not ds_config.hpz
 
 
-def _hpz(ds_config: dict) -> bool:
-    """ZeRO++'s hierarchical partitioning: each rank also keeps a node-wide secondary partition, cut from the
-    full tensor, of which a rank of the sharded load holds only its own rows."""
-    return ds_config.get("zero_optimization", {}).get("zero_hpz_partition_size", 1) > 1
-
-
-def check(cfg, ds_config: dict) -> None:
+def check(cfg, ds_config: DeepSpeedConfig) -> None:
     """Refuse, before any weight loads, a sharded load that cannot happen."""
-    if cfg.quantized_load == "sharded" and not quant.zero_cell(ds_config).startswith("3"):
+    if cfg.quantized_load == "sharded" and ds_config.stage != 3:
         raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "
                         "a ZeRO-3 config (--zero 3) or drop --quantized_load")
-    if cfg.quantized_load == "sharded" and _hpz(ds_config):
+    if cfg.quantized_load == "sharded" and ds_config.hpz:
         raise LrptError("--quantized_load sharded with zero_hpz_partition_size > 1 (ZeRO++ hpZ): its node-wide "
                         "secondary partitions are cut from whole tensors, which no rank of a sharded load holds. Use "
                         "--quantized_load whole (what auto picks here) or drop zero_hpz_partition_size")

@@ -144,7 +144,7 @@ def worker(argv: list[str]) -> int:
                         counted["count"] += record[0]
                         counted["bytes"] += record[0] * size
             counted["recording"] = False
-        counted["examples"] += self.state["step"] * self.run.ds_config["train_batch_size"]
+        counted["examples"] += self.state["step"] * self.run.ds_config.train_batch_size
         return finish(self, *a, **kw)
 
     run_loop.RunLoop.begin, run_loop.RunLoop.finish = begin_counting, finish_counting

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..config.ds_config import DeepSpeedConfig
 from ..runtime.distributed import env_without_launcher
 
 
@@ -48,7 +49,7 @@ def _run_config(settings: dict):
     return RunConfig(**{k: settings[k] for k in keys if k in settings})
 
 
-def _load(cfg, ds_config: dict | None):
+def _load(cfg, ds_config: DeepSpeedConfig | None):
     """The frozen backbone as `lrpt train` loads it (train.loop: sharded under ZeRO-3, quantized layers
     made ZeRO-3-shardable), and the HfDeepSpeedConfig to keep alive."""
     from ..backbone.load import load_run_backbone
@@ -196,7 +197,7 @@ def denormals_flushed() -> bool:
     return (tiny / 2).item() == 0.0
 
 
-def _stepper(model, params: list, ds_config: dict | None):
+def _stepper(model, params: list, ds_config: DeepSpeedConfig | None):
     """One training step (forward, backward, AdamW): a plain loop, or DeepSpeed's engine under --deepspeed."""
     optimizer = torch.optim.AdamW(params, lr=0.3)
     if ds_config is None:
@@ -207,8 +208,8 @@ def _stepper(model, params: list, ds_config: dict | None):
         return step, None
     import deepspeed
 
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    if ds_config["zero_optimization"].get("stage") == 3:
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config.json)
+    if ds_config.stage == 3:
         from ..backbone import zero3_linear
 
         zero3_linear.install()

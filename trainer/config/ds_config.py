@@ -1,8 +1,10 @@
-"""DeepSpeed config: read a JSON file (or use the built-in ZeRO-0), fill its "auto" fields from the RunConfig."""
+"""DeepSpeed config: read a JSON file (or use the built-in ZeRO-0) once, into a DeepSpeedConfig, and fill its "auto"
+fields from the RunConfig."""
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,55 @@ def shipped(name: str) -> str:
     return str(files("lrpt.ds_configs") / f"{name}.json")
 
 
-def read_ds_config(path: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    """A DeepSpeed JSON as lrpt reads it: `json` is the dict deepspeed.initialize receives (and the monitor's
+    sections extend), the properties are the facts lrpt decides by, so that no other module reads its keys."""
+    json: dict[str, Any]
+
+    @property
+    def zero(self) -> dict[str, Any]:
+        """The zero_optimization section (its knobs: persistence threshold, buckets, reuse distance)."""
+        return self.json.get("zero_optimization") or {}
+
+    @property
+    def stage(self) -> int:
+        return int(self.zero.get("stage", 0))
+
+    @property
+    def offload_param(self) -> str:
+        """Where ZeRO-3 offloads parameters: none, cpu or nvme."""
+        return (self.zero.get("offload_param") or {}).get("device") or "none"
+
+    @property
+    def cell(self) -> str:
+        """The quantization support matrix's column: '0', '1', '2', '3' or '3-offload'."""
+        return "3-offload" if self.stage == 3 and self.offload_param != "none" else str(self.stage)
+
+    @property
+    def hpz(self) -> bool:
+        """ZeRO++'s hierarchical partitioning: each rank also keeps a node-wide secondary partition, cut from the
+        full tensor."""
+        return self.zero.get("zero_hpz_partition_size", 1) > 1
+
+    @property
+    def buffer_dtype(self) -> str | None:
+        return (self.json.get("data_types") or {}).get("buffer_dtype")
+
+    @property
+    def train_batch_size(self) -> int:
+        return self.json["train_batch_size"]
+
+    @property
+    def micro_batch(self) -> int:
+        return self.json["train_micro_batch_size_per_gpu"]
+
+
+def read_ds_config(path: str | None) -> DeepSpeedConfig:
+    return DeepSpeedConfig(_read_json(path))
+
+
+def _read_json(path: str | None) -> dict[str, Any]:
     if path is None:
         return copy.deepcopy(DEFAULT)
     file = Path(path).expanduser()
@@ -37,10 +87,6 @@ def read_ds_config(path: str | None) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise LrptError(f"--deepspeed {path!r} must hold a JSON object")
     return config
-
-
-def zero_stage(config: dict[str, Any]) -> int:
-    return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
 def check_checkpoint_reading(config: dict, path: str | None) -> None:
@@ -58,14 +104,14 @@ def _fill(config: dict, key: str, value: Any) -> None:
 
 
 def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None,
-                      micro_batch: int | None = None) -> dict[str, Any]:
+                      micro_batch: int | None = None) -> DeepSpeedConfig:
     """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors. micro_batch: the
     per-rank batch when the training set is smaller than one global batch of --per_device_train_batch_size.
 
     ZeRO-3's size-dependent fields follow transformers' rule: parameters smaller than 10·hidden
     stay whole on every rank (norms, biases), the rest is sharded; buckets scale with hidden².
     """
-    config = read_ds_config(cfg.deepspeed)
+    config = _read_json(cfg.deepspeed)
     for key in ("optimizer", "scheduler"):
         if key in config:
             raise LrptError(f"--deepspeed config has an {key!r} section; lrpt builds AdamW and its linear "
@@ -110,4 +156,4 @@ def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None =
             del zero[key]
     config["zero_allow_untested_optimizer"] = True  # torch AdamW over a few prompt tensors
     config.setdefault("steps_per_print", 10**9)     # lrpt prints its own progress
-    return config
+    return DeepSpeedConfig(config)

@@ -38,6 +38,7 @@ import torch
 from transformers import LlamaConfig, PretrainedConfig, T5Config
 
 from ..backbone.quant_load import loads_sharded
+from ..config.ds_config import DeepSpeedConfig
 
 GiB = 2**30
 
@@ -103,14 +104,14 @@ class PlanSpec:
                  overhead_gib: float = 1.0, fused: int = 1) -> "PlanSpec":
         """The plan of a RunConfig (`lrpt train`'s settings) on `nodes` x `gpus`: its longest batch,
         max_source_length input tokens (decoder-only: + [bos] + max_target_length answer tokens)."""
-        from ..config.ds_config import read_ds_config, zero_stage
+        from ..config.ds_config import read_ds_config
 
         config = model_config(cfg.model)
         seq_len = cfg.max_source_length
         if not config.is_encoder_decoder:
             seq_len += cfg.max_target_length + (config.bos_token_id is not None)
         quant = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else "none"
-        return cls(model=cfg.model, zero=zero_stage(read_ds_config(cfg.deepspeed)), gpus=gpus, nodes=nodes,
+        return cls(model=cfg.model, zero=read_ds_config(cfg.deepspeed).stage, gpus=gpus, nodes=nodes,
                    quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, quantized_load=cfg.quantized_load,
                    method=cfg.method, prompt_length=cfg.prompt_length, options=cfg.method_options(),
                    batch=cfg.per_device_train_batch_size, seq_len=seq_len, target_len=cfg.max_target_length,
@@ -243,7 +244,7 @@ def _converting(t: ParamInfo, spec: PlanSpec, world: int) -> float:
     return big + min(own, READ_ELEMENTS) * BYTES[spec.precision] + fp16_copy
 
 
-def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> dict:
+def resolved_ds_config(spec: PlanSpec, hidden: int, world: int) -> DeepSpeedConfig:
     from ..config.ds_config import resolve_ds_config, shipped
     from ..config.run_config import RunConfig
 
@@ -393,8 +394,7 @@ def plan(spec: PlanSpec) -> Plan:
     world = spec.gpus * spec.nodes
     hidden = config.d_model if config.is_encoder_decoder else config.hidden_size
     ds = resolved_ds_config(spec, hidden, world)
-    zero = ds["zero_optimization"]
-    stage = int(zero.get("stage", 0))
+    zero, stage = ds.zero, ds.stage
     s = BYTES[spec.precision]
     notes: list[str] = []
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbone.source import resolve_config
-from ..config.ds_config import zero_stage
+from ..config.ds_config import DeepSpeedConfig
 from ..config.run_config import RunConfig, policies
 from ..errors import LrptError
 from ..measure.flops import step_flops
@@ -113,14 +113,14 @@ class PromptOnly(nn.Module):
         return self.prompt().clone()
 
 
-def backbone_engine(model: nn.Module, ds_config: dict):
+def backbone_engine(model: nn.Module, ds_config: DeepSpeedConfig):
     """The frozen backbone under a DeepSpeed engine without optimizer: cast and placed as the run alone's
     engine would, and under ZeRO-3 its layers gathered by DeepSpeed's parameter offload. Below ZeRO-3 it
     holds no shard, so ZeRO-0 (ZeRO-1/2 partition optimizer state, and it has none)."""
     import deepspeed
 
-    config = copy.deepcopy(ds_config)
-    if zero_stage(config) < 3:
+    config = copy.deepcopy(ds_config.json)
+    if ds_config.stage < 3:
         config["zero_optimization"] = {"stage": 0}
     config.pop("gradient_clipping", None)
     engine, *_ = deepspeed.initialize(model=model, config=config)

@@ -17,7 +17,7 @@ from ..backbone import quant, quant_load
 from ..backbone.load import Backbone, load_run_backbone
 from ..backbone.quant_load import sharded as sharded_quantized_load
 from ..backbone.source import resolve_config
-from ..config.ds_config import read_ds_config, resolve_ds_config, zero_stage
+from ..config.ds_config import DeepSpeedConfig, read_ds_config, resolve_ds_config
 from ..config.run_config import RunConfig, check_precision
 from ..errors import LrptError
 from ..measure.meter import LoadPeak
@@ -74,21 +74,21 @@ def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
     return cfg.shared_prefix != "false" and why is None
 
 
-def load_frozen(cfg: RunConfig, ds_config: dict, world: int) -> tuple[Backbone, object]:
+def load_frozen(cfg: RunConfig, ds_config: DeepSpeedConfig, world: int) -> tuple[Backbone, object]:
     """The frozen backbone as `deepspeed.initialize` must receive it, and ZeRO-3's `HfDeepSpeedConfig`, which
     the caller keeps alive while the model lives (None below ZeRO-3). Under ZeRO-3 the weights arrive
     sharded: unquantized ones built inside `zero.Init`, quantized ones partitioned as they load
     (backbone.quant_load) or, with --quantized_load whole, loaded whole and sharded by initialize."""
     from transformers.integrations import HfDeepSpeedConfig
 
-    stage3, quantized = zero_stage(ds_config) == 3, quant.mode(cfg) is not None
-    keep_alive = HfDeepSpeedConfig(ds_config) if stage3 and not quantized else None
+    stage3, quantized = ds_config.stage == 3, quant.mode(cfg) is not None
+    keep_alive = HfDeepSpeedConfig(ds_config.json) if stage3 and not quantized else None
     sharded_load = sharded_quantized_load(cfg, ds_config)
-    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {zero_stage(ds_config)}"
+    log(f"loading {cfg.model} (frozen, {cfg.precision}), {world} rank(s), ZeRO stage {ds_config.stage}"
         + (", each rank keeping only its share of the quantized weights" if sharded_load else ""))
-    backbone = load_run_backbone(cfg, sharded=ds_config if sharded_load else None)
+    backbone = load_run_backbone(cfg, sharded=ds_config.json if sharded_load else None)
     if stage3 and quantized:
-        keep_alive = HfDeepSpeedConfig(ds_config)  # for generate's synced_gpus; loading is done
+        keep_alive = HfDeepSpeedConfig(ds_config.json)  # for generate's synced_gpus; loading is done
         # Before deepspeed.initialize: initialize is where ZeRO-3 converts and partitions the parameters
         # and hooks the layers, so the layers it must see are the ones that compute from the gathered
         # shard; after it, bnb's hidden 8-bit `CB` copy would already hold the full matrix on every rank.
@@ -142,7 +142,7 @@ class Session:
     engine: object
     optimizer: torch.optim.Optimizer
     scheduler: object
-    ds_config: dict
+    ds_config: DeepSpeedConfig
     train_rows: object
     eval_rows: object
     dev_rows: object
@@ -160,10 +160,10 @@ class Session:
 
     @property
     def stage(self) -> int:
-        return zero_stage(self.ds_config)
+        return self.ds_config.stage
 
     def batches(self, epoch: int, skip: int = 0):
-        return train_batches(self.train_rows, self.ds_config["train_micro_batch_size_per_gpu"],
+        return train_batches(self.train_rows, self.ds_config.micro_batch,
                              self.backbone.tokenizer.pad_token_id,
                              self.cfg.seed, epoch, distributed.rank(), distributed.world_size(), skip=skip)
 
@@ -185,7 +185,7 @@ class Prepared:
     task: Task
     data: object
     micro: int  # rows per rank and micro-batch (fewer than asked on a tiny few-shot set)
-    ds_config: dict
+    ds_config: DeepSpeedConfig
     resume: Path | None  # the checkpoint the run directory's claim found to resume from
 
 
@@ -194,7 +194,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     task, backbone_config = check_run(cfg)
     _quiet_libraries()
     raw = read_ds_config(cfg.deepspeed)
-    if zero_stage(raw) == 3 and not distributed.launched() and not raw["zero_optimization"].get("offload_param"):
+    if raw.stage == 3 and not distributed.launched() and raw.offload_param == "none":
         raise LrptError("a ZeRO-3 config needs a launcher: ZeRO-3 shards the backbone across ranks, and this process "
                         "was started alone (no RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT). Launch with "
                         "`deepspeed --num_gpus N trainer/run.py ...` or torchrun; on one device use "
@@ -218,7 +218,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
     if distributed.is_main():  # the contract is written once every check has passed
         run_dir.write_config(cfg)
-    monitor.add_sections(cfg, ds_config, out)
+    monitor.add_sections(cfg, ds_config.json, out)
     if quant.mode(cfg):
         quant.import_bitsandbytes()  # before the load is timed (Session.load_seconds): the load alone
     return Prepared(cfg=cfg, task=task, data=data, micro=micro, ds_config=ds_config, resume=resume)
@@ -261,10 +261,10 @@ def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engin
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model if engine_module is None else engine_module(prompt), optimizer=optimizer, config=prep.ds_config,
-        lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
+        model=model if engine_module is None else engine_module(prompt), optimizer=optimizer,
+        config=prep.ds_config.json, lr_scheduler=lambda opt: get_linear_schedule_with_warmup(opt, warmup, total_steps))
     weights_only.install(engine)  # resume reads tensors and data, never code (rundir.weights_only)
-    if zero_stage(prep.ds_config) == 3:
+    if prep.ds_config.stage == 3:
         from ..backbone import zero3_linear
 
         zero3_linear.install()  # frozen weights: linear layers save no input (backbone.zero3_linear)

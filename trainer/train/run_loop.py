@@ -51,7 +51,7 @@ class RunLoop:
         if run.resume is not None:
             self.state = checkpoint.load(run.engine, run.resume)
             log(f"resumed from {run.resume} at step {self.state['step']}")
-        monitor.rewind(run.engine, self.out, self.state["step"] * run.ds_config["train_batch_size"])
+        monitor.rewind(run.engine, self.out, self.state["step"] * run.ds_config.train_batch_size)
         cfg = self.cfg
         self.metadata = {"method": cfg.method, "model": cfg.model, "prompt_length": str(cfg.prompt_length)}
         protocol = self.cfg.selection_protocol  # final | dev | paper-val
@@ -79,7 +79,7 @@ class RunLoop:
             self.state["untrained"] = self.evaluate(run.eval_rows)
             log(f"untrained prompt: {self.state['untrained']}")
         log(f"{cfg.method}: {run.prompt.num_trainable_params():,} trainable parameters; {len(run.train_rows)} train / "
-            f"{len(run.eval_rows)} eval examples; {run.total_steps} steps of {run.ds_config['train_batch_size']} "
+            f"{len(run.eval_rows)} eval examples; {run.total_steps} steps of {run.ds_config.train_batch_size} "
             "examples" + (f" (fused with {', '.join(self.fused_with)})" if self.fused_with else ""))
         self.bar = tqdm(total=run.total_steps, initial=self.state["step"], unit="step", position=position,
                         desc=f"train {Path(cfg.output_dir).name if self.fused_with else cfg.method}",
@@ -202,7 +202,7 @@ class RunLoop:
                                        "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
         data = {"train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
                 "dev_examples": len(run.dev_rows) if run.dev_rows is not None else 0,
-                "train_batch_size": run.ds_config["train_batch_size"]}  # smaller than asked on a tiny (few-shot) set
+                "train_batch_size": run.ds_config.train_batch_size}  # smaller than asked on a tiny (few-shot) set
         report = build_report(cfg, run.prompt, state, run.steps_per_epoch, metrics, per_rank, distributed.world_size(),
                               run.stage, run.ds_config, run.model.shared_prefix, data)
         report.update(extra or {})
@@ -268,7 +268,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "deepspeed": deepspeed.__version__},
         "config": cfg.to_dict(),
-        "deepspeed_config": ds_config,
+        "deepspeed_config": ds_config.json,
     }
 
 
@@ -292,7 +292,7 @@ def log_window(run, state: dict, window: dict) -> None:
     grad_norm = run.engine.get_global_grad_norm()  # what DeepSpeed's own optimizers computed for clipping
     if grad_norm is None:  # ZeRO-0 with lrpt's AdamW: DeepSpeed keeps none
         grad_norm = window["grad_norm"]
-    monitor.write(run.engine, state["step"] * run.ds_config["train_batch_size"], {
+    monitor.write(run.engine, state["step"] * run.ds_config.train_batch_size, {
         "loss": sum(state["loss_curve"][-steps:]) / steps,
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "tokens_per_s": tokens / seconds})
     window.update(start=time.perf_counter(), tokens=0, step=state["step"])
