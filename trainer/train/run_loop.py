@@ -204,7 +204,7 @@ class RunLoop:
                 "dev_examples": len(run.dev_rows) if run.dev_rows is not None else 0,
                 "train_batch_size": run.ds_config.train_batch_size}  # smaller than asked on a tiny (few-shot) set
         report = build_report(cfg, run.prompt, state, run.steps_per_epoch, metrics, per_rank, distributed.world_size(),
-                              run.stage, run.ds_config, run.model.shared_prefix, data)
+                              run.stage, run.ds_config.json, run.model.shared_prefix, data)
         report.update(extra or {})
         self.report = report
         if distributed.is_main():
@@ -268,7 +268,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "deepspeed": deepspeed.__version__},
         "config": cfg.to_dict(),
-        "deepspeed_config": ds_config.json,
+        "deepspeed_config": ds_config,
     }
 
 
