@@ -24,8 +24,8 @@ from lrpt.trainer.cli.main import main
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.runtime.distributed import free_port
 from lrpt.trainer.errors import LrptError
-from lrpt.trainer.train.fused import check_group, train_fused
-from lrpt.trainer.train.loop import train
+from lrpt.trainer.train.fused import check_group
+from lrpt.trainer.train.loop import train, train_group
 
 SWEEP = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0,1"]
 RUNS = [f"rte-{m}-seed{s}" for m in ("pt", "dpt") for s in (0, 1)]
@@ -104,7 +104,7 @@ def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, me
 
     for cfg in cfgs(tmp_path / "alone"):
         train(cfg)
-    train_fused(cfgs(tmp_path / "fused"))
+    train_group(cfgs(tmp_path / "fused"))
     for name in runs:
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in runs if n != name])
 

@@ -202,3 +202,37 @@ def test_predicted_zero3_peak_within_20_percent_on_two_ranks(tiny_llama_dir, tmp
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert predicted.train_peak == pytest.approx(r["measured_peak"], rel=0.2)
+
+
+def test_a_run_reaches_its_plan_through_the_settings_whose_policy_says_so():
+    """Each RunConfig field, changed alone: PlanSpec.from_run changes exactly when the field's Policy says the plan
+    reads it (copied to a PlanSpec field, or DERIVED), so a setting that changes memory cannot be planned by
+    accident or forgotten without its policy saying so."""
+    import dataclasses
+
+    from lrpt import methods
+    from lrpt.trainer.config.run_config import DERIVED, RunConfig, policies
+
+    base = RunConfig(model="llama-7b")
+    special = {"model": "llama-13b", "method": "dpt", "precision": "bf16", "quantized_load": "whole",
+               "deepspeed": "ds_configs/zero3.json", "data_dir": "elsewhere", "task": "rte", "shared_prefix": "false",
+               "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bf16", "bnb_4bit_quant_storage": "fp32",
+               "resume_from_checkpoint": "none", "decoding": "generate", "selection": "final", "report_to": "none",
+               "init": "random", "activation": "relu"}
+    owner = {name: method for method in methods.available() for name in methods.option_names(method)}
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    read, ignored = [], []
+    for name, policy in policies().items():
+        start = base if name not in owner else dataclasses.replace(
+            base, method=owner[name], **({"init": "text", "init_text": "some words"} if name == "init_text" else {}))
+        value = getattr(start, name)
+        changed = special.get(name, not value if isinstance(value, bool) else value + 1 if isinstance(value, int)
+                              else value * 2 + 0.5 if isinstance(value, float) else f"{value}x" if value else None)
+        if changed is None:  # unset by default: a value of the field's type
+            changed = 3 if "int" in str(fields[name].type) else 0.5 if "float" in str(fields[name].type) else "x"
+        differs = PlanSpec.from_run(dataclasses.replace(start, **{name: changed})) != PlanSpec.from_run(start)
+        (read if differs else ignored).append(name)
+        assert differs == bool(policy.plan), (name, changed, policy.plan)
+    assert {"model", "per_device_train_batch_size", "load_in_4bit", "deepspeed", "rank"} <= set(read)
+    assert {"seed", "learning_rate", "task", "output_dir"} <= set(ignored)
+    assert all(policies()[n].plan == DERIVED for n in owner)

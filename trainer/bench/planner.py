@@ -76,19 +76,16 @@ def fused_sessions(flags: list[str], count: int) -> list:
     """`count` runs of these flags (seeds 0, 1, ...; each in its own directory) on one backbone, as
     `lrpt sweep --fuse` builds them."""
     from ..config.run_config import load_config
-    from ..runtime import distributed
-    from ..train.fused import build_group
-    from ..train.loop import load_frozen, prepare
+    from ..train.loop import prepare, setup_group
 
     out = Path(flags[flags.index("--output_dir") + 1])
     preps = [prepare(load_config([*flags, "--seed", str(k), "--output_dir", str(out / f"run{k}")]))
              for k in range(count)]
-    backbone, _ = load_frozen(preps[0].cfg, preps[0].ds_config, distributed.world_size())
-    frozen, runs = build_group(preps, backbone)
+    runs, frozen = setup_group(preps, fused=True)
     frozen.train()
     for run in runs:
         run.engine.train()
-    runs[0].keep_alive = frozen
+    runs[0].keep_alive = (runs[0].keep_alive, frozen)  # the backbone's engine lives as long as its runs
     return runs
 
 

@@ -144,7 +144,8 @@ def train_in_turn(configs: list) -> None:
 def train_groups(groups: list[list], only: int | None = None, auto: bool = False) -> None:
     """Every group checked before any trains (train.fused), then each trained in one pass; `only`: that
     group alone (--fuse_group); `auto`: a group whose runs cannot share a pass trains them one after another."""
-    from ..train.fused import check_group, refusal, train_fused
+    from ..train.fused import check_group, refusal
+    from ..train.loop import train_group
 
     if only is not None and only >= len(groups):
         raise LrptError(f"--fuse_group {only}: this sweep has {len(groups)} fused groups (0-{len(groups) - 1}); "
@@ -166,4 +167,4 @@ def train_groups(groups: list[list], only: int | None = None, auto: bool = False
         print(f"[lrpt sweep] group {n + 1}/{len(groups)}, fused: {names}"
               + ("" if todo else ": done before, skipped"), flush=True)
         if todo:  # the whole group: a run finished before is left as it is, and named in the others' reports
-            train_fused(group)
+            train_group(group, fused=True)

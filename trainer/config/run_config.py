@@ -41,16 +41,21 @@ FP16_UNSAFE = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 @dataclass(frozen=True)
 class Policy:
     """How lrpt treats a setting beyond its value, declared once, on its field: fused groups, the run directory's
-    contract and the flags all read it from there, so a new setting is one line here."""
+    contract, the flags and the memory planner all read it from there, so a new setting is one line here."""
     per_run: bool = False          # the runs of one fused group may differ in it (each keeps its own); else they agree
     binding: bool = True           # part of a run directory's contract: a relaunch that changes it is refused
     aliases: tuple[str, ...] = ()  # other flag names for it
+    plan: str = ""                 # what `lrpt plan` does with it: the PlanSpec field it is copied to, DERIVED (the
+    #                                plan derives a quantity from it), or "" (it changes no byte the plan counts)
+
+
+DERIVED = "derived"
 
 
 def setting(default: Any, *, help: str | None = None, per_run: bool = False, binding: bool = True,
-            aliases: tuple[str, ...] = (), **extra: Any) -> Any:
+            aliases: tuple[str, ...] = (), plan: str = "", **extra: Any) -> Any:
     """A RunSettings field: its default, its --help text, its Policy (and argparse extras such as `const`)."""
-    metadata = {**extra, "policy": Policy(per_run, binding, tuple(aliases))}
+    metadata = {**extra, "policy": Policy(per_run, binding, tuple(aliases), plan)}
     if help is not None:
         metadata["help"] = help
     return field(default=default, metadata=metadata)
@@ -63,57 +68,57 @@ class RunSettings:
         help="a paper's setting (trainer/config/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
              "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml")
     # what to train
-    model: str = setting("smollm2-135m",
+    model: str = setting("smollm2-135m", plan="model",
         help="preset (tiny-t5, tiny-llama, smollm2-135m), HF hub name, local path, or a GGUF: file.gguf, "
              "or org/repo/file.gguf")
-    method: str = setting("pt", per_run=True, help=f"prompt method: {', '.join(methods.available())}")
+    method: str = setting("pt", plan="method", per_run=True, help=f"prompt method: {', '.join(methods.available())}")
     task: str = setting("boolq", help="SuperGLUE task")
     data_dir: str | None = setting(None, per_run=True,
         help="<dir>/<Task>/{train,val}.jsonl in the official SuperGLUE layout, or 'hub' for HF super_glue; "
              "default: bundled demo data")
     # the prompt (each method's own options follow at the end: methods/*.py, their MethodConfig)
-    prompt_length: int = setting(20, per_run=True, help="c, prompt tokens before any pooling")
+    prompt_length: int = setting(20, plan="prompt_length", per_run=True, help="c, prompt tokens before any pooling")
     # optimisation (DPT's code: AdamW, wd 1e-5, clip 1.0, linear schedule, 10% warm-up; its lr 0.3 is for T5,
     # the default 0.01 was measured on the default backbone: docs/benchmarks.md; the recipes set the papers')
     learning_rate: float = setting(0.01, per_run=True)
     weight_decay: float = setting(1e-5, per_run=True)
     max_grad_norm: float = setting(1.0, per_run=True)
     warmup_ratio: float = setting(0.1, per_run=True)
-    per_device_train_batch_size: int = setting(8, per_run=True, aliases=("batch",))
+    per_device_train_batch_size: int = setting(8, plan="batch", per_run=True, aliases=("batch",))
     per_device_eval_batch_size: int = setting(16, per_run=True, binding=False)
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = setting(4.0, per_run=True)
     max_steps: int = setting(-1, per_run=True, help="if > 0, overrides num_train_epochs")
     seed: int = setting(42, per_run=True)
     # backbone
-    precision: str = setting("fp32", help="fp32 | bf16 (fp16 is refused for T5)")
-    gradient_checkpointing: bool = setting(False, aliases=("grad_ckpt",))
+    precision: str = setting("fp32", plan="precision", help="fp32 | bf16 (fp16 is refused for T5)")
+    gradient_checkpointing: bool = setting(False, plan="grad_ckpt", aliases=("grad_ckpt",))
     shared_prefix: str = setting("auto", const="true", per_run=True,
         help="decoder-only: compute the prompt once per micro-batch (the batch packed as one sequence behind it). "
              "auto: on where proven (LLaMA, Mistral, Qwen2 with sdpa/eager attention; every ZeRO stage, "
              "quantization, gradient checkpointing, precision), otherwise off; true: on, or an error saying why "
              "not; false: off")
-    max_source_length: int = setting(256, aliases=("seq_len",))
-    max_target_length: int = setting(16, aliases=("target_len",))
+    max_source_length: int = setting(256, plan=DERIVED, aliases=("seq_len",))
+    max_target_length: int = setting(16, plan="target_len", aliases=("target_len",))
     # quantized backbone (bitsandbytes through transformers' BitsAndBytesConfig; docs/quantization.md)
-    load_in_8bit: bool = setting(False,
+    load_in_8bit: bool = setting(False, plan=DERIVED,
         help="load the frozen backbone in 8-bit (LLM.int8()); the prompt stays full precision")
-    load_in_4bit: bool = setting(False,
+    load_in_4bit: bool = setting(False, plan=DERIVED,
         help="load the frozen backbone in 4-bit (QLoRA's NF4/FP4); the prompt stays full precision")
     bnb_4bit_quant_type: str = setting("fp4", help="nf4 | fp4 (4-bit only)")
     bnb_4bit_compute_dtype: str | None = setting(None,
         help="fp32 | bf16 | fp16: dtype 4-bit layers compute in (default: --precision)")
-    bnb_4bit_use_double_quant: bool = setting(False, aliases=("double_quant",),
+    bnb_4bit_use_double_quant: bool = setting(False, plan="double_quant", aliases=("double_quant",),
         help="quantize the 4-bit block scales too (4-bit only)")
     bnb_4bit_quant_storage: str = setting("uint8",
         help="uint8 | int8 | bf16 | fp16 | fp32: dtype the packed 4-bit values are stored in")
-    quantized_load: str = setting("auto",
+    quantized_load: str = setting("auto", plan="quantized_load",
         help="auto | sharded | whole: how a quantized backbone loads under ZeRO-3. sharded: each rank reads the "
              "safetensors checkpoint one tensor at a time and keeps only its ZeRO-3 share (no rank holds the whole "
              "model); whole: every rank loads the whole quantized model, deepspeed.initialize shards it (the "
              "reference); auto: sharded under ZeRO-3, else whole")
     # DeepSpeed
-    deepspeed: str | None = setting(None, help="DeepSpeed JSON config (default: ZeRO-0 built in)")
+    deepspeed: str | None = setting(None, plan="ds_config", help="DeepSpeed JSON config (default: ZeRO-0 built in)")
     local_rank: int = setting(-1, per_run=True, binding=False,
         help="set by the deepspeed launcher; the LOCAL_RANK env var wins")
     # output, evaluation, checkpoints
@@ -332,9 +337,10 @@ SETTINGS = frozenset(f.name for f in dataclasses.fields(RunSettings))
 
 def policies() -> dict[str, Policy]:
     """Every RunConfig field's Policy. A method's options are its run's own (per run, binding), with the aliases
-    the method declares."""
+    the method declares; the plan sizes the method's prompt from them."""
     return {f.name: f.metadata.get("policy", Policy()) if f.name in SETTINGS else
-            Policy(per_run=True, aliases=tuple(f.metadata.get("aliases", ()))) for f in dataclasses.fields(RunConfig)}
+            Policy(per_run=True, aliases=tuple(f.metadata.get("aliases", ())), plan=DERIVED)
+            for f in dataclasses.fields(RunConfig)}
 
 
 ALIASES = {name: policy.aliases for name, policy in policies().items() if policy.aliases}

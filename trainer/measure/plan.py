@@ -102,21 +102,23 @@ class PlanSpec:
     @classmethod
     def from_run(cls, cfg, gpus: int = 1, nodes: int = 1, gpu_memory_gib: float = 80.0,
                  overhead_gib: float = 1.0, fused: int = 1) -> "PlanSpec":
-        """The plan of a RunConfig (`lrpt train`'s settings) on `nodes` x `gpus`: its longest batch,
-        max_source_length input tokens (decoder-only: + [bos] + max_target_length answer tokens)."""
+        """The plan of a RunConfig (`lrpt train`'s settings) on `nodes` x `gpus`: the settings whose Policy names a
+        PlanSpec field copied to it, and from those it marks DERIVED: the ZeRO stage, the quantization, the method's
+        options and the longest batch, max_source_length input tokens (decoder-only: + [bos] + max_target_length
+        answer tokens)."""
         from ..config.ds_config import read_ds_config
+        from ..config.run_config import DERIVED, policies
 
+        copied = {policy.plan: getattr(cfg, name) for name, policy in policies().items()
+                  if policy.plan and policy.plan != DERIVED}
         config = model_config(cfg.model)
         seq_len = cfg.max_source_length
         if not config.is_encoder_decoder:
             seq_len += cfg.max_target_length + (config.bos_token_id is not None)
         quant = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else "none"
-        return cls(model=cfg.model, zero=read_ds_config(cfg.deepspeed).stage, gpus=gpus, nodes=nodes,
-                   quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, quantized_load=cfg.quantized_load,
-                   method=cfg.method, prompt_length=cfg.prompt_length, options=cfg.method_options(),
-                   batch=cfg.per_device_train_batch_size, seq_len=seq_len, target_len=cfg.max_target_length,
-                   precision=cfg.precision, grad_ckpt=cfg.gradient_checkpointing, gpu_memory_gib=gpu_memory_gib,
-                   overhead_gib=overhead_gib, ds_config=cfg.deepspeed, fused=fused)
+        return cls(**copied, zero=read_ds_config(cfg.deepspeed).stage, quant=quant, options=cfg.method_options(),
+                   seq_len=seq_len, gpus=gpus, nodes=nodes, gpu_memory_gib=gpu_memory_gib, overhead_gib=overhead_gib,
+                   fused=fused)
 
 
 @dataclass

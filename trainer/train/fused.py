@@ -21,7 +21,6 @@ What would make a fused run differ from its run alone is refused before anything
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import torch
@@ -33,13 +32,7 @@ from ..config.ds_config import DeepSpeedConfig
 from ..config.run_config import RunConfig, policies
 from ..errors import LrptError
 from ..measure.flops import step_flops
-from ..measure.meter import LoadPeak
 from ..model.rows import lay_out, pad_rows
-from ..rundir import contract as run_dir
-from ..rundir import lock as run_lock
-from ..runtime import distributed, preempt
-from .loop import build_session, load_frozen, prepare
-from .run_loop import RunLoop, gradient_norm, log
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
 # checkpoints: the fields whose Policy says per_run); every other setting reaches the one forward over the backbone,
@@ -171,106 +164,6 @@ def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is
     return backbone.loss_function(logits=logits, labels=labels, vocab_size=backbone.config.vocab_size)
 
 
-def train_fused(cfgs: list[RunConfig]) -> list[dict]:
-    """Train the runs together; returns each run's report (a finished run's as it was written)."""
-    import json
-
-    check_group(cfgs)
-    preps, reports = [], {}
-    try:
-        for cfg in cfgs:  # every run's checks, claim and data before the backbone loads
-            try:
-                preps.append(prepare(cfg))
-            except run_dir.RunFinished as finished:
-                log(str(finished))
-                reports[cfg.output_dir] = json.loads(finished.report_path.read_text())
-        if preps:
-            for report in train_prepared(preps, [run_name(c) for c in cfgs]):
-                reports[report["output_dir"]] = report
-    finally:  # every run directory of the group is free for the next launch
-        for cfg in cfgs:
-            if cfg.output_dir:
-                run_lock.release(Path(cfg.output_dir))
-    return [reports[c.output_dir] for c in cfgs]
-
-
-def train_prepared(preps: list, group: list[str]) -> list[dict]:
-    """One load of the backbone, every run's engine on it, the runs trained together, each one's report.
-    `group`: the names of every run of the group, those finished before included (each report names the others)."""
-    first = preps[0]
-    load_meter = LoadPeak().start()
-    backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
-    load_peak = load_meter.stop()
-    loaded = time.perf_counter()
-    frozen, runs = build_group(preps, backbone)
-    log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its run's "
-        "prompt)")
-    for run in runs:
-        run.keep_alive = keep_alive
-        run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
-        run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded
-    loops = [RunLoop(run, fused_with=[n for n in group if n != run_name(run.cfg)]) for run in runs]
-    preempt.install()  # SIGUSR1: every run of the group checkpoints, then the job exits
-    for position, loop in enumerate(loops):
-        loop.begin(position)
-    frozen.train()
-    for run in runs:
-        run.engine.train()
-    train_together(runs, loops, len(group))
-    return [loop.report for loop in loops]
-
-
-def build_group(preps: list, backbone) -> tuple:
-    """The backbone's engine (no optimizer) and every run's session, its engine over its prompt alone."""
-    frozen = backbone_engine(backbone.model, preps[0].ds_config)
-    return frozen, [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
-
-
-def train_together(runs: list, loops: list[RunLoop], group_size: int) -> None:
-    """Micro-batch by micro-batch: one forward and backward of the backbone for every run not yet done. A run is
-    finished (evaluated, its report written) at its last step, as alone: a group stopped later never trains it again."""
-    streams = [loop.micro_batches() for loop in loops]
-    while True:
-        finish_done(loops, group_size)  # (a run resumed at its last step)
-        items = []  # (run index, micro-batch index, micro-batch)
-        for k, stream in enumerate(streams):
-            item = None if loops[k].done else next(stream, None)
-            if item is not None:
-                items.append((k, *item))
-        if not items:
-            return
-        for k, i, _ in items:
-            loops[k].micro_start(i)
-        losses, width, target = fused_backward([runs[k] for k, _, _ in items], [batch for _, _, batch in items])
-        stepped = []
-        for (k, i, batch), loss in zip(items, losses):
-            run = runs[k]
-            if loops[k].boundary(i):
-                loops[k].window["grad_norm"] = gradient_norm(run)
-            run.engine.step()
-            flops = padded_flops(loops[k], batch, width, target, run.prompt.output_length)
-            if loops[k].micro_done(i, batch, loss.item(), flops):
-                stepped.append(loops[k])
-        if stepped:
-            stop = preempt.stop_requested()  # collective, once per step of the group: all ranks agree
-            for loop in stepped:
-                loop.step_done(stop and not loop.done)  # a run at its last step is finished instead, below
-            finish_done(loops, group_size)
-            if stop:
-                for loop in (loop for loop in loops if loop.report is None):
-                    if loop not in stepped:
-                        loop.save_checkpoint()
-                    loop.exit_preempted()
-                raise SystemExit(preempt.EXIT_CODE)
-
-
-def finish_done(loops: list[RunLoop], group_size: int) -> None:
-    """The report of every run that has reached its last step and has none yet (collective: every rank agrees)."""
-    for loop in loops:
-        if loop.done and loop.report is None:
-            loop.finish({"fused": {"with": loop.fused_with, "runs": group_size}})
-
-
 def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int, int]:
     """One micro-batch of each run: its engine's forward (under ZeRO-3 it gathers the prompt), one forward and
     backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP>, whose gradient
@@ -285,8 +178,9 @@ def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor],
     return losses, width, target
 
 
-def padded_flops(loop: RunLoop, batch: dict, width: int, target: int, prompt_rows: int) -> float:
-    """FLOPs computed for this run's rows in the fused forward: its rows at the group's padded width."""
+def padded_flops(loop, batch: dict, width: int, target: int, prompt_rows: int) -> float:
+    """FLOPs computed for a run's rows in the fused forward (`loop`: its RunLoop): its rows at the group's padded
+    width."""
     rows, backbone = batch["input_ids"].shape[0], loop.run.backbone
     shape = {"input_ids": batch["input_ids"].new_empty(rows, width - prompt_rows),
              "labels": batch["labels"].new_empty(rows, target)}

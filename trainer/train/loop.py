@@ -26,9 +26,11 @@ from ..model.prompted import PromptedModel
 from ..rundir import contract as run_dir
 from ..rundir import lock as run_lock
 from ..rundir import monitor, weights_only
-from ..runtime import build_lock, distributed, preempt
+from ..runtime import build_lock, distributed
 from .data import Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize, train_batches
-from .run_loop import RunLoop, gradient_norm, log
+from .driver import drive
+from .fused import PromptOnly, backbone_engine, check_group, run_name
+from .run_loop import log
 
 
 def _quiet_libraries() -> None:
@@ -225,17 +227,32 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def setup(cfg: RunConfig) -> Session:
-    """Validate, join the process group, load the (sharded) backbone, build prompt, data, engine."""
-    prep = prepare(cfg)
+    """One run's session, as `train` builds it (probes and tests drive its engine on batches of their own)."""
+    runs, _ = setup_group([prepare(cfg)], fused=False)
+    return runs[0]
+
+
+def setup_group(preps: list[Prepared], fused: bool) -> tuple[list[Session], object]:
+    """One load of the backbone and every run's session on it. A run alone's engine wraps its PromptedModel (the
+    shared prefix where it applies); fused runs' engines wrap their prompts alone (train.fused.PromptOnly) and the
+    backbone runs under an engine of its own, returned (None for a run alone)."""
+    first = preps[0]
     load_meter = LoadPeak().start()  # this rank's allocator peak while the backbone loads
-    backbone, keep_alive = load_frozen(cfg, prep.ds_config, distributed.world_size())
+    backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
     load_peak = load_meter.stop()  # loaded: partitioned already, or whole until initialize shards it
     loaded = time.perf_counter()
-    run = build_session(prep, backbone, use_shared_prefix(cfg, backbone))
-    run.keep_alive = keep_alive
-    run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
-    run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded  # the profiler's own work left out
-    return run
+    frozen = backbone_engine(backbone.model, first.ds_config) if fused else None
+    if fused:
+        runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
+        log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its "
+            "run's prompt)")
+    else:
+        runs = [build_session(first, backbone, use_shared_prefix(first.cfg, backbone))]
+    for run in runs:
+        run.keep_alive = keep_alive
+        run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
+        run.load_seconds = load_peak["seconds"] + time.perf_counter() - loaded  # the profiler's own work left out
+    return runs, frozen
 
 
 def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engine_module=None) -> Session:
@@ -275,39 +292,38 @@ def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engin
 
 
 def train(cfg: RunConfig) -> TrainResult:
-    """One run. A finished run relaunched unchanged is not loaded: its report comes back as it was."""
+    """One run: a group of one."""
+    return train_group([cfg])[0]
+
+
+def train_group(cfgs: list[RunConfig], fused: bool | None = None) -> list[TrainResult]:
+    """Runs over one load of the backbone: one alone, or fused in one pass (`lrpt sweep --fuse`; by default when
+    there are several), every run's checks, claim and data before the backbone loads. A finished run relaunched
+    unchanged is not loaded: its report comes back as it was (and a fused group's other runs name it)."""
+    fused = len(cfgs) > 1 if fused is None else fused
+    if fused:
+        check_group(cfgs)
+    preps, results = [], {}
     try:
-        try:
-            run = setup(cfg)
-        except run_dir.RunFinished as finished:
-            log(str(finished))
-            return TrainResult(report=json.loads(finished.report_path.read_text()), model=None, engine=None)
-        return fit(run)
-    finally:  # the directory is free for the next launch (a sweep's next run in this process included)
-        if cfg.output_dir:
-            run_lock.release(Path(cfg.output_dir))
+        for cfg in cfgs:
+            try:
+                preps.append(prepare(cfg))
+            except run_dir.RunFinished as finished:
+                log(str(finished))
+                results[cfg.output_dir] = TrainResult(json.loads(finished.report_path.read_text()), None, None)
+        if preps:
+            runs, frozen = setup_group(preps, fused)
+            group = [run_name(c) for c in cfgs] if fused else None
+            for run, report in zip(runs, drive(runs, frozen, group)):
+                results[run.cfg.output_dir] = TrainResult(report, run.model, run.engine)
+    finally:  # every run directory is free for the next launch (a sweep's next run in this process included)
+        for cfg in cfgs:
+            if cfg.output_dir:
+                run_lock.release(Path(cfg.output_dir))
+    return [results[c.output_dir] for c in cfgs]
 
 
 def fit(run: Session) -> TrainResult:
-    """The loop: resume if a checkpoint exists, train, checkpoint, evaluate, report (train.run_loop)."""
-    engine = run.engine
-    preempt.install()  # SIGUSR1 (Slurm, before the time limit or a preemption): checkpoint, then exit
-    loop = RunLoop(run)
-    loop.begin()
-    engine.train()
-    for i, batch in loop.micro_batches():
-        loop.micro_start(i)
-        loop.seed(i)
-        loss = engine(**batch).loss
-        engine.backward(loss)
-        if loop.boundary(i):
-            loop.window["grad_norm"] = gradient_norm(run)
-        engine.step()
-        if not loop.micro_done(i, batch, loss.item()):
-            continue
-        stop = preempt.stop_requested()  # collective, every step: all ranks agree
-        loop.step_done(stop)
-        if stop:
-            loop.exit_preempted()
-            raise SystemExit(preempt.EXIT_CODE)
-    return TrainResult(report=loop.finish(), model=run.model, engine=engine)
+    """Train a session `setup` built, to its report (probes that measure a run from its first step)."""
+    report, = drive([run])
+    return TrainResult(report, run.model, run.engine)

@@ -1,8 +1,8 @@
 """One run's side of the training loop: its micro-batches, step accounting, evaluation, checkpoints, report.
 
-The caller computes each micro-batch's loss and steps the engine: `loop.fit` for a run alone (its
-engine's forward), train.fused for runs trained together in one forward over one backbone. Whatever
-drives it, a run's steps, logs, evaluations, checkpoints and report are made here, the same way.
+The driver (train.driver) computes each micro-batch's loss and steps the engine, for a run alone (its
+engine's forward) or for runs trained together in one forward over one backbone (train.fused). Either
+way, a run's steps, logs, evaluations, checkpoints and report are made here, the same way.
 """
 from __future__ import annotations
 
