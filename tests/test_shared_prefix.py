@@ -178,10 +178,10 @@ def test_an_unchecked_backbone_type_is_refused_by_true_and_skipped_by_auto(tmp_p
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(LrptError, match="gpt2 is not among the backbones"):
         check_run(RunConfig(model=str(tmp_path), shared_prefix=True))
-    from lrpt.trainer.train.loop import check_shared_prefix
     from lrpt.trainer.backbone.source import resolve_config
+    from lrpt.trainer.model.shared_prefix import decide
 
-    assert check_shared_prefix(RunConfig(model=str(tmp_path)), resolve_config(str(tmp_path))) is False
+    assert decide(RunConfig(model=str(tmp_path)).shared_prefix, resolve_config(str(tmp_path))) is False
 
 
 def test_a_kernel_without_block_masks_is_refused_by_true_and_skipped_by_auto(tiny_llama_dir):
@@ -210,11 +210,11 @@ def test_a_kernel_without_block_masks_is_refused_by_true_and_skipped_by_auto(tin
 ])
 def test_shared_prefix_auto_takes_it_where_proven(flags, expected):
     from lrpt.trainer.backbone.source import resolve_config
-    from lrpt.trainer.train.loop import check_shared_prefix
+    from lrpt.trainer.model.shared_prefix import decide
 
     cfg = RunConfig(**{"model": "tiny-llama", **flags})
     assert cfg.shared_prefix == flags.get("shared_prefix", "auto")
-    assert check_shared_prefix(cfg, resolve_config(cfg.model)) is expected
+    assert decide(cfg.shared_prefix, resolve_config(cfg.model)) is expected
 
 
 @pytest.mark.parametrize("value, expected", [(True, "true"), (False, "false"), ("on", "true"), ("AUTO", "auto")])

@@ -55,7 +55,7 @@ def loads_sharded(quantized: bool, ds_config: DeepSpeedConfig, quantized_load: s
     return quantized and ds_config.stage == 3 and quantized_load != "whole" and not ds_config.hpz
 
 
-def check(cfg, ds_config: DeepSpeedConfig) -> None:
+def check_quantized_load(cfg, ds_config: DeepSpeedConfig) -> None:
     """Refuse, before any weight loads, a sharded load that cannot happen."""
     if cfg.quantized_load == "sharded" and ds_config.stage != 3:
         raise LrptError("--quantized_load sharded partitions the backbone while it loads, which only ZeRO-3 does: use "

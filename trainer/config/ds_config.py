@@ -103,6 +103,17 @@ def _fill(config: dict, key: str, value: Any) -> None:
         config[key] = value
 
 
+def fitted_micro_batch(num_rows: int, batch_size: int, world_size: int, accumulation: int) -> int:
+    """The per-rank micro batch: `batch_size`, or, for a training set smaller than one global batch (few-shot
+    K = 8 on 8 ranks), as many as it fills, so that each step trains on what there is."""
+    fills = num_rows // (world_size * accumulation)
+    if fills < 1:
+        raise LrptError(f"{num_rows} training examples are fewer than one per rank and accumulation step "
+                        f"({world_size} rank(s) x {accumulation}): lower --gradient_accumulation_steps, use fewer "
+                        "ranks, or train on more rows")
+    return min(batch_size, fills)
+
+
 def resolve_ds_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None,
                       micro_batch: int | None = None) -> DeepSpeedConfig:
     """The DeepSpeed config this run uses, every "auto" replaced; contradictions are errors. micro_batch: the

@@ -259,6 +259,15 @@ class RunSettings:
         """The options of this run's method that are set (the others: the method's defaults)."""
         return methods.method_options(self.method, self.to_dict())
 
+    def build_method(self, embed_dim: int, **context: Any) -> methods.PromptModule:
+        """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
+        tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
+        return methods.build(self.method, self.prompt_length, embed_dim, **{**self.method_options(), **context})
+
+    def monitors(self) -> list[str]:
+        """The DeepSpeed monitors --report_to names."""
+        return report_to(self.report_to)
+
 
 RunConfig = dataclasses.make_dataclass(
     "RunConfig", methods.option_fields(), bases=(RunSettings,),

@@ -23,6 +23,8 @@ import torch
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
+from ..errors import LrptError
+
 INNER = ("sdpa", "eager")  # kernels that take an explicit 4D mask
 MODEL_TYPES = ("llama", "mistral", "qwen2")  # checked against the standard path in tests/test_shared_prefix.py
 NAME = "lrpt_prefix_{}"  # the registered attention implementation wrapping kernel {}
@@ -156,6 +158,17 @@ def refusal(config: PretrainedConfig) -> str | None:
     if config.model_type not in MODEL_TYPES:
         return f"{config.model_type} is not among the backbones it is checked on ({', '.join(MODEL_TYPES)})"
     return None
+
+
+def decide(choice: str, config: PretrainedConfig) -> bool:
+    """Whether a run with --shared_prefix `choice` computes the prompt once per batch, by the backbone's config
+    alone. It is proven (tests/test_shared_prefix.py) for every decoder-only backbone type MODEL_TYPES lists, on
+    every ZeRO stage, quantized or not, with or without gradient checkpointing: `auto` takes it there and the
+    standard path elsewhere; `true` where it is not proven is an error rather than an assumption."""
+    why = refusal(config) if choice != "false" else None
+    if why and choice == "true":
+        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
+    return choice != "false" and why is None
 
 
 def install(model: PreTrainedModel) -> str | None:

@@ -14,7 +14,7 @@ import csv
 import os
 from pathlib import Path
 
-from ..config.run_config import RunConfig, report_to
+from ..config.run_config import RunConfig
 from ..errors import LrptError
 
 LOG_DIR = "logs"
@@ -26,7 +26,7 @@ def check_available(cfg: RunConfig) -> None:
     """Before any weight loads: every monitor asked for can be imported."""
     import importlib.util
 
-    for name in report_to(cfg.report_to):
+    for name in cfg.monitors():
         if name in PACKAGES and importlib.util.find_spec(name) is None:
             raise LrptError(f"--report_to {name} needs the {name} package: pip install 'lrpt[{name}]', "
                             "or pick --report_to csv")
@@ -34,7 +34,7 @@ def check_available(cfg: RunConfig) -> None:
 
 def add_sections(cfg: RunConfig, ds_config: dict, out: Path) -> None:
     """Turn on the DeepSpeed monitor sections --report_to names, writing under <out>/logs."""
-    for name in report_to(cfg.report_to):
+    for name in cfg.monitors():
         section = ds_config.get(SECTION[name], {})
         if section.get("enabled"):
             continue  # the user's own section: its paths are theirs

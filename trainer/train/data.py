@@ -139,17 +139,6 @@ def micro_batches_per_epoch(num_rows: int, batch_size: int, world_size: int) -> 
     return num_rows // (batch_size * world_size)
 
 
-def fitted_micro_batch(num_rows: int, batch_size: int, world_size: int, accumulation: int) -> int:
-    """The per-rank micro batch: `batch_size`, or, for a training set smaller than one global batch (few-shot
-    K = 8 on 8 ranks), as many as it fills, so that each step trains on what there is."""
-    fills = num_rows // (world_size * accumulation)
-    if fills < 1:
-        raise LrptError(f"{num_rows} training examples are fewer than one per rank and accumulation step "
-                        f"({world_size} rank(s) x {accumulation}): lower --gradient_accumulation_steps, use fewer "
-                        "ranks, or train on more rows")
-    return min(batch_size, fills)
-
-
 def eval_batches(rows: datasets.Dataset, batch_size: int, pad_id: int, left_pad: bool,
                  rank: int = 0, world_size: int = 1) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """(row indices, batch) for this rank's strided share, in order. Every rank gets the same

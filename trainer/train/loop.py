@@ -17,7 +17,7 @@ from ..backbone import quant, quant_load
 from ..backbone.load import Backbone, load_run_backbone
 from ..backbone.quant_load import sharded as sharded_quantized_load
 from ..backbone.source import resolve_config
-from ..config.ds_config import DeepSpeedConfig, read_ds_config, resolve_ds_config
+from ..config.ds_config import DeepSpeedConfig, fitted_micro_batch, read_ds_config, resolve_ds_config
 from ..config.run_config import RunConfig, check_precision
 from ..errors import LrptError
 from ..measure.meter import LoadPeak
@@ -27,7 +27,7 @@ from ..rundir import contract as run_dir
 from ..rundir import lock as run_lock
 from ..rundir import monitor, weights_only
 from ..runtime import build_lock, distributed
-from .data import Encoder, fitted_micro_batch, load_run_data, micro_batches_per_epoch, tokenize, train_batches
+from .data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
 from .driver import drive
 from .fused import PromptOnly, backbone_engine, check_group, run_name
 from .run_loop import log
@@ -44,36 +44,36 @@ def _quiet_libraries() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
-def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig]:
-    """Everything that can be refused before a weight is loaded; returns the task and the backbone's config."""
+def check_run(cfg: RunConfig) -> tuple[Task, PretrainedConfig, DeepSpeedConfig]:
+    """Everything about a run that can be refused before its data is read or a weight is loaded; returns the task,
+    the backbone's config and the DeepSpeed config as the run names it."""
+    task = run_task(cfg)
+    return (task, *check_backbone(cfg))
+
+
+def run_task(cfg: RunConfig) -> Task:
     cfg.validate()
     try:
-        task = get_task(cfg.task)
+        return get_task(cfg.task)
     except KeyError as exc:
         raise LrptError(exc.args[0]) from None
+
+
+def check_backbone(cfg: RunConfig) -> tuple[PretrainedConfig, DeepSpeedConfig]:
+    """What the backbone, its precision, quantization, path and sharding, the monitors and the method's shapes allow,
+    by the backbone's config alone (the support matrix: backbone.quant)."""
     config = resolve_config(cfg.model)
-    check_precision(cfg.precision, config.model_type)
-    ds_config = read_ds_config(cfg.deepspeed)
-    quant.check_support(cfg, config.model_type, ds_config)  # the support matrix
-    quant_load.check(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
-    check_shared_prefix(cfg, config)
     monitor.check_available(cfg)
+    ds_config = read_ds_config(cfg.deepspeed)
+    check_precision(cfg.precision, config.model_type)
+    shared_prefix.decide(cfg.shared_prefix, config)
+    quant.check_support(cfg, config.model_type, ds_config)
+    quant_load.check_quantized_load(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
     try:  # shapes and keywords, on a stand-in one-row vocabulary
-        build_method(cfg, config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
+        cfg.build_method(config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
     except ValueError as exc:
         raise LrptError(str(exc)) from None
-    return task, config
-
-
-def check_shared_prefix(cfg: RunConfig, config: PretrainedConfig) -> bool:
-    """Whether this run computes the prompt once per batch (model.shared_prefix). It is proven
-    (tests/test_shared_prefix.py) for every decoder-only backbone type it lists, on every ZeRO stage,
-    quantized or not, with or without gradient checkpointing: `auto` takes it there and the standard
-    path elsewhere; `true` where it is not proven is an error rather than an assumption."""
-    why = shared_prefix.refusal(config) if cfg.shared_prefix != "false" else None
-    if why and cfg.shared_prefix == "true":
-        raise LrptError(f"--shared_prefix: {why}; drop --shared_prefix")
-    return cfg.shared_prefix != "false" and why is None
+    return config, ds_config
 
 
 def load_frozen(cfg: RunConfig, ds_config: DeepSpeedConfig, world: int) -> tuple[Backbone, object]:
@@ -109,12 +109,6 @@ def use_shared_prefix(cfg: RunConfig, backbone: Backbone) -> bool:
     return why is None
 
 
-def build_method(cfg: RunConfig, embed_dim: int, **context) -> methods.PromptModule:
-    """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
-    tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
-    return methods.build(cfg.method, cfg.prompt_length, embed_dim, **{**cfg.method_options(), **context})
-
-
 def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
     import deepspeed
 
@@ -124,8 +118,8 @@ def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
     # Under ZeRO-3 every rank holds only its shard of the embedding (shape [0] here): gather it to read rows.
     with deepspeed.zero.GatheredParameters([embedding]):
         weight = embedding.detach().to(torch.float32).clone()
-    return build_method(cfg, backbone.embed_dim, embedding_weight=weight, init_token_ids=ids,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    return cfg.build_method(backbone.embed_dim, embedding_weight=weight, init_token_ids=ids,
+                            generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def default_output_dir(cfg: RunConfig) -> str:
@@ -192,11 +186,15 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    """Validate, join the process group, claim the run directory, read the data."""
-    task, backbone_config = check_run(cfg)
+    """Validate, read the data, check the backbone's settings, join the process group, claim the run directory."""
+    task = run_task(cfg)
     _quiet_libraries()
-    raw = read_ds_config(cfg.deepspeed)
-    if raw.stage == 3 and not distributed.launched() and raw.offload_param == "none":
+    torch.manual_seed(cfg.seed)
+    # every row read and checked before the backbone (minutes at 11B) loads
+    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
+                         cfg.max_eval_samples)
+    backbone_config, named = check_backbone(cfg)
+    if named.stage == 3 and not distributed.launched() and named.offload_param == "none":
         raise LrptError("a ZeRO-3 config needs a launcher: ZeRO-3 shards the backbone across ranks, and this process "
                         "was started alone (no RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT). Launch with "
                         "`deepspeed --num_gpus N trainer/run.py ...` or torchrun; on one device use "
@@ -204,23 +202,18 @@ def prepare(cfg: RunConfig) -> Prepared:
     build_lock.clear_stale_locks(log)  # a build killed earlier would make DeepSpeed's start wait forever
     build_lock.announce_cpu_comm_build(log)
     distributed.init_process_group()
-    world = distributed.world_size()
-    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
-    out = Path(cfg.output_dir)
-    resume = run_dir.claim(cfg, log)  # locked, and the directory's contract checked, before any weight loads
-    torch.manual_seed(cfg.seed)
-    # every row read and checked before the backbone (minutes at 11B) loads
-    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
-                         cfg.max_eval_samples)
-    micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps)
+    world, accumulation = distributed.world_size(), cfg.gradient_accumulation_steps
+    micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, accumulation)
     if micro < cfg.per_device_train_batch_size:
         log(f"{len(data.train)} training examples are fewer than one global batch of "
-            f"{cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps}: each step trains on "
-            f"{micro * world * cfg.gradient_accumulation_steps} ({micro} per rank and accumulation step)")
+            f"{cfg.per_device_train_batch_size * world * accumulation}: each step trains on "
+            f"{micro * world * accumulation} ({micro} per rank and accumulation step)")
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
+    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
+    resume = run_dir.claim(cfg, log)  # locked, and the directory's contract checked, before any weight loads
     if distributed.is_main():  # the contract is written once every check has passed
         run_dir.write_config(cfg)
-    monitor.add_sections(cfg, ds_config.json, out)
+    monitor.add_sections(cfg, ds_config.json, Path(cfg.output_dir))
     if quant.mode(cfg):
         quant.import_bitsandbytes()  # before the load is timed (Session.load_seconds): the load alone
     return Prepared(cfg=cfg, task=task, data=data, micro=micro, ds_config=ds_config, resume=resume)

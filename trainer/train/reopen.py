@@ -11,7 +11,7 @@ from ..backbone.load import Backbone, load_run_backbone
 from ..config.run_config import RunConfig, read_yaml
 from ..errors import LrptError
 from ..model.prompted import PromptedModel
-from .loop import build_method, use_shared_prefix
+from .loop import use_shared_prefix
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -36,7 +36,7 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
 def trained_prompt(cfg: RunConfig, state: dict, embed_dim: int) -> methods.PromptModule:
     """The run's prompt module holding its trained values: the shapes come from the config, the values from
     the file, so a random start is enough."""
-    prompt = build_method(cfg, embed_dim, **methods.random_start(cfg.method))
+    prompt = cfg.build_method(embed_dim, **methods.random_start(cfg.method))
     prompt.load_state_dict(state)
     return prompt
 
