@@ -22,13 +22,13 @@ import argparse
 import csv
 import glob
 import io
-import json
 import statistics
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..trainer.rundir.report import Report, ReportError
 from . import published
 from .layouts import LAYOUTS, Column, Layout
 from .tasks import get_task
@@ -62,20 +62,21 @@ def _report_paths(item: str | Path) -> list[Path]:
 
 def _record(path: Path) -> dict:
     try:
-        report = json.loads(path.read_text())
-        config = report["config"]
+        report = Report.read(path)
+    except ReportError as exc:
+        raise TableError(str(exc)) from None
+    config = report.config
+    try:
         task = get_task(config["task"])
-        protocol = report.get("selection", {}).get("protocol", "final")
-        record = {"path": str(path), "task": task.name, "method": report["method"] + PROTOCOL_MARKS.get(protocol, ""),
+        record = {"path": str(path), "task": task.name,
+                  "method": report.method + PROTOCOL_MARKS.get(report.selection_protocol, ""),
                   "seed": config["seed"], "few_shot": config.get("few_shot") or None,
-                  "model": config.get("model"), "trainable_params": report["trainable_params"],
-                  "metrics": report["metrics"]}
+                  "model": config.get("model"), "trainable_params": report.trainable_params,
+                  "metrics": report.metrics}
         record["score"] = task.score(record["metrics"])
     except KeyError as exc:
         what = str(exc.args[0] if exc.args else exc)
         raise TableError(f"{path}: {what if ' ' in what else f'no {what!r} field'}") from None
-    except json.JSONDecodeError as exc:
-        raise TableError(f"{path}: not valid JSON ({exc.msg})") from None
     return record
 
 

@@ -27,6 +27,17 @@ RUNS = {
 }
 
 
+# The keys every report.json has had since lrpt's first (the reader requires them; the table reads config, method,
+# trainable_params and metrics): the values here are placeholders
+OLDEST_REPORT = {"method": "pt", "trainable_params": 0, "kept_params": 0, "prompt_length": 8,
+                 "prompt_output_length": 8, "optimizer_state_bytes": 0, "optimizer_state_bytes_per_rank": [0],
+                 "metrics": {}, "train": {"steps": 1, "epochs": 1.0, "loss_first": 1.0, "loss_last": 1.0,
+                                          "loss_curve": [1.0], "eval_history": []},
+                 "throughput": {"per_rank": [{"steps_measured": 0, "warmup_steps": 0}]},
+                 "memory": {"peak_bytes": [1], "measured_by": "test"}, "world_size": 1, "zero_stage": 0,
+                 "output_dir": "", "versions": {}, "config": {}, "deepspeed_config": {}}
+
+
 def write_report(root: Path, method: str, task: str, seed: int, metrics: dict, few_shot: int | None = None,
                  model: str = "tiny-t5") -> Path:
     run = root / f"{method}-{task}-{seed}{f'-k{few_shot}' if few_shot else ''}"
@@ -34,8 +45,8 @@ def write_report(root: Path, method: str, task: str, seed: int, metrics: dict, f
     config = {"task": task, "method": method, "seed": seed, "model": model}
     if few_shot is not None:
         config["few_shot"] = few_shot
-    report = {"config": config, "method": method, "trainable_params": PARAMS[method],
-              "metrics": {**metrics, "unparsable": 0, "examples": 277}, "throughput": {}}
+    report = {**OLDEST_REPORT, "config": config, "method": method, "trainable_params": PARAMS[method],
+              "metrics": {**metrics, "unparsable": 0, "examples": 277}, "output_dir": str(run)}
     (run / "report.json").write_text(json.dumps(report))
     return run
 

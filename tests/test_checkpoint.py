@@ -47,8 +47,8 @@ def test_crash_then_resume_reproduces_the_loss_curve(arch, backbone_dirs, memori
     assert checkpoint.latest(tmp_path / "resumed").name == "step-000006"
 
     resumed = train(config(model_dir, memorise_dir, tmp_path / "resumed")).report
-    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
-    assert resumed["metrics"] == straight["metrics"]
+    torch.testing.assert_close(resumed.train.loss_curve, straight.train.loss_curve, rtol=1e-6, atol=1e-6)
+    assert resumed.metrics == straight.metrics
 
 
 def tensors_in(value, path: str = "") -> dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ def test_latest_names_only_a_checkpoint_in_place(tiny_t5_dir, memorise_dir, tmp_
     assert checkpoint.latest(out).name == "step-000003" and not (out / "checkpoints" / "step-000006").exists()
     assert (checkpoint.latest(out) / "mp_rank_00_model_states.pt").is_file()
     resumed = train(config(tiny_t5_dir, memorise_dir, out)).report
-    torch.testing.assert_close(resumed["train"]["loss_curve"], reference["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(resumed.train.loss_curve, reference.train.loss_curve, rtol=1e-6, atol=1e-6)
 
 
 def test_a_finished_run_is_not_trained_again(tiny_t5_dir, memorise_dir, tmp_path):
@@ -223,4 +223,4 @@ def test_an_explicit_checkpoint_is_resumed_from_when_latest_is_gone(tiny_t5_dir,
     assert main([*relaunch, "--resume_from_checkpoint", str(out / "checkpoints" / "step-000003")]) == 0
     assert f"resumed from {out}/checkpoints/step-000003 at step 3" in capsys.readouterr().out
     resumed = json.loads((out / "report.json").read_text())
-    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(resumed["train"]["loss_curve"], straight.train.loss_curve, rtol=1e-6, atol=1e-6)

@@ -89,9 +89,9 @@ def test_few_shot_k8_with_the_default_batch_trains_on_every_task(tiny_t5_dir, tm
                         decoding="rank", max_eval_samples=2, progress=False, output_dir=str(tmp_path / name))
         assert cfg.per_device_train_batch_size == 8  # the default batch
         report = train(cfg).report
-        examples = report["data"]["train_examples"]
-        assert report["train"]["steps"] == 1 and examples >= 8, (name, report["data"])
-        batch = report["data"]["train_batch_size"]
+        examples = report.data.train_examples
+        assert report.train.steps == 1 and examples >= 8, (name, report.data)
+        batch = report.data.train_batch_size
         assert batch == min(8, examples), (name, batch, examples)
         if name == "wsc":  # exactly the 8 drawn rows, all positive (the demo split has 21 of 40)
             assert examples == 8 and len(load_formatted(get_task("wsc"), "train", train=True)) == 21

@@ -264,7 +264,7 @@ def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise
     model_dir = backbone_dirs[arch]
     result = train(run_config(model_dir, memorise_dir, tmp_path / "run", **kw))
     report, model = result.report, result.model
-    curve = report["train"]["loss_curve"]
+    curve = report.train.loss_curve
     assert sum(curve[-5:]) / 5 < 0.9 * curve[0], curve
 
     backbone = model.backbone
@@ -292,14 +292,14 @@ def test_quantized_backbone_trains_prompt_only(arch, kw, backbone_dirs, memorise
         assert torch.equal(before[name], after[name]), name
 
     # the report's memory: attribute-aware held bytes, the unquantized size
-    mem = report["memory"]
-    assert mem["backbone_bytes_unquantized"] == 4 * sum(quant.logical_numel(p) for p in fresh.parameters())
+    mem = report.memory
+    assert mem.backbone_bytes_unquantized == 4 * sum(quant.logical_numel(p) for p in fresh.parameters())
     # measured after the first step; evaluation may add bnb's small outlier caches (8-bit eval kernel)
     held_now = held_bytes(backbone.modules())
-    assert mem["backbone_bytes_held_all"][0] <= held_now <= 1.01 * mem["backbone_bytes_held_all"][0]
-    assert mem["backbone_bytes_held_all"][0] > mem["backbone_bytes_held"][0]  # + SCB / quant_state
-    assert mem["backbone_bytes_held_all"][0] < 0.6 * mem["backbone_bytes_unquantized"]
-    assert (mem["quant_state_bytes"][0] > 0) == ("load_in_4bit" in kw)
+    assert mem.backbone_bytes_held_all[0] <= held_now <= 1.01 * mem.backbone_bytes_held_all[0]
+    assert mem.backbone_bytes_held_all[0] > mem.backbone_bytes_held[0]  # + SCB / quant_state
+    assert mem.backbone_bytes_held_all[0] < 0.6 * mem.backbone_bytes_unquantized
+    assert (mem.quant_state_bytes[0] > 0) == ("load_in_4bit" in kw)
 
 
 def test_quantized_preset_loads_through_from_pretrained():

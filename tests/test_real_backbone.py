@@ -191,7 +191,7 @@ def train_and_score(cfg: RunConfig) -> tuple[float, float]:
     from lrpt.trainer.train.loop import train
 
     report = train(cfg).report
-    return report["metrics_untrained"]["accuracy"], report["metrics"]["accuracy"]
+    return report.metrics_untrained["accuracy"], report.metrics["accuracy"]
 
 
 @pytest.fixture(scope="module")

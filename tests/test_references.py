@@ -27,6 +27,7 @@ from lrpt.trainer.cli.main import main
 from lrpt.trainer.config.run_config import RunConfig
 from lrpt.trainer.measure.plan import PlanSpec, plan
 from lrpt.trainer.model.prompted import PromptedModel
+from lrpt.trainer.rundir.report import Report
 from lrpt.trainer.cli.spectrum import spectrum
 
 from conftest import MEMORISE
@@ -51,10 +52,10 @@ def lamp_run(request, backbone_dirs, memorise_dir, tmp_path_factory):
     return request.param, model_dir, report
 
 
-def counted(report: dict, key: str) -> float:
+def counted(report: Report, rate: str) -> float:
     """A per-second figure of report.json times the measured seconds: the count behind the rate."""
-    rank0 = report["throughput"]["per_rank"][0]
-    return report["throughput"][key] * rank0["steps_measured"] * rank0["step_time_s"]["mean"]
+    rank0 = report.throughput.per_rank[0]
+    return getattr(report.throughput, rate) * rank0.steps_measured * rank0.step_time_s.mean
 
 
 def test_report_counts_pooled_prompt_tokens_and_each_input_token_once(lamp_run):
@@ -74,8 +75,8 @@ def test_report_counts_pooled_prompt_tokens_and_each_input_token_once(lamp_run):
             assert tok.bos_token_id is None
             per_epoch += len(tok(example["source"], add_special_tokens=False)["input_ids"])
             per_epoch += len(tok(" " + example["target"], add_special_tokens=False)["input_ids"]) + 1
-    steps = report["throughput"]["per_rank"][0]["steps_measured"]
-    assert steps == 4 and report["data"]["train_batch_size"] == len(MEMORISE)  # every step: every row once
+    steps = report.throughput.per_rank[0].steps_measured
+    assert steps == 4 and report.data.train_batch_size == len(MEMORISE)  # every step: every row once
     assert counted(report, "input_tokens_per_s") == pytest.approx(steps * per_epoch, rel=1e-9)
     assert counted(report, "prompt_tokens_per_s") == pytest.approx(steps * len(MEMORISE) * math.ceil(5 / 2), rel=1e-9)
     assert counted(report, "samples_per_s") == pytest.approx(steps * len(MEMORISE), rel=1e-9)
@@ -178,9 +179,9 @@ def test_shared_prefix_step_flops_match_flop_counter(tiny_llama_dir):
 def test_mfu_is_model_flops_over_peak_times_world(lamp_run):
     """Reference: MFU recomputed by hand from the report's own model FLOP/s and the patched peak (1 rank)."""
     _, _, report = lamp_run
-    thr = report["throughput"]
-    assert report["world_size"] == 1 and thr["model_flops_per_s"] > 0
-    assert thr["mfu"] == pytest.approx(thr["model_flops_per_s"] / PEAK, rel=1e-12)
+    thr = report.throughput
+    assert report.world_size == 1 and thr.model_flops_per_s > 0
+    assert thr.mfu == pytest.approx(thr.model_flops_per_s / PEAK, rel=1e-12)
 
 
 def test_mfu_adds_rank_rates_and_divides_by_every_device(monkeypatch):
@@ -200,8 +201,8 @@ def test_mfu_adds_rank_rates_and_divides_by_every_device(monkeypatch):
     prompt = methods.build("pt", 4, 8, init="random")
     state = {"step": 3, "loss_curve": [1.0], "eval_history": []}
     report = run_loop.build_report(RunConfig(), prompt, state, 3, {}, [rank(2e11), rank(3e11)], 2, 3, {})
-    assert report["throughput"]["model_flops_per_s"] == 5e11
-    assert report["throughput"]["mfu"] == pytest.approx(0.25, rel=1e-12)
+    assert report.throughput.model_flops_per_s == 5e11
+    assert report.throughput.mfu == pytest.approx(0.25, rel=1e-12)
 
 
 # Dense (no sparsity) peaks from NVIDIA's datasheets, in TFLOP/s. The sheets print the sparse tensor figure

@@ -1,8 +1,11 @@
-"""Report fields are present and consistent; the FLOPs formula against a hand count; lrpt bench."""
+"""Report fields are present and consistent; report.json's one writer and one reader (byte-identical round trip, old
+reports, refusals); the FLOPs formula against a hand count; lrpt bench."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,28 +16,154 @@ from lrpt.trainer.config.ds_config import shipped
 from lrpt.trainer.measure.flops import matmul_params, step_flops
 from lrpt.trainer.train.loop import train
 from lrpt.trainer.backbone.presets import build_preset
-from lrpt.trainer.rundir.report import format_table
+from lrpt.trainer.rundir.report import (Fused, Memory, RankThroughput, Report, ReportError, Selection, StepTimes,
+                                        Throughput, TrainSummary, format_table)
 
 
 def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):
     report = train(RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(tmp_path),
                              method="lopt1",
                              prompt_length=8, max_steps=12, per_device_train_batch_size=4, progress=False)).report
-    n = report["trainable_params"]
+    n = report.trainable_params
     tensors = 2  # U, V
-    assert report["optimizer_state_bytes"] == 2 * 4 * n + 4 * tensors  # Adam m, v (fp32) + step counters
-    thr, rank0 = report["throughput"], report["throughput"]["per_rank"][0]
-    assert rank0["steps_measured"] == 12 - rank0["warmup_steps"]
+    assert report.optimizer_state_bytes == 2 * 4 * n + 4 * tensors  # Adam m, v (fp32) + step counters
+    thr, rank0 = report.throughput, report.throughput.per_rank[0]
+    assert rank0.steps_measured == 12 - rank0.warmup_steps
     # tokens/s = tokens / time: the prompt and input parts add up, and samples/s matches the batch
-    assert thr["tokens_per_s"] == pytest.approx(thr["prompt_tokens_per_s"] + thr["input_tokens_per_s"])
-    seconds = rank0["steps_measured"] * rank0["step_time_s"]["mean"]
-    assert thr["samples_per_s"] == pytest.approx(4 * rank0["steps_measured"] / seconds, rel=1e-6)
-    assert thr["prompt_tokens_per_s"] == pytest.approx(4 * 8 * rank0["steps_measured"] / seconds, rel=1e-6)
-    assert thr["step_time_s"]["p50"] <= thr["step_time_s"]["p95"]
-    assert thr["model_flops_per_s"] > 0 and thr["mfu"] is None  # no known peak on CPU
-    mem = report["memory"]
-    assert mem["backbone_bytes_held"][0] == mem["backbone_bytes_total"] > 0  # one rank holds it all
-    assert "RSS" in mem["measured_by"] and mem["peak_bytes"][0] >= mem["load_peak_bytes"][0]
+    assert thr.tokens_per_s == pytest.approx(thr.prompt_tokens_per_s + thr.input_tokens_per_s)
+    seconds = rank0.steps_measured * rank0.step_time_s.mean
+    assert thr.samples_per_s == pytest.approx(4 * rank0.steps_measured / seconds, rel=1e-6)
+    assert thr.prompt_tokens_per_s == pytest.approx(4 * 8 * rank0.steps_measured / seconds, rel=1e-6)
+    assert thr.step_time_s.p50 <= thr.step_time_s.p95
+    assert thr.model_flops_per_s > 0 and thr.mfu is None  # no known peak on CPU
+    mem = report.memory
+    assert mem.backbone_bytes_held[0] == mem.backbone_bytes_total > 0  # one rank holds it all
+    assert "RSS" in mem.measured_by and mem.peak_bytes[0] >= mem.load_peak_bytes[0]
+
+
+# report.json's objects and their keys in order, as lrpt wrote them before the report was typed (build_report's
+# dict, the fused group appended): the format that run directories already hold
+LAYOUT = {
+    "": ["method", "trainable_params", "kept_params", "prompt_length", "prompt_output_length", "shared_prefix",
+         "optimizer_state_bytes", "optimizer_state_bytes_per_rank", "metrics", "metrics_untrained", "data",
+         "selected_step", "selection", "train", "throughput", "memory", "world_size", "zero_stage", "output_dir",
+         "versions", "config", "deepspeed_config"],
+    "data": ["train_examples", "eval_examples", "dev_examples", "train_batch_size"],
+    "selection": ["protocol", "step", "optimistic"],
+    "train": ["steps", "epochs", "loss_first", "loss_last", "loss_curve", "eval_history", "diagnostics"],
+    "throughput": ["per_rank", "samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s",
+                   "model_flops_per_s", "step_time_s", "mfu"],
+    "throughput.step_time_s": ["mean", "p50", "p95"],
+    "throughput.per_rank.0": ["steps_measured", "warmup_steps", "step_time_s", "samples_per_s", "tokens_per_s",
+                              "input_tokens_per_s", "prompt_tokens_per_s", "model_flops_per_s"],
+    "memory": ["peak_bytes", "measured_by", "load_peak_bytes", "load_peak_measured_by", "backbone_bytes_held",
+               "backbone_bytes_total", "backbone_bytes_held_all", "backbone_bytes_unquantized", "quant_state_bytes"],
+}
+
+
+def keys_at(report: dict, path: str) -> list[str]:
+    for step in filter(None, path.split(".")):
+        report = report[int(step)] if step.isdigit() else report[step]
+    return list(report)
+
+
+def test_a_written_report_reads_back_and_writes_the_same_bytes(tiny_t5_dir, memorise_dir, tmp_path):
+    """Reference: report.json as a real run wrote it, parsed by json alone, and LAYOUT, the format as it was.
+    Read into the typed Report and written again, it is that file byte for byte (keys, nesting, order, nulls) and
+    json.dumps of its dict with the writer's formatting. The run fills the optional sections: untrained metrics,
+    selection on val with its history, data."""
+    run = tmp_path / "run"
+    train(RunConfig(model=tiny_t5_dir, task="rte", data_dir=str(memorise_dir), output_dir=str(run), method="dpt",
+                    prompt_length=4, max_steps=6, eval_steps=3, selection="paper-val", logging_steps=3,
+                    per_device_train_batch_size=2, decoding="rank", progress=False, report_to="none"))
+    written = (run / "report.json").read_text()
+    original = json.loads(written)
+    assert {path: keys_at(original, path) for path in LAYOUT} == LAYOUT
+    assert original["throughput"]["mfu"] is None and original["metrics_untrained"] is not None  # nulls stay
+    report = Report.read(run)
+    assert isinstance(report.train, TrainSummary) and isinstance(report.throughput, Throughput)
+    assert isinstance(report.throughput.per_rank[0], RankThroughput) and isinstance(report.memory, Memory)
+    assert report.selection == Selection(protocol="paper-val", step=original["selection"]["step"], optimistic=True)
+    assert report.throughput.step_time_s == StepTimes(**original["throughput"]["step_time_s"])
+    assert report.train.loss_curve == original["train"]["loss_curve"] and report.metrics == original["metrics"]
+    assert report.data.train_examples == original["data"]["train_examples"] and report.fused is None
+    again = report.write(tmp_path)
+    assert again.read_text() == written == json.dumps(original, indent=1)
+    # a fused run's group is the file's last key, "with" the others' names
+    fused = replace(report, fused=Fused(with_runs=["rte-pt-seed0"], runs=2))
+    assert list(fused.to_dict().items())[-1] == ("fused", {"with": ["rte-pt-seed0"], "runs": 2})
+    assert Report.from_dict(json.loads(fused.to_json())) == fused
+
+
+# report.json as lrpt's first version wrote it: no shared_prefix, metrics_untrained, data, selected_step, selection,
+# diagnostics, model FLOP/s, MFU, load peaks or backbone bytes, nor a fused group
+OLDEST = {
+    "method": "pt", "trainable_params": 76_800, "kept_params": 76_800, "prompt_length": 100,
+    "prompt_output_length": 100, "optimizer_state_bytes": 614_408, "optimizer_state_bytes_per_rank": [614_408],
+    "metrics": {"accuracy": 0.625, "unparsable": 0, "examples": 8},
+    "train": {"steps": 4, "epochs": 1.0, "loss_first": 2.5, "loss_last": 1.5, "loss_curve": [2.5, 2.0, 1.75, 1.5],
+              "eval_history": []},
+    "throughput": {"per_rank": [{"steps_measured": 2, "warmup_steps": 2,
+                                 "step_time_s": {"mean": 0.5, "p50": 0.5, "p95": 0.6}, "samples_per_s": 8.0,
+                                 "tokens_per_s": 900.0, "input_tokens_per_s": 100.0, "prompt_tokens_per_s": 800.0}],
+                   "samples_per_s": 8.0, "tokens_per_s": 900.0, "input_tokens_per_s": 100.0,
+                   "prompt_tokens_per_s": 800.0, "step_time_s": {"mean": 0.5, "p50": 0.5, "p95": 0.6}},
+    "memory": {"peak_bytes": [2_000_000], "measured_by": "peak RSS of the process (getrusage ru_maxrss; CPU run)"},
+    "world_size": 1, "zero_stage": 0, "output_dir": "runs/old",
+    "versions": {"torch": "2.4.0", "transformers": "4.44.0", "deepspeed": "0.15.0"},
+    "config": {"model": "t5-small", "task": "rte", "method": "pt", "seed": 0}, "deepspeed_config": {},
+}
+
+
+def test_an_old_report_reads_with_defaults_and_lrpt_table_aggregates_it(tmp_path, capsys):
+    """Reference: OLDEST above, written by hand. The reader fills in what it lacks; `lrpt table` reads it as
+    before (the score is its accuracy, x100), and so does the end-of-run table."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps(OLDEST, indent=1))
+    report = Report.read(run / "report.json")
+    assert (report.shared_prefix, report.metrics_untrained, report.data, report.selected_step, report.selection,
+            report.fused) == (False, None, None, None, None, None)
+    assert report.selection_protocol == "final" and report.train.diagnostics == []
+    assert (report.throughput.model_flops_per_s, report.throughput.mfu) == (None, None)
+    assert report.throughput.per_rank[0].model_flops_per_s is None and report.throughput.tokens_per_s == 900.0
+    assert report.memory.load_peak_bytes == [] and report.memory.backbone_bytes_total is None
+    assert "eval accuracy" in format_table(report) and "FLOP/s" not in format_table(report)
+    assert main(["table", str(tmp_path / "runs")]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "| Method | Params | RTE (acc) | Avg |" and rows[2] == "| pt | 76,800 | 62.5 | 62.5 |"
+
+
+@pytest.mark.parametrize("break_it, said", [
+    (lambda r: r.pop("metrics"), "no 'metrics' field"),
+    (lambda r: r["train"].pop("steps"), "no 'train.steps' field"),
+    (lambda r: r["throughput"]["per_rank"][0].pop("warmup_steps"), "no 'throughput.per_rank[0].warmup_steps' field"),
+    (lambda r: r.update(memory=[1]), "'memory' is not a JSON object (an array)"),
+    (lambda r: r.update(train=None), "'train' is null"),
+])
+def test_a_report_lacking_a_required_key_is_refused_in_one_line(tmp_path, capsys, break_it, said):
+    """The reader names the file and what it lacks; `lrpt table` says that in one line and exits 2."""
+    broken = json.loads(json.dumps(OLDEST))
+    break_it(broken)
+    path = tmp_path / "run" / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ReportError) as refused:
+        Report.read(path.parent)
+    assert str(refused.value) == f"{path}: {said}"
+    assert main(["table", str(path.parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and said in err
+
+
+def test_a_report_json_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ReportError, match=r"report.json: the report is not a JSON object \(an array\)$"):
+        Report.read(path)
+    path.write_text("{")
+    with pytest.raises(ReportError, match="report.json: not valid JSON"):
+        Report.read(path)
 
 
 def test_flops_formula_by_hand():
@@ -145,10 +274,10 @@ def test_the_report_holds_the_untrained_prompts_metrics(tiny_t5_dir, memorise_di
     learns = train(RunConfig(output_dir=str(tmp_path / "learns"), learning_rate=0.3, **common)).report
     frozen = train(RunConfig(output_dir=str(tmp_path / "frozen"), learning_rate=1e-12, eval_untrained=False,
                              **common)).report
-    assert frozen["metrics_untrained"] is None
-    assert learns["metrics_untrained"] == frozen["metrics"]
+    assert frozen.metrics_untrained is None
+    assert learns.metrics_untrained == frozen.metrics
     table = format_table(learns)
-    assert f"{learns['metrics_untrained']['accuracy']:.4f} -> {learns['metrics']['accuracy']:.4f}" in table
+    assert f"{learns.metrics_untrained['accuracy']:.4f} -> {learns.metrics['accuracy']:.4f}" in table
 
 
 def test_the_learning_study_summarises_seeds_by_hand():

@@ -64,8 +64,8 @@ def test_training_with_shared_prefix_follows_the_same_curve(tiny_llama_dir, memo
                         method="dpt", prompt_length=8, max_steps=8, per_device_train_batch_size=4,
                         progress=False, shared_prefix=shared)
         report = train(cfg).report
-        curves.append(report["train"]["loss_curve"])
-        paths.append(report["shared_prefix"])
+        curves.append(report.train.loss_curve)
+        paths.append(report.shared_prefix)
     assert paths == [False, True]
     # the first steps agree to fp32 noise; Adam at lr 0.3 then amplifies that noise a little
     torch.testing.assert_close(curves[1][:3], curves[0][:3], rtol=1e-4, atol=1e-5)

@@ -174,7 +174,7 @@ def test_sigusr1_checkpoints_exits_75_and_resumes_to_the_same_prompt(tiny_t5_dir
     monkeypatch.setattr(preempt, "stop_requested", real)
 
     resumed = train(cfg(tmp_path / "preempted")).report
-    torch.testing.assert_close(resumed["train"]["loss_curve"], straight["train"]["loss_curve"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(resumed.train.loss_curve, straight.train.loss_curve, rtol=1e-6, atol=1e-6)
     assert_same_prompt(tmp_path / "preempted", tmp_path / "straight")
 
 

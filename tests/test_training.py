@@ -31,7 +31,7 @@ def test_method_trains_prompt_only(method, arch, backbone_dirs, memorise_dir, tm
     report, model = result.report, result.model
 
     # the loss goes down on four memorisable rows
-    curve = report["train"]["loss_curve"]
+    curve = report.train.loss_curve
     assert len(curve) == 50
     assert sum(curve[-5:]) / 5 < 0.9 * curve[0], curve
 
@@ -49,10 +49,10 @@ def test_method_trains_prompt_only(method, arch, backbone_dirs, memorise_dir, tm
     opt_params = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert opt_params == prompt_params
     assert {id(p) for p in optimizer.state} == prompt_params
-    assert report["trainable_params"] == sum(p.numel() for p in model.prompt.parameters())
+    assert report.trainable_params == sum(p.numel() for p in model.prompt.parameters())
     # AdamW keeps m and v (fp32) per prompt value, and a 4-byte step counter per prompt tensor
     n_tensors = len(list(model.prompt.parameters()))
-    assert report["optimizer_state_bytes"] == 2 * 4 * report["trainable_params"] + 4 * n_tensors
+    assert report.optimizer_state_bytes == 2 * 4 * report.trainable_params + 4 * n_tensors
 
     # save -> load into a differently seeded module gives the same prompt and the same outputs
     fresh = methods.build(method, 8, model.prompt.embed_dim, generator=torch.Generator().manual_seed(123),
@@ -82,7 +82,7 @@ def test_bf16_backbone_with_fp32_optimizer_state(tiny_t5_dir, memorise_dir, tmp_
 
     result = train(run_config(tiny_t5_dir, memorise_dir, tmp_path / "run", method="dpt", precision="bf16",
                               max_steps=20))
-    curve = result.report["train"]["loss_curve"]
+    curve = result.report.train.loss_curve
     assert sum(curve[-3:]) / 3 < 0.95 * curve[0], curve
     backbone = result.model.backbone
     assert {p.dtype for p in backbone.parameters()} == {torch.bfloat16}
@@ -108,12 +108,12 @@ def test_gradient_accumulation_equals_the_whole_batch(tiny_t5_dir, tmp_path):
     whole = train(run_config(tiny_t5_dir, data, tmp_path / "whole", method="dpt", max_steps=4, decoding="rank"))
     accumulated = train(run_config(tiny_t5_dir, data, tmp_path / "accum", method="dpt", max_steps=4, decoding="rank",
                                    per_device_train_batch_size=2, gradient_accumulation_steps=2))
-    assert accumulated.report["deepspeed_config"]["gradient_accumulation_steps"] == 2
-    torch.testing.assert_close(accumulated.report["train"]["loss_curve"], whole.report["train"]["loss_curve"],
+    assert accumulated.report.deepspeed_config["gradient_accumulation_steps"] == 2
+    torch.testing.assert_close(accumulated.report.train.loss_curve, whole.report.train.loss_curve,
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(load_file(tmp_path / "accum" / "prompt.safetensors"),
                                load_file(tmp_path / "whole" / "prompt.safetensors"), rtol=1e-5, atol=1e-6)
-    assert whole.report["train"]["loss_curve"][0] != whole.report["train"]["loss_curve"][1]  # it trains
+    assert whole.report.train.loss_curve[0] != whole.report.train.loss_curve[1]  # it trains
 
 
 def test_few_shot_trains_on_the_drawn_rows_only(tiny_t5_dir, tmp_path):
@@ -134,8 +134,8 @@ def test_few_shot_trains_on_the_drawn_rows_only(tiny_t5_dir, tmp_path):
                     seed=3)
     few = train(run_config(tiny_t5_dir, DEMO_DIR, tmp_path / "few", few_shot=4, **settings)).report
     reference = train(run_config(tiny_t5_dir, data, tmp_path / "ref", **settings)).report
-    assert few["data"]["train_examples"] == 4
-    assert few["train"]["loss_curve"] == reference["train"]["loss_curve"]
+    assert few.data.train_examples == 4
+    assert few.train.loss_curve == reference.train.loss_curve
     torch.testing.assert_close(load_file(tmp_path / "few" / "prompt.safetensors"),
                                load_file(tmp_path / "ref" / "prompt.safetensors"), rtol=0, atol=0)
 

@@ -95,8 +95,8 @@ def test_rank_command_with_dpt_probe(tiny_t5_dir, memorise_dir, tmp_path, capsys
                              rank=6, rank_probe=True, prompt_length=8, max_steps=6, logging_steps=2,
                              per_device_train_batch_size=4, progress=False))
     prompt = result.model.prompt
-    assert result.report["trainable_params"] == 8 * 6 + 6 + 6 * 64  # A, Σ, B
-    history = result.report["train"]["diagnostics"]
+    assert result.report.trainable_params == 8 * 6 + 6 + 6 * 64  # A, Σ, B
+    history = result.report.train.diagnostics
     assert [h["step"] for h in history] == [2, 4, 6]
     assert history[-1]["probe_positive_rank"] == int((prompt.sigma > 0).sum())
     assert main(["rank", str(run), "--output", str(tmp_path / "rank.png")]) == 0

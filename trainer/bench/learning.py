@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from ..rundir.report import Report
 from ..runtime.distributed import env_without_launcher
 
 DEFAULTS = {"model": "smollm2-135m", "task": "boolq", "data_dir": None, "methods": "pt,dpt,lopt1,lopt2,lamp,residual",
@@ -70,11 +70,11 @@ def lrpt_run(args, method: str, seed: int, rate: float, extra: list[str]) -> lis
     done = subprocess.run(cmd, env=env_without_launcher(), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed:\n{done.stderr[-2000:]}")
-    report = json.loads((out / "report.json").read_text())
-    accuracy = {0: report["metrics_untrained"]["accuracy"]}
-    accuracy.update({h["step"]: h["accuracy"] for h in report["train"]["eval_history"] if h["split"] == "val"})
-    accuracy[report["train"]["steps"]] = report["metrics"]["accuracy"]
-    return rows_of(method, seed, rate, report["train"]["loss_curve"], accuracy)
+    report = Report.read(out)
+    accuracy = {0: report.metrics_untrained["accuracy"]}
+    accuracy.update({h["step"]: h["accuracy"] for h in report.train.eval_history if h["split"] == "val"})
+    accuracy[report.train.steps] = report.metrics["accuracy"]
+    return rows_of(method, seed, rate, report.train.loss_curve, accuracy)
 
 
 def rows_of(method: str, seed: int, rate: float, losses: list[float], accuracy: dict[int, float]) -> list[dict]:

@@ -15,7 +15,6 @@ trainer/run.py` for a few DPT steps and prints, per rank, from each run's report
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -24,13 +23,14 @@ import tempfile
 from pathlib import Path
 
 from ..config.ds_config import shipped
+from ..rundir.report import Report
 from ..runtime.distributed import TRAIN_SCRIPT, free_port
 
 QUANTS = {"none": [], "8bit": ["--load_in_8bit"], "4bit-nf4": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"],
           "4bit-nf4-dq": ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--bnb_4bit_use_double_quant"]}
 
 
-def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, steps: int) -> dict:
+def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, steps: int) -> Report:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
@@ -39,7 +39,7 @@ def run(model: str, quant: list[str], ds_config: str, ranks: int, out: Path, ste
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
            "--max_eval_samples", "8", "--progress", "false", *quant]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / "report.json").read_text())
+    return Report.read(out)
 
 
 def machine() -> str:
@@ -89,17 +89,16 @@ def main() -> None:
                     reports = {n: run(model, QUANTS[quant], ds_config, n,
                                       Path(tmp) / f"{model}-{quant}-{ds_config}-{n}", args.steps)
                                for n in (1, 2)}
-                    one = reports[1]["memory"]["backbone_bytes_held_all"][0]
+                    one = reports[1].memory.backbone_bytes_held_all[0]
                     for n, report in reports.items():
-                        mem = report["memory"]
-                        for r, (held, qs, load) in enumerate(zip(mem["backbone_bytes_held_all"],
-                                                                 mem["quant_state_bytes"],
-                                                                 mem["load_peak_bytes"])):
+                        mem = report.memory
+                        for r, (held, qs, load) in enumerate(zip(mem.backbone_bytes_held_all, mem.quant_state_bytes,
+                                                                 mem.load_peak_bytes)):
                             print(f"| {model} | {quant} | {ds_config} | {n} | {r} | {held / kib:.1f} KiB | "
-                                  f"{held / one:.3f} | {held / mem['backbone_bytes_unquantized']:.3f} | "
+                                  f"{held / one:.3f} | {held / mem.backbone_bytes_unquantized:.3f} | "
                                   f"{qs / kib:.1f} KiB | {load / mib:.0f} MiB |", flush=True)
                     summary.append((model, quant, ds_config,
-                                    max(reports[2]["memory"]["backbone_bytes_held_all"]) / one))
+                                    max(reports[2].memory.backbone_bytes_held_all) / one))
     print()
     print("2-rank / 1-rank held bytes per rank (max over ranks):")
     for model, quant, ds_config, ratio in summary:

@@ -9,17 +9,17 @@ and the 2-rank/1-rank ratios from the runs' report.json files.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from ..config.ds_config import shipped
+from ..rundir.report import Report
 from ..runtime.distributed import TRAIN_SCRIPT, env_without_launcher, free_port
 
 
-def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> dict:
+def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> Report:
     env = env_without_launcher()
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
            str(TRAIN_SCRIPT),
@@ -27,7 +27,7 @@ def run(model_dir: str, ranks: int, out: Path, steps: int, ds_config: str) -> di
            "--max_steps", str(steps), "--prompt_length", "20", "--per_device_train_batch_size", "4",
            "--max_eval_samples", "8", "--progress", "false"]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / "report.json").read_text())
+    return Report.read(out)
 
 
 def main() -> None:
@@ -44,23 +44,24 @@ def main() -> None:
         model_dir = save_preset("tiny-t5", f"{tmp}/model", width=args.width, layers=args.layers)
         reports = {n: run(model_dir, n, Path(tmp) / f"ranks{n}", args.steps, args.ds_config) for n in (1, 2)}
     mib = 2 ** 20
-    total = reports[1]["memory"]["backbone_bytes_total"]
+    total = reports[1].memory.backbone_bytes_total
     print(f"T5 width {args.width}, {args.layers}+{args.layers} layers: {total / 4 / 1e6:.1f}M frozen parameters "
           f"({total / mib:.0f} MiB fp32), ZeRO-3, DPT c=20")
     print(f"DeepSpeed config: {args.ds_config}")
     print("| ranks | rank | backbone bytes held | share | load peak (allocator) | peak RSS | step time p50 |")
     print("|---|---|---|---|---|---|---|")
     for n, report in reports.items():
-        mem = report["memory"]
-        p50 = report["throughput"].get("step_time_s", {}).get("p50", float("nan"))
-        for r, (held, load, peak) in enumerate(zip(mem["backbone_bytes_held"], mem["load_peak_bytes"],
-                                                   mem["peak_bytes"])):
+        mem, step_time = report.memory, report.throughput.step_time_s
+        p50 = step_time.p50 if step_time is not None else float("nan")
+        for r, (held, load, peak) in enumerate(zip(mem.backbone_bytes_held, mem.load_peak_bytes, mem.peak_bytes)):
             print(f"| {n} | {r} | {held / mib:.1f} MiB | {held / total:.3f} | {load / mib:.0f} MiB | "
                   f"{peak / mib:.0f} MiB | {p50:.3f} s |")
-    held_ratio = max(reports[2]["memory"]["backbone_bytes_held"]) / reports[1]["memory"]["backbone_bytes_held"][0]
-    ratio = {k: max(reports[2]["memory"][k]) / reports[1]["memory"][k][0] for k in ("load_peak_bytes", "peak_bytes")}
-    print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, load peak "
-          f"{ratio['load_peak_bytes']:.3f}, peak RSS {ratio['peak_bytes']:.3f}")
+    two, one = reports[2].memory, reports[1].memory
+    held_ratio = max(two.backbone_bytes_held) / one.backbone_bytes_held[0]
+    load_ratio = max(two.load_peak_bytes) / one.load_peak_bytes[0]
+    peak_ratio = max(two.peak_bytes) / one.peak_bytes[0]
+    print(f"2-rank / 1-rank, per rank: backbone bytes held {held_ratio:.3f}, load peak {load_ratio:.3f}, "
+          f"peak RSS {peak_ratio:.3f}")
 
 
 if __name__ == "__main__":

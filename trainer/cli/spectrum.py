@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..rundir.report import Report
 from ..train.reopen import dense_prompt, run_config
 
 
@@ -70,8 +71,8 @@ def main(argv: list[str]) -> int:
         cfg = run_config(run_dir)
         name = f"{Path(run_dir).name} ({cfg.method})"
         results[name] = spectrum(dense_prompt(run_dir))
-        report = Path(run_dir) / "report.json"
-        history = json.loads(report.read_text())["train"].get("diagnostics", []) if report.is_file() else []
+        finished = (Path(run_dir) / "report.json").is_file()
+        history = Report.read(run_dir).train.diagnostics if finished else []
         if any("probe_positive_rank" in h for h in history):
             probes[name] = history
     out = Path(args.output)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..rundir.report import Fused, Report
 from ..runtime import preempt
 from .fused import fused_backward, padded_flops, run_name
 from .run_loop import RunLoop, gradient_norm
@@ -22,7 +23,7 @@ Item = tuple[int, int, dict]
 Backward = Callable[[list, list[RunLoop], list[Item]], tuple[list[torch.Tensor], list[float | None]]]
 
 
-def drive(runs: list, frozen=None, group: list[str] | None = None) -> list[dict]:
+def drive(runs: list, frozen=None, group: list[str] | None = None) -> list[Report]:
     """Train the sessions to their last step; returns each one's report. `frozen`: the backbone's own engine of a
     fused group (None: one run alone); `group`: the names of every run of a fused group, those finished before
     included (each report names the others)."""
@@ -97,5 +98,5 @@ def finish_done(loops: list[RunLoop], group_size: int) -> None:
     """The report of every run that has reached its last step and has none yet (collective: every rank agrees)."""
     for loop in loops:
         if loop.done and loop.report is None:
-            loop.finish({"fused": {"with": loop.fused_with, "runs": group_size}} if loop.fused_with is not None
+            loop.finish(fused=Fused(with_runs=loop.fused_with, runs=group_size) if loop.fused_with is not None
                         else None)

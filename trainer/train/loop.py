@@ -1,7 +1,6 @@
 """One training run: RunConfig in, report out. Reads top to bottom like the recipe it is."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from ..model.prompted import PromptedModel
 from ..rundir import contract as run_dir
 from ..rundir import lock as run_lock
 from ..rundir import monitor, weights_only
+from ..rundir.report import Report
 from ..runtime import build_lock, distributed
 from .data import Encoder, load_run_data, micro_batches_per_epoch, tokenize, train_batches
 from .driver import drive
@@ -168,7 +168,7 @@ class Session:
 class TrainResult:
     """What a run leaves in memory: the report, the trained model and its DeepSpeed engine (None, None for a
     finished run relaunched, which loads nothing)."""
-    report: dict
+    report: Report
     model: PromptedModel | None
     engine: object
 
@@ -303,7 +303,7 @@ def train_group(cfgs: list[RunConfig], fused: bool | None = None) -> list[TrainR
                 preps.append(prepare(cfg))
             except run_dir.RunFinished as finished:
                 log(str(finished))
-                results[cfg.output_dir] = TrainResult(json.loads(finished.report_path.read_text()), None, None)
+                results[cfg.output_dir] = TrainResult(Report.read(finished.report_path), None, None)
         if preps:
             runs, frozen = setup_group(preps, fused)
             group = [run_name(c) for c in cfgs] if fused else None

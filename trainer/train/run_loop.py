@@ -19,7 +19,17 @@ from ..measure.flops import device_peak_flops, matmul_params, step_flops
 from ..measure.meter import StepMeter, optimizer_state_tensors, parameter_bytes, peak_memory
 from ..rundir import checkpoint, monitor
 from ..rundir import files as run_files
-from ..rundir.report import format_table, write
+from ..rundir.report import (
+    Data,
+    Fused,
+    Memory,
+    RankThroughput,
+    Report,
+    Selection,
+    Throughput,
+    TrainSummary,
+    format_table,
+)
 from ..runtime import distributed, preempt
 from ..tensor_bytes import tensor_bytes
 from .evaluate import evaluate
@@ -62,7 +72,7 @@ class RunLoop:
         self.matmul = matmul_params(run.backbone.model, run.backbone.is_encoder_decoder)
         self.backbone_memory = None  # measured after the first step: what the frozen layers keep alive between steps
         self.bar = None
-        self.report: dict | None = None  # set by `finish`
+        self.report: Report | None = None  # set by `finish`
         self.window: dict = {}
         self.losses, self.samples, self.tokens, self.flops = [], 0, 0, 0.0
 
@@ -178,9 +188,9 @@ class RunLoop:
             checkpoint.save_prompt(self.run.prompt, self.out / "best", self.metadata)
         log(f"step {state['step']}: {self.select_split} {metrics} (best: step {state['best']['step']})")
 
-    def finish(self, extra: dict | None = None) -> dict:
+    def finish(self, fused: Fused | None = None) -> Report:
         """Final selection, checkpoint and evaluation; the report (written, printed on rank 0, returned).
-        `extra`: keys added to the report (a fused run's group)."""
+        `fused`: the group of a run trained in one (train.fused)."""
         run, cfg, state, out = self.run, self.cfg, self.state, self.out
         if self.bar is not None:
             self.bar.close()
@@ -200,76 +210,69 @@ class RunLoop:
                                        "load_peak_measured_by": run.load_peak_measured_by,
                                        "backbone_memory": backbone_memory,
                                        "optimizer_state_bytes": tensor_bytes(optimizer_state_tensors(run.optimizer))})
-        data = {"train_examples": len(run.train_rows), "eval_examples": len(run.eval_rows),
-                "dev_examples": len(run.dev_rows) if run.dev_rows is not None else 0,
-                "train_batch_size": run.ds_config.train_batch_size}  # smaller than asked on a tiny (few-shot) set
+        data = Data(train_examples=len(run.train_rows), eval_examples=len(run.eval_rows),
+                    dev_examples=len(run.dev_rows) if run.dev_rows is not None else 0,
+                    train_batch_size=run.ds_config.train_batch_size)  # smaller than asked on a tiny (few-shot) set
         report = build_report(cfg, run.prompt, state, run.steps_per_epoch, metrics, per_rank, distributed.world_size(),
                               run.stage, run.ds_config.json, run.model.shared_prefix, data)
-        report.update(extra or {})
+        report.fused = fused
         self.report = report
         if distributed.is_main():
             run_files.record_monitors(out)  # TensorBoard's and W&B's files, named as they appeared
-            write(report, out)
+            report.write(out)
             print(format_table(report), flush=True)
         return report
 
 
 def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config,
-                 shared_prefix: bool = False, data: dict | None = None) -> dict:
+                 shared_prefix: bool = False, data: Data | None = None) -> Report:
+    """The report of a finished run from its state and every rank's measurements (`per_rank`, gathered)."""
     import deepspeed
     import transformers
 
     curve = state["loss_curve"]
-    throughput = {"per_rank": [r["throughput"] for r in per_rank]}
-    measured = [t for t in throughput["per_rank"] if t.get("steps_measured")]
-    if measured:
-        for key in ("samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s", "model_flops_per_s"):
-            throughput[key] = sum(t[key] for t in measured)  # ranks work in parallel: rates add up
-        throughput["step_time_s"] = {k: max(t["step_time_s"][k] for t in measured) for k in ("mean", "p50", "p95")}
-        peak = device_peak_flops(cfg.precision)
-        throughput["mfu"] = throughput["model_flops_per_s"] / (peak * world) if peak else None
+    throughput = Throughput.of_ranks([RankThroughput.from_dict(r["throughput"]) for r in per_rank],
+                                     device_peak_flops(cfg.precision), world)
     opt_bytes = [r["optimizer_state_bytes"] for r in per_rank]
     selected = state.get("best", {}).get("step", state["step"])  # the step whose prompt the metrics are of
-    return {
-        "method": cfg.method,
-        "trainable_params": prompt.num_trainable_params(),
-        "kept_params": prompt.num_kept_params(),
-        "prompt_length": prompt.num_tokens,
-        "prompt_output_length": prompt.output_length,
-        "shared_prefix": shared_prefix,  # the path this run took (--shared_prefix auto resolves per run)
-        "optimizer_state_bytes": sum(opt_bytes),
-        "optimizer_state_bytes_per_rank": opt_bytes,
-        "metrics": metrics,
-        "metrics_untrained": state.get("untrained"),  # the initial prompt's, before step 1 (--eval_untrained)
-        "data": data or {},
-        "selected_step": selected,
-        # paper-val: chosen on the split the metrics are reported on (DPT's protocol), an optimistic figure
-        "selection": {"protocol": cfg.selection_protocol, "step": selected,
-                      "optimistic": cfg.selection_protocol == "paper-val"},
-        "train": {"steps": state["step"], "epochs": state["step"] / steps_per_epoch,
-                  "loss_first": curve[0] if curve else float("nan"), "loss_last": curve[-1] if curve else float("nan"),
-                  "loss_curve": curve, "eval_history": state["eval_history"],
-                  "diagnostics": state.get("diagnostics", [])},
-        "throughput": throughput,
-        "memory": {"peak_bytes": [r["memory"]["peak_bytes"] for r in per_rank],
-                   "measured_by": per_rank[0]["memory"]["measured_by"],
-                   "load_peak_bytes": [r["load_peak_bytes"] for r in per_rank],
-                   "load_peak_measured_by": per_rank[0]["load_peak_measured_by"],
-                   "backbone_bytes_held": [r["backbone_bytes"]["held"] for r in per_rank],
-                   "backbone_bytes_total": per_rank[0]["backbone_bytes"]["total"],
-                   # attribute-aware (hidden copies, quant_state, ZeRO shards), after the first step;
-                   # backbone.quant
-                   "backbone_bytes_held_all": [r["backbone_memory"]["held_all"] for r in per_rank],
-                   "backbone_bytes_unquantized": per_rank[0]["backbone_memory"]["unquantized"],
-                   "quant_state_bytes": [r["backbone_memory"]["quant_state"] for r in per_rank]},
-        "world_size": world,
-        "zero_stage": stage,
-        "output_dir": cfg.output_dir,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "deepspeed": deepspeed.__version__},
-        "config": cfg.to_dict(),
-        "deepspeed_config": ds_config,
-    }
+    return Report(
+        method=cfg.method,
+        trainable_params=prompt.num_trainable_params(),
+        kept_params=prompt.num_kept_params(),
+        prompt_length=prompt.num_tokens,
+        prompt_output_length=prompt.output_length,
+        shared_prefix=shared_prefix,
+        optimizer_state_bytes=sum(opt_bytes),
+        optimizer_state_bytes_per_rank=opt_bytes,
+        metrics=metrics,
+        metrics_untrained=state.get("untrained"),
+        data=data,
+        selected_step=selected,
+        selection=Selection(protocol=cfg.selection_protocol, step=selected,
+                            optimistic=cfg.selection_protocol == "paper-val"),
+        train=TrainSummary(steps=state["step"], epochs=state["step"] / steps_per_epoch,
+                           loss_first=curve[0] if curve else float("nan"),
+                           loss_last=curve[-1] if curve else float("nan"),
+                           loss_curve=curve, eval_history=state["eval_history"],
+                           diagnostics=state.get("diagnostics", [])),
+        throughput=throughput,
+        memory=Memory(peak_bytes=[r["memory"]["peak_bytes"] for r in per_rank],
+                      measured_by=per_rank[0]["memory"]["measured_by"],
+                      load_peak_bytes=[r["load_peak_bytes"] for r in per_rank],
+                      load_peak_measured_by=per_rank[0]["load_peak_measured_by"],
+                      backbone_bytes_held=[r["backbone_bytes"]["held"] for r in per_rank],
+                      backbone_bytes_total=per_rank[0]["backbone_bytes"]["total"],
+                      backbone_bytes_held_all=[r["backbone_memory"]["held_all"] for r in per_rank],
+                      backbone_bytes_unquantized=per_rank[0]["backbone_memory"]["unquantized"],
+                      quant_state_bytes=[r["backbone_memory"]["quant_state"] for r in per_rank]),
+        world_size=world,
+        zero_stage=stage,
+        output_dir=cfg.output_dir,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "deepspeed": deepspeed.__version__},
+        config=cfg.to_dict(),
+        deepspeed_config=ds_config,
+    )
 
 
 def gradient_norm(run) -> float | None:
