@@ -186,13 +186,9 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    """Validate, read the data, check the backbone's settings, join the process group, claim the run directory."""
+    """Validate, check the backbone's settings, join the process group, claim the run directory, read the data."""
     task = run_task(cfg)
     _quiet_libraries()
-    torch.manual_seed(cfg.seed)
-    # every row read and checked before the backbone (minutes at 11B) loads
-    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
-                         cfg.max_eval_samples)
     backbone_config, named = check_backbone(cfg)
     if named.stage == 3 and not distributed.launched() and named.offload_param == "none":
         raise LrptError("a ZeRO-3 config needs a launcher: ZeRO-3 shards the backbone across ranks, and this process "
@@ -202,6 +198,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     build_lock.clear_stale_locks(log)  # a build killed earlier would make DeepSpeed's start wait forever
     build_lock.announce_cpu_comm_build(log)
     distributed.init_process_group()
+    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
+    # locked, and the directory's contract checked (a relaunch with other settings names them), before the data
+    resume = run_dir.claim(cfg, log)
+    torch.manual_seed(cfg.seed)
+    # every row read and checked before the backbone (minutes at 11B) loads
+    data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
+                         cfg.max_eval_samples)
     world, accumulation = distributed.world_size(), cfg.gradient_accumulation_steps
     micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, accumulation)
     if micro < cfg.per_device_train_batch_size:
@@ -209,8 +212,6 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"{cfg.per_device_train_batch_size * world * accumulation}: each step trains on "
             f"{micro * world * accumulation} ({micro} per rank and accumulation step)")
     ds_config = resolve_ds_config(cfg, world, backbone_config.hidden_size, micro_batch=micro)
-    cfg.output_dir = distributed.broadcast(cfg.output_dir or default_output_dir(cfg))
-    resume = run_dir.claim(cfg, log)  # locked, and the directory's contract checked, before any weight loads
     if distributed.is_main():  # the contract is written once every check has passed
         run_dir.write_config(cfg)
     monitor.add_sections(cfg, ds_config.json, Path(cfg.output_dir))
