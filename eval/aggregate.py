@@ -13,7 +13,11 @@ average over a subset would not compare). Few-shot runs get their own rows, afte
 with a K column saying how many training rows they saw. `--reference` (dpt layout) adds the paper's
 rows for the runs' backbone (eval/published.py) and, under each of our methods it has, Δ = ours − paper.
 
+A grid's runs (`lrpt sweep --grid`) name its fields: `--by FIELD...` gives each point its own row,
+`--select FIELD...` keeps per task and method the point with the best mean dev score (eval.selection).
+
     lrpt table RUNS/*/ --output results/superglue      # writes .md and .csv, prints the markdown
+    lrpt table SWEEP/ --select learning_rate rank       # a grid trained with --selection dev
     lrpt table RUNS/*/ --layout dpt --reference         # beside DPT's published numbers
 """
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.rundir.report import Report, ReportError
-from . import published
+from . import published, selection
 from .layouts import LAYOUTS, Column, Layout
 from .tasks import get_task
 
@@ -72,12 +76,22 @@ def _record(path: Path) -> dict:
                   "method": report.method + PROTOCOL_MARKS.get(report.selection_protocol, ""),
                   "seed": config["seed"], "few_shot": config.get("few_shot") or None,
                   "model": config.get("model"), "trainable_params": report.trainable_params,
-                  "metrics": report.metrics}
+                  "metrics": report.metrics, "config": config, "protocol": report.selection_protocol,
+                  "dev_score": _dev_score(report)}
         record["score"] = task.score(record["metrics"])
     except KeyError as exc:
         what = str(exc.args[0] if exc.args else exc)
         raise TableError(f"{path}: {what if ' ' in what else f'no {what!r} field'}") from None
     return record
+
+
+def _dev_score(report: Report) -> float | None:
+    """The dev split's score of the prompt the metrics are of (--selection dev), None without one."""
+    if report.selection is None:
+        return None
+    scored = [h["score"] for h in report.train.eval_history
+              if h.get("split") == "dev" and h.get("step") == report.selection.step and "score" in h]
+    return scored[-1] if scored else None
 
 
 def collect(run_dirs_or_glob: str | Path | Iterable[str | Path]) -> list[dict]:
@@ -104,6 +118,7 @@ class _Row:
     cells: dict[str, tuple[float, float | None]]
     avg: float | None
     source: str = "lrpt"                          # "lrpt", "paper" or "delta" (the csv's source column)
+    selected: str = ""                            # --select: each task's winning point
 
 
 def _value(record: dict, column: Column, layout: Layout) -> float:
@@ -128,7 +143,8 @@ def _groups(records: list[dict], layout: Layout, show_model: bool) -> dict[tuple
         if run in seen:
             k = f", K={r['few_shot']}" if r["few_shot"] else ""
             raise TableError(f"two reports for {r['method']} on {r['task']} (seed {r['seed']}{k}): "
-                             f"{seen[run]} and {r['path']}")
+                             f"{seen[run]} and {r['path']}; if they are points of a grid, name its fields: "
+                             "--by FIELD... (a row per point) or --select FIELD... (the dev-best point)")
         seen[run] = r["path"]
         group = groups.setdefault(key, _Group(r["model"]))
         group.values.setdefault(r["task"], []).append(_value(r, columns[r["task"]], layout))
@@ -259,23 +275,27 @@ def _csv_cells(row: _Row, columns: list[Column], decimals: int) -> list[str]:
 
 
 def _render(rows: list[_Row], head: list[str], columns: list[Column], layout: Layout,
-            reference: bool) -> tuple[str, str]:
+            reference: bool, selected: str = "") -> tuple[str, str]:
     md = ["| " + " | ".join(head + [layout.params_label] + [c.label for c in columns] + [layout.avg_label]) + " |",
           "|" + "---|" * len(head) + "---:|" * (len(columns) + 2)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([h.lower() for h in head] + ["params"] + [x for c in columns for x in (c.task, f"{c.task}_std")]
-                    + ["avg"] + (["source"] if reference else []))
+                    + ["avg"] + (["source"] if reference else []) + (["selected"] if selected else []))
     for row in rows:
         md.append("| " + " | ".join(row.lead + [row.params[0]] + _markdown_cells(row, columns, layout.decimals))
                   + " |")
         writer.writerow(row.lead + [row.params[1]] + _csv_cells(row, columns, layout.decimals)
-                        + ([row.source] if reference else []))
+                        + ([row.source] if reference else []) + ([row.selected] if selected else []))
     if reference:
         md += ["", f"(paper) rows: {published.SOURCE}; those marked * it quotes from Aribandi et al. 2022. "
                    "Δ = our mean − the paper's."]
     if any(PROTOCOL_MARKS["paper-val"] in row.lead[-1] for row in rows if row.source == "lrpt"):
         md += ["", PROTOCOL_NOTE]
+    if selected:
+        md += ["", selected] + [f"- {' '.join(row.lead)}: {row.selected}" for row in rows if row.selected]
+    if any(selection.OPTIMISTIC_MARK in row.lead[-1] for row in rows if row.source == "lrpt"):
+        md += ["", selection.OPTIMISTIC_NOTE]
     return "\n".join(md) + "\n", out.getvalue()
 
 
@@ -290,23 +310,52 @@ def _layout(name: str | Layout, reference: bool) -> Layout:
 
 
 def table(records: list[dict], layout: str | Layout = "lrpt", reference: bool = False,
-          reference_backbone: str | None = None) -> tuple[str, str]:
+          reference_backbone: str | None = None, by: list[str] = (), select: list[str] = (),
+          select_on: str = selection.DEV) -> tuple[str, str]:
     """(markdown, csv) of the records in `layout`. Markdown cells read "85.3 ± 1.2" (one seed: "85.3");
     the csv has the same rows with numbers: a mean and a std column per task, then avg (and, with
-    `reference`, a source column: lrpt, paper or delta). `reference_backbone` implies `reference`."""
+    `reference`, a source column: lrpt, paper or delta). `reference_backbone` implies `reference`.
+    A grid's runs: `by` fields split rows (a row per point), `select` fields are chosen per task and row on
+    `select_on` (eval.selection), the winners named under the table and in the csv's selected column."""
     reference = reference or reference_backbone is not None
     chosen = _layout(layout, reference)
     if not records:
         raise TableError("no runs to tabulate")
+    try:
+        records, winners = _grid(records, list(by), list(select), select_on)
+    except selection.SelectionError as exc:
+        raise TableError(str(exc)) from None
     show_model = len({r["model"] for r in records}) > 1   # never average two backbones together
     few_shot = any(r["few_shot"] for r in records)
     columns = chosen.shown({r["task"] for r in records})
     groups = _groups(records, chosen, show_model)
     ours = _our_rows(groups, columns, chosen, few_shot, show_model)
+    for (k, model, method, task), said in winners.items():
+        row = ours[(k, model if show_model else None, method + (selection.OPTIMISTIC_MARK if select_on == "val"
+                                                                  else ""))]
+        row.selected = "; ".join(filter(None, [row.selected, f"{task}: {said}"]))
     rows = (_with_reference(groups, ours, reference_backbone, few_shot, show_model) if reference
             else list(ours.values()))
     head = (["K"] if few_shot else []) + (["Model"] if show_model else []) + ["Method"]
-    return _render(rows, head, columns, chosen, reference)
+    chosen_on = (f"Grid points selected per task ({', '.join(select)}, on {select_on}; the cells are their "
+                 "validation scores):") if select else ""
+    return _render(rows, head, columns, chosen, reference, chosen_on)
+
+
+def _grid(records: list[dict], by: list[str], select: list[str], on: str) -> tuple[list[dict], dict]:
+    """A grid's records: each method labelled with its `by` point, then the `select` point chosen per task."""
+    if set(by) & set(select):
+        raise TableError(f"--by and --select both name {', '.join(sorted(set(by) & set(select)))}: a field either "
+                         "splits rows or is chosen, not both")
+    if by:
+        records = [{**r, "method": f"{r['method']} {selection.label(by, selection.point_of(r, by))}"}
+                   for r in records]
+    if not select:
+        return records, {}
+    kept, winners = selection.select(records, select, on)
+    if on == selection.VAL:
+        kept = [{**r, "method": r["method"] + selection.OPTIMISTIC_MARK} for r in kept]
+    return kept, winners
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,9 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference_backbone", "--reference-backbone", metavar="HUB_NAME",
                         help="the backbone to compare with (t5-small, t5-base, t5-large) when the runs' model is a "
                              "local path; implies --reference")
+    parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
+                        help="a grid's fields that split rows: a row per point (e.g. --by learning_rate)")
+    parser.add_argument("--select", nargs="+", default=[], metavar="FIELD",
+                        help="a grid's fields chosen per task and method: the point with the best mean dev score "
+                             "(runs trained with --selection dev), reported by its validation score, the winners "
+                             "named under the table")
+    parser.add_argument("--select_on", "--select-on", choices=("dev", "val"), default="dev",
+                        help="dev (default), or val: the optimistic choice on the reported split, marked so")
     args = parser.parse_args(argv)
     try:
-        markdown, csv_text = table(collect(args.runs), args.layout, args.reference, args.reference_backbone)
+        markdown, csv_text = table(collect(args.runs), args.layout, args.reference, args.reference_backbone,
+                                   by=args.by, select=args.select, select_on=args.select_on)
     except (TableError, FileNotFoundError) as exc:
         print(f"lrpt table: error: {exc}", file=sys.stderr)
         return 2

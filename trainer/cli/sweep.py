@@ -1,4 +1,4 @@
-"""`lrpt sweep`: tasks × methods × seeds (× few-shot K) as one command, then the papers' table.
+"""`lrpt sweep`: tasks × methods × seeds (× few-shot K) (× a grid of any run settings) as one command, then the table.
 
 Each run gets its own directory under --output_dir; a run whose report.json exists is skipped,
 so an interrupted sweep started again continues where it stopped (and each run resumes from its
@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from ...eval.layouts import LAYOUTS
-from ..config.run_config import load_config
+from ..config.grid import Point, describe, parse_grid, point_flags, point_name, points
+from ..config.run_config import ALIASES, load_config
 from ..errors import LrptError
 from ..rundir import contract as run_dir
 
@@ -27,12 +28,18 @@ def _names(text: str) -> list[str]:
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="lrpt sweep", description=__doc__.split("\n")[0],
                                      epilog="Any other flag is passed to every run (see `lrpt train --help`).")
-    parser.add_argument("--tasks", type=_names, required=True, help="comma-separated, e.g. boolq,cb,rte")
+    parser.add_argument("--sweep_file", "--sweep-file", metavar="YAML",
+                        help="the sweep's axes from a file (tasks, methods, seeds, few_shot, grid: {FIELD: [values]}); "
+                             "flags given here add to it (--grid) or replace it (the others)")
+    parser.add_argument("--tasks", type=_names, help="comma-separated, e.g. boolq,cb,rte")
     parser.add_argument("--methods", type=_names, help="comma-separated, e.g. pt,dpt,lamp (default with --recipe: "
                                                        "the recipe's methods)")
     parser.add_argument("--recipe", help="a paper's setting for every run (`lrpt train --help`, --recipe)")
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--few_shot", "--few-shot", type=_ints, default=None, help="comma-separated K, e.g. 8,16,32")
+    parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
+                        help="any run setting as one more axis, crossed with the others, e.g. --grid "
+                             "learning_rate=0.3,0.1,0.03 rank=4,10 (each run directory is named by its point)")
     parser.add_argument("--output_dir", "--output-dir", required=True)
     parser.add_argument("--fuse", nargs="?", const="true", choices=("true", "auto"), default=None,
                         help="train each task's runs together: one backbone load, one forward and backward per step "
@@ -49,11 +56,52 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                              "(slurm/superglue_sweep.sh FUSE=1); the template writes the whole grid's table")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
                         help="the table's layout (see `lrpt table --help`; a DPT recipe's table: dpt)")
-    return parser.parse_known_args(argv)
+    file = parser.parse_known_args(argv)[0].sweep_file
+    if file:
+        parser.set_defaults(**read_sweep_file(file))
+    args, rest = parser.parse_known_args(argv)
+    if not args.tasks:
+        raise LrptError("lrpt sweep needs --tasks (or tasks: in --sweep_file)")
+    return args, rest
 
 
-def run_name(task: str, method: str, seed: int, k: int | None) -> str:
-    return f"{task}-{method}-seed{seed}" + (f"-k{k}" if k else "")
+SWEEP_KEYS = {"tasks": str, "methods": str, "seeds": int, "few_shot": int}
+
+
+def read_sweep_file(path: str) -> dict:
+    """A sweep file's axes, typed as the flags type them (YAML read with safe_load: data only)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LrptError(f"--sweep_file {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise LrptError(f"--sweep_file {path}: a mapping of tasks, methods, seeds, few_shot and grid")
+    unknown = sorted(set(data) - set(SWEEP_KEYS) - {"grid"})
+    if unknown:
+        raise LrptError(f"--sweep_file {path}: {', '.join(unknown)} not among tasks, methods, seeds, few_shot, grid "
+                        "(a run's settings go in a --config file, or flags)")
+    values = {}
+    for key, kind in SWEEP_KEYS.items():
+        if key in data:
+            listed = data[key] if isinstance(data[key], list) else [data[key]]
+            if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in listed):
+                raise LrptError(f"--sweep_file {path}: {key} must be a list of {kind.__name__}s")
+            try:
+                values[key] = [kind(v) for v in listed]
+            except ValueError:
+                raise LrptError(f"--sweep_file {path}: {key} must be a list of {kind.__name__}s") from None
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise LrptError(f"--sweep_file {path}: grid must map each field to a list of values, e.g. "
+                        "grid: {learning_rate: [0.3, 0.1]}")
+    values["grid"] = [f"{field}={','.join(str(v) for v in listed)}" for field, listed in grid.items()]
+    return values
+
+
+def run_name(task: str, method: str, seed: int, k: int | None, point: Point = ()) -> str:
+    return f"{task}-{method}-seed{seed}" + (f"-k{k}" if k else "") + point_name(point)
 
 
 def check_lists(args: argparse.Namespace) -> None:
@@ -77,12 +125,15 @@ def done_before(cfg) -> bool:
 
 
 def fuse_groups(configs: list, most: int | None) -> list[list]:
-    """Each task's runs in sweep order, split into groups of at most `most` (all of them: None)."""
-    by_task: dict[str, list] = {}
+    """The runs that can share a pass (a task's runs, at one value of every setting a fused group shares: its
+    fields' Policy), in sweep order, split into groups of at most `most` (all of them: None)."""
+    from ..train.fused import SHARED
+
+    together: dict[tuple, list] = {}
     for cfg in configs:
-        by_task.setdefault(cfg.task, []).append(cfg)
-    size = most or max(len(runs) for runs in by_task.values())
-    return [runs[i:i + size] for runs in by_task.values() for i in range(0, len(runs), size)]
+        together.setdefault(tuple(repr(getattr(cfg, name)) for name in SHARED), []).append(cfg)
+    size = most or max(len(runs) for runs in together.values())
+    return [runs[i:i + size] for runs in together.values() for i in range(0, len(runs), size)]
 
 
 def main(argv: list[str]) -> int:
@@ -104,13 +155,21 @@ def main(argv: list[str]) -> int:
     if args.methods is None:
         raise LrptError("lrpt sweep needs --methods (or a --recipe, whose methods it runs)")
     check_lists(args)
+    axes = parse_grid(args.grid)
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in rest if a.startswith("--")}
+    for axis in axes:
+        if given & {axis.field, *ALIASES.get(axis.field, ())}:
+            raise LrptError(f"--{axis.field} is both a flag of every run and an axis of --grid: give it once")
     out = Path(args.output_dir)
-    plan = [(t, m, s, k) for t in args.tasks for k in (args.few_shot or [None])
-            for m in args.methods for s in args.seeds]
+    plan = [(t, m, s, k, p) for t in args.tasks for k in (args.few_shot or [None])
+            for m in args.methods for p in points(axes) for s in args.seeds]
+    print(f"[lrpt sweep] {len(plan)} runs: {len(args.tasks)} tasks x {len(args.methods)} methods x "
+          f"{len(args.seeds)} seeds" + (f" x {len(args.few_shot)} K" if args.few_shot else "")
+          + (f" x grid ({describe(axes)})" if axes else ""), flush=True)
     configs = []
-    for task, method, seed, k in plan:  # validate every run before training any
-        flags = [*rest, "--task", task, "--method", method, "--seed", str(seed),
-                 "--output_dir", str(out / run_name(task, method, seed, k))]
+    for task, method, seed, k, point in plan:  # validate every run before training any
+        flags = [*rest, *point_flags(point), "--task", task, "--method", method, "--seed", str(seed),
+                 "--output_dir", str(out / run_name(task, method, seed, k, point))]
         cfg = load_config(flags + (["--few_shot", str(k)] if k else []))
         cfg.validate()
         if not run_dir.starts_afresh(cfg):  # a finished run is skipped only if it ran these settings
@@ -123,7 +182,8 @@ def main(argv: list[str]) -> int:
     from ..runtime import distributed
 
     if distributed.is_main() and args.fuse_group is None:
-        markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout)
+        markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout,
+                              by=[axis.field for axis in axes])  # a row per grid point (lrpt table --select chooses)
         (out / "table.md").write_text(markdown)
         (out / "table.csv").write_text(csv)
         print(markdown)

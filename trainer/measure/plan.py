@@ -547,6 +547,8 @@ def parser():
     cluster.add_argument("--overhead", type=float, default=1.0,
                          help="GiB per GPU outside PyTorch's allocator: CUDA context, NCCL (default 1)")
     cluster.add_argument("--json", action="store_true", default=False, help="print the plan as JSON")
+    cluster.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
+                         help="a sweep's grid (`lrpt sweep --grid`): plan every point, show the largest")
     cluster.add_argument("--fuse", type=int, default=1,
                          help="plan a fused group (lrpt sweep --fuse) of this many runs like this one: one backbone, "
                               "their micro-batches summed, a prompt, optimizer and engine each (default 1)")
@@ -559,17 +561,25 @@ def main(argv: list[str]) -> int:
     """Exit status 0 when the run fits, 1 when it does not (so `lrpt plan ... && sbatch ...` works)."""
     import json
 
+    from ..config.grid import describe, label, parse_grid, point_flags, points
     from ..config.run_config import RunConfig, run_values
 
     args = vars(parser().parse_args(argv))
-    cfg = RunConfig(**run_values(args))
-    cfg.validate()
-    spec = PlanSpec.from_run(cfg, gpus=args["gpus"], nodes=args["nodes"], gpu_memory_gib=args["gpu_memory"],
-                             overhead_gib=args["overhead"], fused=args["fuse"])
-    p = plan(spec)
+    axes = parse_grid(args["grid"])
+    planned = []
+    for point in points(axes):  # the run's flags, then the point's (a point's value wins)
+        cfg = RunConfig(**run_values(vars(parser().parse_args([*argv, *point_flags(point)]))))
+        cfg.validate()
+        spec = PlanSpec.from_run(cfg, gpus=args["gpus"], nodes=args["nodes"], gpu_memory_gib=args["gpu_memory"],
+                                 overhead_gib=args["overhead"], fused=args["fuse"])
+        planned.append((plan(spec), point))
+    p, point = max(planned, key=lambda pair: pair[0].needed)
+    spec = p.spec
     if args["json"]:
-        print(json.dumps(p.to_dict(), indent=2))
+        print(json.dumps({**p.to_dict(), **({"grid_point": dict(point)} if axes else {})}, indent=2))
         return 0 if p.fits else 1
+    if axes:
+        print(f"the largest of {len(planned)} grid points ({describe(axes)}): {label(point)}")
     print(render(p))
     if not p.fits and spec.zero == 3:
         n = smallest_world(spec)
