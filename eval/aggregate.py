@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.rundir.report import Report, ReportError
-from . import published, selection
+from . import published, selection, stats_table
 from .layouts import LAYOUTS, Column, Layout
+from .stats_table import FewShotStats
 from .tasks import get_task
 
 FULL = "full"   # the K column's value for runs on the whole training set
@@ -75,6 +76,7 @@ def _record(path: Path) -> dict:
         record = {"path": str(path), "task": task.name,
                   "method": report.method + PROTOCOL_MARKS.get(report.selection_protocol, ""),
                   "seed": config["seed"], "few_shot": config.get("few_shot") or None,
+                  "draw": config.get("few_shot_draw"),
                   "model": config.get("model"), "trainable_params": report.trainable_params,
                   "metrics": report.metrics, "config": config, "protocol": report.selection_protocol,
                   "dev_score": _dev_score(report)}
@@ -139,9 +141,10 @@ def _groups(records: list[dict], layout: Layout, show_model: bool) -> dict[tuple
     seen: dict[tuple, str] = {}
     for r in sorted(records, key=lambda r: r["few_shot"] or 0):   # stable: keeps first-seen method order
         key = (r["few_shot"], r["model"] if show_model else None, r["method"])
-        run = key + (r["task"], r["seed"])
+        run = key + (r["task"], r["seed"], r["draw"])
         if run in seen:
             k = f", K={r['few_shot']}" if r["few_shot"] else ""
+            k += f", draw {r['draw']}" if r["draw"] is not None else ""
             raise TableError(f"two reports for {r['method']} on {r['task']} (seed {r['seed']}{k}): "
                              f"{seen[run]} and {r['path']}; if they are points of a grid, name its fields: "
                              "--by FIELD... (a row per point) or --select FIELD... (the dev-best point)")
@@ -309,10 +312,40 @@ def _layout(name: str | Layout, reference: bool) -> Layout:
     return layout
 
 
+@dataclass
+class Tables:
+    """A table as markdown and csv, and its few-shot statistics (empty without few-shot runs)."""
+    markdown: str
+    csv: str
+    stats: FewShotStats
+    labels: dict[str, str]  # each task's column header
+
+    def write(self, prefix: Path) -> list[Path]:
+        """PREFIX.md and PREFIX.csv; with few-shot runs also PREFIX.stats.csv, PREFIX.paired.csv and a plot per
+        task, PREFIX.<task>.png."""
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        files = {".md": self.markdown, ".csv": self.csv}
+        if self.stats:
+            files |= {".stats.csv": stats_table.cells_csv(self.stats), ".paired.csv": stats_table.pairs_csv(self.stats)}
+        written = []
+        for suffix, text in files.items():
+            written.append(prefix.with_name(prefix.name + suffix))
+            written[-1].write_text(text)
+        return written + (stats_table.plot(self.stats, prefix, self.labels) if self.stats else [])
+
+
 def table(records: list[dict], layout: str | Layout = "lrpt", reference: bool = False,
           reference_backbone: str | None = None, by: list[str] = (), select: list[str] = (),
           select_on: str = selection.DEV) -> tuple[str, str]:
-    """(markdown, csv) of the records in `layout`. Markdown cells read "85.3 ± 1.2" (one seed: "85.3");
+    """(markdown, csv) of `tabulate`."""
+    tables = tabulate(records, layout, reference, reference_backbone, by, select, select_on)
+    return tables.markdown, tables.csv
+
+
+def tabulate(records: list[dict], layout: str | Layout = "lrpt", reference: bool = False,
+             reference_backbone: str | None = None, by: list[str] = (), select: list[str] = (),
+             select_on: str = selection.DEV) -> Tables:
+    """The records in `layout`. Markdown cells read "85.3 ± 1.2" (one seed: "85.3");
     the csv has the same rows with numbers: a mean and a std column per task, then avg (and, with
     `reference`, a source column: lrpt, paper or delta). `reference_backbone` implies `reference`.
     A grid's runs: `by` fields split rows (a row per point), `select` fields are chosen per task and row on
@@ -339,7 +372,24 @@ def table(records: list[dict], layout: str | Layout = "lrpt", reference: bool = 
     head = (["K"] if few_shot else []) + (["Model"] if show_model else []) + ["Method"]
     chosen_on = (f"Grid points selected per task ({', '.join(select)}, on {select_on}; the cells are their "
                  "validation scores):") if select else ""
-    return _render(rows, head, columns, chosen, reference, chosen_on)
+    markdown, csv_text = _render(rows, head, columns, chosen, reference, chosen_on)
+    stats = stats_table.few_shot_stats(_few_shot_scores(records, chosen, show_model))
+    if stats:
+        markdown += "\n" + stats_table.markdown(stats)
+    return Tables(markdown, csv_text, stats, {c.task: c.label for c in columns})
+
+
+def _few_shot_scores(records: list[dict], layout: Layout, show_model: bool) -> dict[tuple, dict[tuple, float]]:
+    """Per few-shot cell (K, method, task): (draw, seed) -> the table's number (a run without a draw of its own
+    drew its rows by its seed)."""
+    columns = {c.task: c for c in layout.columns}
+    scores: dict[tuple, dict[tuple, float]] = {}
+    for r in sorted(records, key=lambda r: r["few_shot"] or 0):
+        if r["few_shot"]:
+            method = f"{r['model']} {r['method']}" if show_model else r["method"]
+            cell = scores.setdefault((r["few_shot"], method, r["task"]), {})
+            cell[(r["draw"], r["seed"])] = _value(r, columns[r["task"]], layout)
+    return scores
 
 
 def _grid(records: list[dict], by: list[str], select: list[str], on: str) -> tuple[list[dict], dict]:
@@ -381,17 +431,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="dev (default), or val: the optimistic choice on the reported split, marked so")
     args = parser.parse_args(argv)
     try:
-        markdown, csv_text = table(collect(args.runs), args.layout, args.reference, args.reference_backbone,
-                                   by=args.by, select=args.select, select_on=args.select_on)
+        tables = tabulate(collect(args.runs), args.layout, args.reference, args.reference_backbone,
+                          by=args.by, select=args.select, select_on=args.select_on)
     except (TableError, FileNotFoundError) as exc:
         print(f"lrpt table: error: {exc}", file=sys.stderr)
         return 2
     if args.output:
-        prefix = Path(args.output).expanduser()
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        prefix.with_name(prefix.name + ".md").write_text(markdown)
-        prefix.with_name(prefix.name + ".csv").write_text(csv_text)
-    print(markdown, end="")
+        tables.write(Path(args.output).expanduser())
+    print(tables.markdown, end="")
     return 0
 
 

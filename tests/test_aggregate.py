@@ -84,7 +84,7 @@ def test_table_means_std_and_avg(runs):
 def test_few_shot_runs_get_their_own_rows(runs):
     write_report(runs, "pt", "rte", 0, {"accuracy": 0.55}, few_shot=32)
     markdown, csv_text = table(collect(runs))
-    lines = markdown.strip().splitlines()
+    lines = markdown.split("\n\n")[0].splitlines()  # the table; the few-shot statistics follow it
     assert lines[0] == "| K | Method | Params | CB (acc+F1)/2 | RTE (acc) | Avg |"
     assert lines[2].startswith("| full | ")
     assert lines[-1] == "| 32 | pt | 76,800 | – | 55.0 | – |"     # one seed: no ±; lacks CB: no Avg
@@ -149,8 +149,9 @@ def write_sweep(root: Path, methods: tuple[str, ...], tasks: list[str], model: s
 
 
 def md_rows(markdown: str) -> list[list[str]]:
-    """The markdown table's rows (header first, separator dropped) as lists of cells."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    """The markdown table's rows (header first, separator dropped) as lists of cells; sections after the table (the
+    few-shot statistics) left out."""
+    lines = [line for line in markdown.split("\n\n")[0].splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1]
 
 

@@ -37,6 +37,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--recipe", help="a paper's setting for every run (`lrpt train --help`, --recipe)")
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--few_shot", "--few-shot", type=_ints, default=None, help="comma-separated K, e.g. 8,16,32")
+    parser.add_argument("--few_shot_draws", "--few-shot-draws", type=int, default=None, metavar="N",
+                        help="with --few_shot: N draws of the K rows per K (draws 0..N-1), every seed trained on each "
+                             "draw, so that the table can split the variance between the draw and the seed")
     parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
                         help="any run setting as one more axis, crossed with the others, e.g. --grid "
                              "learning_rate=0.3,0.1,0.03 rank=4,10 (each run directory is named by its point)")
@@ -100,8 +103,18 @@ def read_sweep_file(path: str) -> dict:
     return values
 
 
-def run_name(task: str, method: str, seed: int, k: int | None, point: Point = ()) -> str:
-    return f"{task}-{method}-seed{seed}" + (f"-k{k}" if k else "") + point_name(point)
+def run_name(task: str, method: str, seed: int, k: int | None, point: Point = (), draw: int | None = None) -> str:
+    return (f"{task}-{method}-seed{seed}" + (f"-k{k}" if k else "") + (f"-draw{draw}" if draw is not None else "")
+            + point_name(point))
+
+
+def shots(args: argparse.Namespace) -> list[tuple[int | None, int | None]]:
+    """(K, draw) of every few-shot setting: the full data alone without --few_shot; a draw per run's seed
+    without --few_shot_draws."""
+    if args.few_shot_draws is not None and (not args.few_shot or args.few_shot_draws < 1):
+        raise LrptError("--few_shot_draws N needs --few_shot and N >= 1")
+    draws = range(args.few_shot_draws) if args.few_shot_draws else [None]
+    return [(k, d) for k in args.few_shot for d in draws] if args.few_shot else [(None, None)]
 
 
 def check_lists(args: argparse.Namespace) -> None:
@@ -137,14 +150,14 @@ def fuse_groups(configs: list, most: int | None) -> list[list]:
 
 
 def main(argv: list[str]) -> int:
-    from ...eval.aggregate import collect, table
+    from ...eval.aggregate import collect, tabulate
 
     args, rest = parse(argv)
     if args.fuse_max is not None and (not args.fuse or args.fuse_max < 1):
         raise LrptError("--fuse_max N needs --fuse and N >= 1")
     if args.fuse_group is not None and (not args.fuse or args.fuse_group < 0):
         raise LrptError("--fuse_group G needs --fuse and G >= 0")
-    for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot"):
+    for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot", "--few_shot_draw"):
         if any(a == flag or a.startswith(flag + "=") or a == flag.replace("_", "-") for a in rest):
             raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot")
     if args.recipe:
@@ -161,16 +174,18 @@ def main(argv: list[str]) -> int:
         if given & {axis.field, *ALIASES.get(axis.field, ())}:
             raise LrptError(f"--{axis.field} is both a flag of every run and an axis of --grid: give it once")
     out = Path(args.output_dir)
-    plan = [(t, m, s, k, p) for t in args.tasks for k in (args.few_shot or [None])
+    plan = [(t, m, s, k, d, p) for t in args.tasks for k, d in shots(args)
             for m in args.methods for p in points(axes) for s in args.seeds]
     print(f"[lrpt sweep] {len(plan)} runs: {len(args.tasks)} tasks x {len(args.methods)} methods x "
           f"{len(args.seeds)} seeds" + (f" x {len(args.few_shot)} K" if args.few_shot else "")
+          + (f" x {args.few_shot_draws} draws" if args.few_shot_draws else "")
           + (f" x grid ({describe(axes)})" if axes else ""), flush=True)
     configs = []
-    for task, method, seed, k, point in plan:  # validate every run before training any
+    for task, method, seed, k, draw, point in plan:  # validate every run before training any
         flags = [*rest, *point_flags(point), "--task", task, "--method", method, "--seed", str(seed),
-                 "--output_dir", str(out / run_name(task, method, seed, k, point))]
-        cfg = load_config(flags + (["--few_shot", str(k)] if k else []))
+                 "--output_dir", str(out / run_name(task, method, seed, k, point, draw))]
+        flags += (["--few_shot", str(k)] if k else []) + (["--few_shot_draw", str(draw)] if draw is not None else [])
+        cfg = load_config(flags)
         cfg.validate()
         if not run_dir.starts_afresh(cfg):  # a finished run is skipped only if it ran these settings
             run_dir.check_contract(cfg, Path(cfg.output_dir))
@@ -182,11 +197,10 @@ def main(argv: list[str]) -> int:
     from ..runtime import distributed
 
     if distributed.is_main() and args.fuse_group is None:
-        markdown, csv = table(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout,
-                              by=[axis.field for axis in axes])  # a row per grid point (lrpt table --select chooses)
-        (out / "table.md").write_text(markdown)
-        (out / "table.csv").write_text(csv)
-        print(markdown)
+        tables = tabulate(collect([str(Path(c.output_dir)) for c in configs]), layout=args.layout,
+                          by=[axis.field for axis in axes])  # a row per grid point (lrpt table --select chooses)
+        tables.write(out / "table")  # table.md, table.csv (few-shot: table.stats.csv, table.paired.csv, plots)
+        print(tables.markdown)
     return 0
 
 

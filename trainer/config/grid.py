@@ -15,6 +15,7 @@ from ..errors import LrptError
 from .run_config import ALIASES, policies
 
 OWN_AXES = {"task": "--tasks", "method": "--methods", "seed": "--seeds", "few_shot": "--few_shot",
+            "few_shot_draw": "--few_shot_draws",
             "output_dir": "--output_dir"}  # the sweep's own: given by its own flags
 
 

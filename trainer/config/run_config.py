@@ -141,6 +141,9 @@ class RunSettings:
     decoding: str = setting("rank", per_run=True,
         help="generate (greedy, mapped to an answer) | rank (score each candidate answer)")
     few_shot: int | None = setting(None, per_run=True, help="train on K training rows sampled by (task, K, seed) alone")
+    few_shot_draw: int | None = setting(None, per_run=True,
+        help="with --few_shot: sample the K rows by (task, K, draw) instead, so that runs of several seeds share one "
+             "draw (lrpt sweep --few_shot_draws)")
     dev_size: float = setting(0, per_run=True,
         help="carve a dev split from train (count, or fraction < 1) to pick the best checkpoint; 0: none")
     selection: str = setting("auto", per_run=True,
@@ -176,6 +179,9 @@ class RunSettings:
             raise LrptError(f"--decoding must be generate or rank, got {self.decoding!r}")
         if self.few_shot is not None and self.few_shot < 1:
             raise LrptError(f"--few_shot must be >= 1, got {self.few_shot}")
+        if self.few_shot_draw is not None and (self.few_shot is None or self.few_shot_draw < 0):
+            raise LrptError(f"--few_shot_draw {self.few_shot_draw}: a draw (0, 1, ...) of --few_shot K rows; give "
+                            "--few_shot K, and a draw >= 0")
         self._validate_selection()
         self._validate_quantization()
         report_to(self.report_to)

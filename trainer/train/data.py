@@ -27,23 +27,26 @@ class RunData:
 
 
 def load_run_data(task: Task, data_dir: str | None, seed: int, few_shot: int | None = None, dev_size: float = 0,
-                  max_train_samples: int | None = None, max_eval_samples: int | None = None) -> RunData:
+                  max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                  draw: int | None = None) -> RunData:
     """Official rows -> (few-shot sample) -> (dev carved off) -> examples. The few-shot sample
-    depends on (task, K, seed) alone, so every method of a seed sees the same rows. Every row of
-    train and val is checked here (labels included): a data problem is one LrptError at its file:line."""
+    depends on (task, K, draw) alone, the draw being the seed unless given, so every method of a seed (or of a
+    draw) sees the same rows. Every row of train and val is checked here (labels included): a data problem is one
+    LrptError at its file:line."""
     try:
-        return _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples)
+        return _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples,
+                         seed if draw is None else draw)
     except DataError as exc:
         raise LrptError(str(exc)) from None
 
 
-def _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples) -> RunData:
+def _run_data(task, data_dir, seed, few_shot, dev_size, max_train_samples, max_eval_samples, draw) -> RunData:
     rows = load_split(task, "train", data_dir)
     val_rows = load_split(task, "val", data_dir)  # a missing val split is found before anything trains
     if few_shot:
         usable = [i for i, row in enumerate(rows) if row_examples(task, dict(row), train=True)]
         try:
-            rows = sample_few_shot(rows, task.name, few_shot, seed, usable)
+            rows = sample_few_shot(rows, task.name, few_shot, draw, usable)
         except ValueError as exc:
             raise LrptError(f"--few_shot {few_shot}: {exc}") from None
     dev = None

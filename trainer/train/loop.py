@@ -204,7 +204,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     torch.manual_seed(cfg.seed)
     # every row read and checked before the backbone (minutes at 11B) loads
     data = load_run_data(task, cfg.data_dir, cfg.seed, cfg.few_shot, cfg.dev_size, cfg.max_train_samples,
-                         cfg.max_eval_samples)
+                         cfg.max_eval_samples, draw=cfg.few_shot_draw)
     world, accumulation = distributed.world_size(), cfg.gradient_accumulation_steps
     micro = fitted_micro_batch(len(data.train), cfg.per_device_train_batch_size, world, accumulation)
     if micro < cfg.per_device_train_batch_size:
