@@ -1,4 +1,6 @@
-"""One training run: RunConfig in, report out. Reads top to bottom like the recipe it is."""
+"""Training runs: RunConfig in, report out, read top to bottom like the recipe it is: checks (before any data or
+weight), prepare (data, process group, DeepSpeed config, the run directory's claim), setup (one backbone load for a
+run alone or a fused group), train (train.driver), cleanup (the run directories' locks released)."""
 from __future__ import annotations
 
 import logging
