@@ -23,6 +23,8 @@
 #                comes from lrpt itself (`python -m lrpt.trainer.config.slurm_env`), method options included.
 #                Old spellings still work: BATCH_SIZE DS_CONFIG EPOCHS GRAD_ACCUM
 #   EXTRA_ARGS   any other trainer flags, split on spaces; the script's own arguments are added last
+#   GRID         the sweeps' grid over any trainer setting, as `lrpt sweep --grid` takes it:
+#                GRID="learning_rate=0.3,0.1 rank=4,10" (each point a run; its variable is then not set)
 #   SRUN_WAIT    seconds the other ranks get once one rank has ended, before srun ends them (300)
 
 if [[ -n ${VENV:-} ]]; then
@@ -204,12 +206,51 @@ lrpt_grid() {  # lrpt_grid INDEX "LIST" "LIST"...: the INDEX-th combination (fir
     done
 }
 
+lrpt_grid_axes() {  # GRID="FIELD=V1,V2 FIELD=V1,V2" (lrpt sweep --grid's grammar) into GRID_FIELDS, GRID_VARS
+                    # (their variables), GRID_LISTS (space-separated values) and GRID_SHARED (fields a fused group
+                    # shares); call it before the template's defaults, which then must not set a grid's variable
+    local axes field var per_run values
+    local -a items
+    GRID_FIELDS=() GRID_VARS=() GRID_LISTS=() GRID_SHARED=()
+    [[ -n ${GRID:-} ]] || return 0
+    read -ra items <<<"$GRID"
+    axes=$("$PYTHON" -m lrpt.trainer.config.grid "${items[@]}") || exit 2
+    while IFS=$'\t' read -r field var per_run values; do
+        if [[ -n ${!var:-} ]]; then
+            echo "lrpt: GRID names $field, and $var=${!var} sets it for every run: give it once" >&2
+            exit 2
+        fi
+        GRID_FIELDS+=("$field") GRID_VARS+=("$var") GRID_LISTS+=("$values")
+        [[ $per_run == 1 ]] || GRID_SHARED+=("$field")
+    done <<<"$axes"
+}
+
+lrpt_grid_name() {  # lrpt_grid_name FIRST: the run name's grid part from GRID_PICK[FIRST...] (lrpt sweep's names)
+    local j
+    GRID_NAME=""
+    for ((j = 0; j < ${#GRID_FIELDS[@]}; j++)); do
+        GRID_NAME+="-${GRID_FIELDS[j]}${GRID_PICK[$1 + j]}"
+    done
+}
+
+lrpt_grid_export() {  # lrpt_grid_export FIRST: each grid variable set to its value in GRID_PICK[FIRST...]
+    local j
+    for ((j = 0; j < ${#GRID_FIELDS[@]}; j++)); do
+        printf -v "${GRID_VARS[j]}" '%s' "${GRID_PICK[$1 + j]}"
+    done
+}
+
 lrpt_fused_grid() {  # lrpt_fused_grid TASKS RUNS: with FUSE=1 the grid is one element per fused group of at most
                      # FUSE_MAX runs of one task (default: all of a task's): GRID_SIZE elements, FUSE_SIZE runs each
     local -a tasks
     [[ ${FUSE:=0} == 0 ]] && return 0
     if [[ $FUSE != 1 ]]; then
         echo "lrpt: FUSE=$FUSE: set FUSE=1 (fused groups) or FUSE=0" >&2
+        exit 2
+    fi
+    if (( ${#GRID_SHARED[@]} )); then
+        echo "lrpt: FUSE=1 trains a group per task, and GRID varies ${GRID_SHARED[*]}, which fused runs share:" \
+             "its points would need groups of their own; use FUSE=0 for this grid" >&2
         exit 2
     fi
     read -ra tasks <<<"$1"
@@ -249,6 +290,7 @@ lrpt_table_if_complete() {  # lrpt_table_if_complete DIR RUN_NAME...: write DIR/
         [[ -f $dir/$name/report.json ]] || return 0
     done
     echo "lrpt: every run of the grid is finished; writing $dir/table.md"
-    "$PYTHON" -m lrpt.trainer.cli.main table \
-        "${@/#/$dir/}" --output "$dir/table" || echo "lrpt: lrpt table failed (the runs are intact)" >&2
+    # a GRID's points get a row each, as `lrpt sweep --grid` writes its table
+    "$PYTHON" -m lrpt.trainer.cli.main table "${@/#/$dir/}" --output "$dir/table" \
+        ${GRID_FIELDS[@]:+--by "${GRID_FIELDS[@]}"} || echo "lrpt: lrpt table failed (the runs are intact)" >&2
 }

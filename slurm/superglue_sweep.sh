@@ -35,6 +35,7 @@ LRPT_ROOT=${LRPT_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
 [[ -f $LRPT_ROOT/slurm/common.sh ]] || { echo "submit from the lrpt checkout, or set LRPT_ROOT" >&2; exit 2; }
 # shellcheck source=slurm/common.sh
 source "$LRPT_ROOT/slurm/common.sh"
+lrpt_grid_axes  # GRID, before the defaults below: a grid's variable is set per run
 
 : "${TASKS:=boolq cb copa multirc record rte wic wsc}"
 : "${SEEDS:=0 1 2}"
@@ -55,16 +56,18 @@ fi
 : "${OUTPUT_DIR:=runs/superglue-${SLURM_ARRAY_JOB_ID:-}}"
 SWEEP_DIR=$OUTPUT_DIR
 : "${FUSE:=0}"  # 1: each element trains a task's runs together, fused (lrpt sweep --fuse), at most FUSE_MAX of them
+unset "${GRID_VARS[@]}"  # a grid's setting comes from its point, not from a default above
 
-RUNS=()  # every run of the grid, by the names `lrpt sweep` gives them
-lrpt_grid 0 "$TASKS" "$METHODS" "$SEEDS"
+RUNS=()  # every run of the grid, by the names `lrpt sweep` gives them (seeds fastest, then the GRID's points)
+lrpt_grid 0 "$TASKS" "$METHODS" "${GRID_LISTS[@]}" "$SEEDS"
 for ((i = 0; i < GRID_SIZE; i++)); do
-    lrpt_grid "$i" "$TASKS" "$METHODS" "$SEEDS"
-    RUNS+=("${GRID_PICK[0]}-${GRID_PICK[1]}-seed${GRID_PICK[2]}")
+    lrpt_grid "$i" "$TASKS" "$METHODS" "${GRID_LISTS[@]}" "$SEEDS"
+    lrpt_grid_name 2
+    RUNS+=("${GRID_PICK[0]}-${GRID_PICK[1]}-seed${GRID_PICK[-1]}$GRID_NAME")
 done
 lrpt_fused_grid "$TASKS" "${#RUNS[@]}"
 if ! lrpt_in_slurm; then
-    lrpt_print_grid superglue_sweep.sh "tasks: $TASKS; methods: $METHODS; seeds: $SEEDS"
+    lrpt_print_grid superglue_sweep.sh "tasks: $TASKS; methods: $METHODS; seeds: $SEEDS${GRID:+; grid: $GRID}"
     exit 0
 fi
 
@@ -72,13 +75,15 @@ if [[ $FUSE == 1 ]]; then
     lrpt_check_array
     echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: fused group $SLURM_ARRAY_TASK_ID (at most $FUSE_SIZE runs)"
     lrpt_sweep_fused --tasks "${TASKS// /,}" --methods "${METHODS// /,}" --seeds "${SEEDS// /,}" \
-        --output_dir "$SWEEP_DIR" --fuse auto --fuse_max "$FUSE_SIZE" --fuse_group "$SLURM_ARRAY_TASK_ID" "$@"
+        ${GRID:+--grid $GRID} --output_dir "$SWEEP_DIR" --fuse auto --fuse_max "$FUSE_SIZE" \
+        --fuse_group "$SLURM_ARRAY_TASK_ID" "$@"
 else
-    lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "$SEEDS"
+    lrpt_grid "${SLURM_ARRAY_TASK_ID:?run it as a job array}" "$TASKS" "$METHODS" "${GRID_LISTS[@]}" "$SEEDS"
     lrpt_check_array
-    TASK=${GRID_PICK[0]} METHOD=${GRID_PICK[1]} SEED=${GRID_PICK[2]}
+    TASK=${GRID_PICK[0]} METHOD=${GRID_PICK[1]} SEED=${GRID_PICK[-1]}
+    lrpt_grid_export 2
     OUTPUT_DIR=$SWEEP_DIR/${RUNS[SLURM_ARRAY_TASK_ID]}
-    echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: $TASK $METHOD seed $SEED"
+    echo "lrpt: element $SLURM_ARRAY_TASK_ID of $GRID_SIZE: $TASK $METHOD seed $SEED (${RUNS[SLURM_ARRAY_TASK_ID]})"
     lrpt_train "$@"
 fi
 lrpt_table_if_complete "$SWEEP_DIR" "${RUNS[@]}"

@@ -36,7 +36,7 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 # What the templates read (every RunConfig field's variable, the old spellings, the grids' lists and
 # common.sh's own); the tests set them explicitly, so none may leak in from the caller.
 TEMPLATE_VARS = {*slurm_env.variables(), *slurm_env.ALIASES, "EXTRA_ARGS", "TASKS", "METHODS", "SEEDS", "SHOTS",
-                 "FUSE", "FUSE_MAX", "LOG", "VENV", "SRUN_WAIT"}
+                 "GRID", "FUSE", "FUSE_MAX", "LOG", "VENV", "SRUN_WAIT"}
 # tiny T5, 2 CPU ranks on one node, ZeRO-3 (the template's own DEEPSPEED)
 TINY = {"PRECISION": "fp32", "PROMPT_LENGTH": "8", "PER_DEVICE_TRAIN_BATCH_SIZE": "2", "MAX_STEPS": "60",
         "SAVE_STEPS": "5", "SEED": "5", "MAX_EVAL_SAMPLES": "4", "DECODING": "rank", "PROGRESS": "false"}
@@ -589,7 +589,8 @@ def test_fewshot_array_leaves_a_k_shot_report_per_element_and_a_table(template_j
     table = subprocess.run([str(lrpt), "table", *[str(sweep / n) for n in names]], capture_output=True, text=True,
                            check=True).stdout
     assert (sweep / "table.md").read_text().strip() == table.strip()
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.split("\n\n")[0].splitlines()
+            if line.startswith("|")]  # the table; its few-shot statistics follow it
     head, body = rows[0], rows[2:]  # rows[1]: the alignment row
     assert head[:2] == ["K", "Method"] and head[-1] == "Avg", table
     assert [c.split()[0] for c in head[3:-1]] == ["CB", "RTE"], table
@@ -638,3 +639,31 @@ def test_fused_sweep_on_a_backbone_with_dropout_completes_each_run_as_alone(clus
         report = json.loads((sweep / name / "report.json").read_text())
         assert "fused" not in report and report["train"]["steps"] == int(SHORT["MAX_STEPS"])
     assert (sweep / "table.md").is_file()
+
+
+@needs_slurm
+def test_a_grid_variable_sweeps_on_slurm_as_lrpt_sweep_does(cluster, tiny_t5_dir, tmp_path):
+    """GRID="learning_rate=0.1,0.03" on slurm/superglue_sweep.sh: an element per point, each run at its point's
+    value, and the table the last element writes equals `lrpt sweep --grid` on the same settings."""
+    env = {**SWEEP_GRID, "TASKS": "rte", "SEEDS": "0", "MODEL": tiny_t5_dir, "MAX_STEPS": "4",
+           "GRID": "learning_rate=0.1,0.03"}
+    del env["LEARNING_RATE"]
+    job = cluster.sbatch("superglue_sweep.sh", tmp_path, env, [*CPU_JOB, "--ntasks-per-node=1", "--array=0-1"])
+    states = cluster.wait(job, timeout=600, count=2)
+    assert all(s["JobState"] == "COMPLETED" for s in states), (states, log_of(tmp_path)[-4000:])
+    sweep = tmp_path / "runs" / f"superglue-{job}"
+    for rate in ("0.1", "0.03"):
+        report = json.loads((sweep / f"rte-dpt-seed0-learning_rate{rate}" / "report.json").read_text())
+        assert report["config"]["learning_rate"] == float(rate)
+    # the same settings as flags: the template's defaults under the environment, old spellings translated
+    fields = slurm_env.variables()
+    settings = {**template_defaults(ROOT / "slurm" / "superglue_sweep.sh"), **env}
+    settings = {slurm_env.ALIASES.get(var, var): value for var, value in settings.items()}
+    flags = [part for var, value in settings.items() if var in fields and fields[var] not in
+             ("task", "method", "seed", "output_dir", "learning_rate") and value
+             for part in (f"--{fields[var]}", value)]
+    lrpt = Path(sys.executable).parent / "lrpt"
+    subprocess.run([str(lrpt), "sweep", "--tasks", "rte", "--methods", "dpt", "--seeds", "0", "--grid",
+                    "learning_rate=0.1,0.03", "--output_dir", str(tmp_path / "local"), *flags], check=True,
+                   capture_output=True, env=clean_env())
+    assert (sweep / "table.md").read_text() == (tmp_path / "local" / "table.md").read_text()

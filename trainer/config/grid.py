@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from dataclasses import dataclass
 
 from ..errors import LrptError
@@ -85,3 +86,29 @@ def describe(axes: list[Axis]) -> str:
 def _safe(value: str) -> str:
     """A value as a directory name can hold it (a path's separators become _)."""
     return re.sub(r"[^A-Za-z0-9.+_-]", "_", value)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m lrpt.trainer.config.grid FIELD=V1,V2 ...`, what the Slurm sweeps read their GRID with: one line
+    per axis, `FIELD<TAB>VARIABLE<TAB>PER_RUN<TAB>V1 V2` (its environment variable; 1 where a fused group's runs
+    may differ in it). A value must name its run directory as it is, since the templates name runs in bash."""
+    from .run_config import policies
+    from .slurm_env import variable
+
+    try:
+        axes = parse_grid(argv)
+        for axis in axes:
+            renamed = [v for v in axis.values if _safe(v) != v]
+            if renamed:
+                raise LrptError(f"GRID {axis.field}={','.join(axis.values)}: {renamed[0]!r} cannot name a run "
+                                "directory as it is; give a value without / or spaces")
+    except LrptError as exc:
+        print(f"lrpt: {exc}", file=sys.stderr)
+        return 2
+    for axis in axes:
+        print(f"{axis.field}\t{variable(axis.field)}\t{int(policies()[axis.field].per_run)}\t{' '.join(axis.values)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
