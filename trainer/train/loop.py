@@ -1,5 +1,5 @@
 """Training runs: RunConfig in, report out, read top to bottom like the recipe it is: checks (before any data or
-weight), prepare (data, process group, DeepSpeed config, the run directory's claim), setup (one backbone load for a
+weight), prepare (process group, the run directory's claim, data, DeepSpeed config), setup (one backbone load for a
 run alone or a fused group), train (train.driver), cleanup (the run directories' locks released)."""
 from __future__ import annotations
 
