@@ -127,11 +127,10 @@ def test_sweeps_print_their_grid_outside_slurm():
                                                    "PYTHON": sys.executable})
     assert "grid: 6 runs (tasks: cb rte; methods: dpt residual pt; seeds: 0)" in with_recipe, with_recipe
     # FUSE=1: an element per group of at most FUSE_MAX runs of one task, as many as `lrpt sweep --fuse` makes
-    from types import SimpleNamespace
-
     from lrpt.trainer.cli.sweep import fuse_groups
+    from lrpt.trainer.config.run_config import RunConfig
 
-    runs = [SimpleNamespace(task=t) for t in ("cb", "rte") for _ in range(6)]
+    runs = [RunConfig(task=t, method=m, seed=s) for t in ("cb", "rte") for m in ("pt", "dpt") for s in range(3)]
     for most, elements in (("", 2), ("4", 4), ("1", 12)):
         fused = grid_plan("superglue_sweep.sh", {**env, "FUSE": "1", "FUSE_MAX": most})
         assert len(fuse_groups(runs, int(most) if most else None)) == elements

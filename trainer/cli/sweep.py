@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if file:
         parser.set_defaults(**read_sweep_file(file))
     args, rest = parser.parse_known_args(argv)
-    if not args.tasks:
+    if args.tasks is None:
         raise LrptError("lrpt sweep needs --tasks (or tasks: in --sweep_file)")
     return args, rest
 
