@@ -159,7 +159,8 @@ def main(argv: list[str]) -> int:
         raise LrptError("--fuse_group G needs --fuse and G >= 0")
     for flag in ("--task", "--method", "--seed", "--output_dir", "--few_shot", "--few_shot_draw"):
         if any(a == flag or a.startswith(flag + "=") or a == flag.replace("_", "-") for a in rest):
-            raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot")
+            raise LrptError(f"lrpt sweep sets {flag} for each run itself; use --tasks/--methods/--seeds/--few_shot/"
+                            "--few_shot_draws (or --grid for any other setting)")
     if args.recipe:
         from ..config import recipe
 

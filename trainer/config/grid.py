@@ -92,7 +92,6 @@ def main(argv: list[str]) -> int:
     """`python -m lrpt.trainer.config.grid FIELD=V1,V2 ...`, what the Slurm sweeps read their GRID with: one line
     per axis, `FIELD<TAB>VARIABLE<TAB>PER_RUN<TAB>V1 V2` (its environment variable; 1 where a fused group's runs
     may differ in it). A value must name its run directory as it is, since the templates name runs in bash."""
-    from .run_config import policies
     from .slurm_env import variable
 
     try:
