@@ -39,8 +39,9 @@ def run_flags(model_dir: str, data_dir, *extra: str) -> list[str]:
 
 
 def assert_same_run(fused: Path, alone: Path, others: list[str]) -> None:
-    """A fused run's directory against its run trained alone: curve, prompt, metrics, checkpoint files."""
+    """A fused run's directory against its run trained alone: path, curve, prompt, metrics, checkpoint files."""
     got, want = (json.loads((d / "report.json").read_text()) for d in (fused, alone))
+    assert got["shared_prefix"] == want["shared_prefix"]
     torch.testing.assert_close(got["train"]["loss_curve"], want["train"]["loss_curve"], rtol=1e-5, atol=1e-7)
     assert len(got["train"]["loss_curve"]) == want["train"]["steps"]
     assert got["metrics"] == want["metrics"]
@@ -55,14 +56,19 @@ def assert_same_run(fused: Path, alone: Path, others: list[str]) -> None:
     assert sorted(os.listdir(fused / "checkpoints" / last)) == sorted(os.listdir(alone / "checkpoints" / last))
 
 
-@pytest.mark.parametrize("arch", ["t5", "llama"])
-def test_fused_sweep_equals_the_runs_trained_alone(arch, backbone_dirs, memorise_dir, tmp_path, capsys):
-    """LLaMA's runs alone take the standard path too (--shared_prefix false), as fused rows do: the shared
-    prefix agrees with it to float rounding only, which AdamW's normalised steps grow in the prompt."""
-    flags = run_flags(backbone_dirs[arch], memorise_dir, *(["--shared_prefix", "false"] if arch == "llama" else []))
+@pytest.mark.parametrize("arch, path", [("t5", []), ("llama", []), ("llama", ["--shared_prefix", "false"])],
+                         ids=["t5", "llama-shared-prefix", "llama-standard"])
+def test_fused_sweep_equals_the_runs_trained_alone(arch, path, backbone_dirs, memorise_dir, tmp_path, capsys):
+    """Each path against itself: a LLaMA run alone takes the shared prefix by default and its fused runs pack a
+    segment each into one sequence; with --shared_prefix false both take the standard path. (The two paths agree
+    to float rounding only, which AdamW's normalised steps grow in the prompt.)"""
+    flags = run_flags(backbone_dirs[arch], memorise_dir, *path)
     assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
     assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]) == 0
-    assert "group 1/1, fused: " + ", ".join(RUNS) in capsys.readouterr().out
+    shared = arch == "llama" and not path
+    assert ("fused: 4 runs in one pass over " + backbone_dirs[arch] + (" (the shared prefix" if shared else
+            " (the standard path")) in capsys.readouterr().out
+    assert json.loads((tmp_path / "fused" / RUNS[0] / "report.json").read_text())["shared_prefix"] == shared
     for name in RUNS:
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])
     assert (tmp_path / "fused" / "table.md").read_text() == (tmp_path / "alone" / "table.md").read_text()
@@ -90,12 +96,21 @@ def test_fuse_group_trains_that_group_alone_and_writes_no_table(tiny_t5_dir, mem
     assert "--fuse_group G needs --fuse" in capsys.readouterr().err
 
 
-def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, memorise_dir, tmp_path):
-    """LAMP pooling 7 tokens to 4 next to DPT with 6 and PT with 3: rows of three widths in one batch."""
+@pytest.mark.parametrize("shared_prefix", ["auto", "false"], ids=["shared-prefix", "standard"])
+def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(shared_prefix, tiny_llama_dir, memorise_dir, tmp_path,
+                                                              monkeypatch):
+    """LAMP pooling 7 tokens to 4 next to DPT with 6 and PT with 3: segments with prompts of three lengths in one
+    packed sequence (shared prefix: every fused step one forward of three segments), or rows of three widths in one
+    batch (standard path)."""
+    from lrpt.trainer.model import shared_prefix as packing
+
+    packed, forward = [], packing.packed_logits
+    monkeypatch.setattr(packing, "packed_logits", lambda model, segments: packed.append(len(segments)) or forward(
+        model, segments))
     base = dict(model=tiny_llama_dir, task="rte", data_dir=str(memorise_dir), per_device_train_batch_size=2,
                 max_steps=5,
                 learning_rate=0.05,  # AdamW moves a near-zero gradient entry by ~lr·(its rounding)/eps
-                warmup_ratio=0.25, decoding="rank", progress=False, seed=4, shared_prefix="false")
+                warmup_ratio=0.25, decoding="rank", progress=False, seed=4, shared_prefix=shared_prefix)
     runs = {"lamp": dict(method="lamp", prompt_length=7, pool=2, rank=2), "dpt": dict(method="dpt", prompt_length=6),
             "pt": dict(method="pt", prompt_length=3, learning_rate=0.02, max_grad_norm=0.05, seed=9)}
 
@@ -104,7 +119,9 @@ def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, me
 
     for cfg in cfgs(tmp_path / "alone"):
         train(cfg)
+    alone = len(packed)
     train_group(cfgs(tmp_path / "fused"))
+    assert packed[alone:].count(3) == (5 if shared_prefix == "auto" else 0)  # the 5 steps; evaluation: one run each
     for name in runs:
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in runs if n != name])
 
@@ -112,7 +129,9 @@ def test_pooled_and_longer_prompts_fused_with_an_unpooled_one(tiny_llama_dir, me
 @pytest.mark.parametrize("quant", [["--load_in_8bit"], ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4"]],
                          ids=["8bit", "4bit-nf4"])
 def test_fused_runs_on_a_quantized_backbone_equal_the_runs_alone(quant, tiny_llama_dir, memorise_dir, tmp_path):
-    flags = run_flags(tiny_llama_dir, memorise_dir, "--max_steps", "4", "--shared_prefix", "false", *quant)
+    """On the shared prefix (a LLaMA's default), with gradient checkpointing: the packed sequence through
+    bitsandbytes' layers, recomputed in the backward."""
+    flags = run_flags(tiny_llama_dir, memorise_dir, "--max_steps", "4", "--gradient_checkpointing", "true", *quant)
     sweep = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0"]
     assert main(["sweep", *sweep, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
     assert main(["sweep", *sweep, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]) == 0
@@ -141,7 +160,7 @@ REFUSALS = [
     ({"max_source_length": 64}, "--max_source_length"),
     ({"max_target_length": 4}, "--max_target_length"),
     ({"gradient_accumulation_steps": 2}, "--gradient_accumulation_steps"),
-    ({"shared_prefix": "true"}, "--shared_prefix true"),
+    ({"shared_prefix": "false"}, "--shared_prefix"),
 ]
 
 
@@ -259,12 +278,31 @@ def test_fused_sweep_under_the_launcher_equals_the_runs_trained_alone(zero, quan
         assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in RUNS if n != name])
 
 
+@pytest.mark.parametrize("extra", [[], ["--load_in_8bit", "--gradient_checkpointing", "true"]],
+                         ids=["zero3", "zero3-8bit-checkpointing"])
+def test_fused_shared_prefix_under_zero3_equals_the_runs_alone(extra, tiny_llama_dir, memorise_dir, tmp_path):
+    """2 ranks, the LLaMA sharded (8-bit: loaded sharded), gathered once per step for the group's one packed
+    sequence, whose segments carry prompts of two lengths (a grid over prompt_length)."""
+    sweep = ["--tasks", "rte", "--methods", "pt,dpt", "--seeds", "0", "--grid", "prompt_length=3,5"]
+    flags = [*run_flags(tiny_llama_dir, memorise_dir, "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"),
+                        "--max_steps", "4", *extra)]
+    flags[flags.index("--prompt_length"):flags.index("--prompt_length") + 2] = []
+    for out, fuse in ((tmp_path / "alone", []), (tmp_path / "fused", ["--fuse"])):
+        done = run_group(sweep_command(2, [*sweep, "--output_dir", str(out), *fuse, *flags]), 600, cwd=ROOT,
+                         env=clean_env())
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    names = [f"rte-{m}-seed0-prompt_length{c}" for m in ("pt", "dpt") for c in (3, 5)]
+    for name in names:
+        assert json.loads((tmp_path / "fused" / name / "report.json").read_text())["shared_prefix"]
+        assert_same_run(tmp_path / "fused" / name, tmp_path / "alone" / name, [n for n in names if n != name])
+
+
 def test_a_fused_sweep_killed_mid_run_resumes_every_run_on_its_own_curve(tiny_llama_dir, memorise_dir, tmp_path):
     """kill -9 of the whole job once every run has a checkpoint and none has finished; relaunched, each run
     ends on the curve of its run trained alone."""
     # a gentle learning rate: at 0.3 these 4 memorised rows make the curve chaotic, and any rounding grows
     flags = run_flags(tiny_llama_dir, memorise_dir, "--max_steps", "16", "--save_steps", "4", "--learning_rate",
-                      "0.02", "--shared_prefix", "false")
+                      "0.02")
     assert main(["sweep", *SWEEP, "--output_dir", str(tmp_path / "alone"), *flags]) == 0
     argv = [*SWEEP, "--output_dir", str(tmp_path / "fused"), "--fuse", *flags]
     job = subprocess.Popen([sys.executable, "-m", "lrpt.trainer.cli.main", "sweep", *argv], cwd=ROOT, env=clean_env(),

@@ -112,6 +112,40 @@ def test_each_backbone_type_and_kernel_equals_the_standard_path(model_type, atte
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
+def run_batches() -> list[dict[str, torch.Tensor]]:
+    """Three runs' micro-batches: 3 rows of width 9 right-padded, 2 of width 6 left-padded, 1 of width 9."""
+    right, left = batch(False), batch(True)
+    return [right, {k: v[1:, 3:] for k, v in left.items()}, {k: v[:1] for k, v in right.items()}]
+
+
+@pytest.mark.parametrize("model_type, attention, checkpointing", [
+    ("llama", "sdpa", False), ("qwen2", "eager", True)])
+def test_packed_segments_equal_each_run_alone(model_type, attention, checkpointing):
+    """A fused group's packed sequence (train.fused.packed_losses: three runs' prompts of lengths 6, 4 and 3 (LAMP
+    pooling 6 to 3), each followed by its own rows at its own width) against each run computed alone on the standard
+    path (the prompt in every row, PromptedModel): every run's loss and its prompt's gradient."""
+    from lrpt.trainer.train.fused import packed_losses
+
+    backbone = tiny_decoder(model_type, checkpointing)
+    backbone.set_attn_implementation(attention)
+    width, g = backbone.config.hidden_size, torch.Generator().manual_seed(1)
+    prompts = [methods.build("dpt", 6, width, generator=g), methods.build("pt", 4, width, init="random", generator=g),
+               methods.build("lamp", 6, width, init="random", rank=4, pool=2, generator=g)]
+    batches = run_batches()
+    alone = []
+    for prompt, rows in zip(prompts, batches):
+        loss = PromptedModel(backbone, prompt, False).train()(**rows).loss
+        alone.append((loss.detach(), torch.autograd.grad(loss, list(prompt.parameters()))))
+    PromptedModel(backbone, prompts[0], False, shared_prefix=True)  # routes the backbone's attention
+    losses = packed_losses(backbone.train(), [(prompt(), rows) for prompt, rows in zip(prompts, batches)])
+    for k, (prompt, (loss_a, grads_a)) in enumerate(zip(prompts, alone)):
+        torch.testing.assert_close(losses[k].detach(), loss_a, rtol=1e-5, atol=1e-6)
+        grads = torch.autograd.grad(losses[k], list(prompt.parameters()), retain_graph=True)
+        for a, b in zip(grads_a, grads):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
 def prompted_pair(model_dir: str) -> tuple[PromptedModel, PromptedModel, object]:
     """The same backbone weights and prompt, standard and shared (two loads: the shared one's attention
     is re-routed), and the tokenizer."""

@@ -4,17 +4,23 @@
     python -m lrpt.trainer.bench.fused walltime --width 768 --layers 8   # a ~95M T5 (random weights)
     python -m lrpt.trainer.bench.fused gathers --width 768 --layers 8    # ZeRO-3, 2 ranks: all-gather bytes
     python -m lrpt.trainer.bench.fused slurm                             # the Slurm sweep: per run vs FUSE=1
+    python -m lrpt.trainer.bench.fused walltime --model smollm2-135m --methods pt,dpt \
+        --grid learning_rate=0.3,0.1,0.03 --ways fused,fused-standard,processes   # a grid, a real decoder-only
 
-walltime: `lrpt sweep`, `lrpt sweep --fuse` and one `lrpt train` process per run over the same runs,
-alternated --repeats times; prints the wall time to all reports and each against the fused sweep.
-gathers: both sweeps under `deepspeed --num_gpus 2 trainer/run.py sweep` with ZeRO-3 and DeepSpeed's comms
-logger; each rank sums the all-gathers of the training steps (from a run's first step to its last,
-evaluation left out) and prints the bytes per trained example of both and their ratio.
+walltime: the same runs (with --grid, every point of it) by each of --ways, alternated --repeats times:
+`lrpt sweep` in one process (sweep), `lrpt sweep --fuse` (fused: on the shared prefix where the backbone
+takes it), `lrpt sweep --fuse --shared_prefix false` (fused-standard), one `lrpt train` process per run
+then `lrpt table` (processes); prints the wall time to the table and each against the fused sweep.
+gathers: the same --ways but processes under `deepspeed --num_gpus 2` with ZeRO-3 and DeepSpeed's comms
+logger (sweep standing for one process per run: the same gathers); each rank sums the all-gathers of the
+training steps (from a run's first step to its last, evaluation left out) and prints the bytes per trained
+example of each and their ratio to the fused sweep's.
 slurm: slurm/superglue_sweep.sh on a running cluster, an element per run one at a time against FUSE=1.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -24,15 +30,51 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # slurm/ lives in the checkout, beside trainer/
 
-def sweep_flags(model: str, methods: str, seeds: str, out: Path, steps: int) -> list[str]:
-    """The benchmarked sweep: RTE (the bundled demo rows), c = 20, 4 rows per rank and step."""
-    return ["--tasks", "rte", "--methods", methods, "--seeds", seeds, "--output_dir", str(out), "--model", model,
-            "--prompt_length", "20", "--per_device_train_batch_size", "4", "--max_steps", str(steps),
-            "--max_source_length", "128", "--decoding", "rank", "--max_eval_samples", "8", "--progress", "false"]
+WAYS = {"sweep": ("lrpt sweep (one after another)", []), "fused": ("lrpt sweep --fuse", ["--fuse"]),
+        "fused-standard": ("lrpt sweep --fuse --shared_prefix false", ["--fuse", "--shared_prefix", "false"]),
+        "processes": ("one lrpt train process per run, then lrpt table", None)}
+
+
+def run_settings(model: str, steps: int) -> list[str]:
+    """Every benchmarked run's settings: RTE (the bundled demo rows), c = 20, 4 rows per rank and step."""
+    return ["--model", model, "--prompt_length", "20", "--per_device_train_batch_size", "4", "--max_steps",
+            str(steps), "--max_source_length", "128", "--decoding", "rank", "--max_eval_samples", "8",
+            "--progress", "false"]
+
+
+def sweep_flags(args, model: str, out: Path) -> list[str]:
+    """The benchmarked sweep: --methods x --seeds x --grid on RTE."""
+    grid = ["--grid", *args.grid] if args.grid else []
+    return ["--tasks", "rte", "--methods", args.methods, "--seeds", args.seeds, *grid, "--output_dir", str(out),
+            *run_settings(model, args.steps)]
+
+
+def train_commands(args, model: str, out: Path) -> list[list[str]]:
+    """The sweep as one `lrpt train` per run, each in the directory the sweep gives it, then `lrpt table` (a row
+    per grid point, as the sweep's own table)."""
+    from ..config.grid import parse_grid, point_flags, point_name, points
+
+    axes = parse_grid(args.grid)
+    cli = [sys.executable, "-m", "lrpt.trainer.cli.main"]
+    commands = [[*cli, "train", "--task", "rte", "--method", method, "--seed", seed, *point_flags(point),
+                 "--output_dir", str(out / f"rte-{method}-seed{seed}{point_name(point)}"),
+                 *run_settings(model, args.steps)]
+                for method, seed, point in itertools.product(args.methods.split(","), args.seeds.split(","),
+                                                             points(axes))]
+    by = ["--by", *[axis.field for axis in axes]] if axes else []
+    return [*commands, [*cli, "table", str(out), *by, "--output", str(out / "table")]]
+
+
+def runs_of(args) -> int:
+    from ..config.grid import parse_grid, points
+
+    return len(args.methods.split(",")) * len(args.seeds.split(",")) * len(points(parse_grid(args.grid)))
 
 
 def backbone(args, root: Path) -> str:
-    """tiny-t5 at its defaults, or saved at --width/--layers (random weights, dropout 0)."""
+    """--model, or tiny-t5 at its defaults, or saved at --width/--layers (random weights, dropout 0)."""
+    if args.model:
+        return args.model
     if args.width is None:
         return "tiny-t5"
     from ..backbone.presets import save_preset
@@ -41,51 +83,41 @@ def backbone(args, root: Path) -> str:
 
 
 def walltime(args) -> None:
-    """Three ways to the same reports: `lrpt sweep` (one process, runs in turn), `lrpt sweep --fuse`, and one
-    `lrpt train` process per run in turn (what a Slurm array element runs)."""
+    """The same runs by each of --ways, to the table: `lrpt sweep` (one process, runs in turn), fused, fused on the
+    standard path, and one `lrpt train` process per run in turn (what a Slurm array element runs)."""
     from ..runtime.distributed import env_without_launcher
 
     root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-"))
     model = backbone(args, root)
-    ways = {"lrpt sweep (one after another)": "sweep", "lrpt sweep --fuse": "fused",
-            "one lrpt train process per run": "processes"}
-    times: dict[str, list[float]] = {name: [] for name in ways}
+    times: dict[str, list[float]] = {WAYS[way][0]: [] for way in args.ways}
     for repeat in range(args.repeats):
-        for name, way in ways.items():
+        for way in args.ways:
+            name, extra = WAYS[way]
             out = root / f"{repeat}-{way}"
-            flags = sweep_flags(model, args.methods, args.seeds, out, args.steps)
-            if way == "processes":
-                commands = [[sys.executable, "-m", "lrpt.trainer.cli.main", "train", *train_flags(flags, m, s)]
-                            for m in args.methods.split(",") for s in args.seeds.split(",")]
+            if extra is None:
+                commands = train_commands(args, model, out)
             else:
-                commands = [[sys.executable, "-m", "lrpt.trainer.cli.main", "sweep", *flags,
-                             *(["--fuse"] if way == "fused" else [])]]
+                commands = [[sys.executable, "-m", "lrpt.trainer.cli.main", "sweep", *sweep_flags(args, model, out),
+                             *extra]]
             start = time.perf_counter()
             for cmd in commands:
                 subprocess.run(cmd, check=True, env=env_without_launcher(), capture_output=True)
             times[name].append(time.perf_counter() - start)
+            if not (out / "table.md").is_file():
+                raise SystemExit(f"{name}: no table written in {out}")
             print(f"{name}: {times[name][-1]:.1f} s", flush=True)
-    print_times(args, model, times, "lrpt sweep --fuse", "wall time to all reports (s)")
+    fused = WAYS["fused"][0] if "fused" in args.ways else next(iter(times))
+    print_times(args, model, times, fused, "wall time to the table (s)")
 
 
 def print_times(args, model: str, times: dict[str, list[float]], fused: str, what: str) -> None:
     """The fastest time of each way, and each against the fused one's, as a table."""
-    runs = len(args.methods.split(",")) * len(args.seeds.split(","))
     best = {name: min(t) for name, t in times.items()}
-    print(f"\n{model}: {runs} runs ({args.methods} x seeds {args.seeds}), {args.steps} steps each, fastest of "
-          f"{args.repeats}\n| how | {what} | / fused |\n|---|---|---|")
+    grid = f" x {' '.join(args.grid)}" if args.grid else ""
+    print(f"\n{model}: {runs_of(args)} runs ({args.methods} x seeds {args.seeds}{grid}), {args.steps} steps each, "
+          f"fastest of {args.repeats}\n| how | {what} | / fused |\n|---|---|---|")
     for name, t in best.items():
         print(f"| {name} | {t:.1f} | {t / best[fused]:.2f} |")
-
-
-def train_flags(sweep: list[str], method: str, seed: str) -> list[str]:
-    """One run of the sweep as `lrpt train` flags, in the directory the sweep gives it."""
-    given = dict(zip(sweep[::2], sweep[1::2]))
-    out = Path(given.pop("--output_dir")) / f"rte-{method}-seed{seed}"
-    for flag in ("--tasks", "--methods", "--seeds"):
-        given.pop(flag)
-    return ["--task", "rte", "--method", method, "--seed", seed, "--output_dir", str(out),
-            *[x for pair in given.items() for x in pair]]
 
 
 def gathers(args) -> None:
@@ -101,11 +133,12 @@ def gathers(args) -> None:
     config.write_text(json.dumps(ds))
     env = {**env_without_launcher(), "DS_ACCELERATOR": "cpu"}
     per_example = {}
-    for name, fuse in (("one after another", []), ("fused", ["--fuse"])):
-        out = root / ("fused" if fuse else "alone")
+    for way in ("sweep" if w == "processes" else w for w in args.ways):
+        name, extra = WAYS[way]
+        out = root / way
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "lrpt.trainer.bench.fused", "worker",
-               *sweep_flags(model, args.methods, args.seeds, out, args.steps), "--deepspeed", str(config), *fuse]
+               "--module", "lrpt.trainer.bench.fused", "worker", *sweep_flags(args, model, out), "--deepspeed",
+               str(config), *extra]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
@@ -113,10 +146,10 @@ def gathers(args) -> None:
         per_example[name] = counted["bytes"] / counted["examples"]
         print(f"{name}: {counted['bytes']:,} all-gather bytes on rank 0 over {counted['examples']} trained examples "
               f"({counted['count']:,} all-gathers)", flush=True)
-    k = len(args.methods.split(",")) * len(args.seeds.split(","))
-    ratio = per_example["one after another"] / per_example["fused"]
-    print(f"\nall-gather bytes per trained example, rank 0: one after another {per_example['one after another']:,.0f}, "
-          f"fused {per_example['fused']:,.0f}: divided by {ratio:.2f} (K = {k})")
+    fused = per_example.get(WAYS["fused"][0], min(per_example.values()))
+    print(f"\nall-gather bytes per trained example, rank 0 (K = {runs_of(args)}):")
+    for name, value in per_example.items():
+        print(f"| {name} | {value:,.0f} | {value / fused:.2f} |")
 
 
 def worker(argv: list[str]) -> int:
@@ -183,7 +216,7 @@ def slurm(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="lrpt-bench-fused-slurm-"))
     model = backbone(args, root)
     methods, seeds = args.methods.split(","), args.seeds.split(",")
-    runs = len(methods) * len(seeds)
+    runs = runs_of(args)
     grid = {"TASKS": "rte", "METHODS": " ".join(methods), "SEEDS": " ".join(seeds), "MODEL": model, "PRECISION": "fp32",
             "PROMPT_LENGTH": "20", "PER_DEVICE_TRAIN_BATCH_SIZE": "4", "MAX_STEPS": str(args.steps),
             "MAX_SOURCE_LENGTH": "128", "DECODING": "rank", "MAX_EVAL_SAMPLES": "8", "PROGRESS": "false",
@@ -220,10 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="pt,dpt,lamp")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--steps", type=int, default=6, help="training steps per run")
+    parser.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2", help="as lrpt sweep --grid")
+    parser.add_argument("--ways", type=lambda s: s.split(","), default=["sweep", "fused", "processes"],
+                        help=f"comma-separated, of {', '.join(WAYS)}")
+    parser.add_argument("--model", help="a preset or path (default: tiny-t5, or the T5 of --width)")
     parser.add_argument("--width", type=int, help="a T5 of this width (default: tiny-t5 as shipped)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
+    if unknown := set(args.ways) - set(WAYS):
+        parser.error(f"--ways: {', '.join(sorted(unknown))}; known: {', '.join(WAYS)}")
+    if args.what == "slurm" and args.grid:
+        parser.error("--grid: the slurm benchmark times the templates' own axes; give it no grid")
     {"walltime": walltime, "gathers": gathers, "slurm": slurm}[args.what](args)
     return 0
 

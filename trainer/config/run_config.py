@@ -93,7 +93,7 @@ class RunSettings:
     # backbone
     precision: str = setting("fp32", plan="precision", help="fp32 | bf16 (fp16 is refused for T5)")
     gradient_checkpointing: bool = setting(False, plan="grad_ckpt", aliases=("grad_ckpt",))
-    shared_prefix: str = setting("auto", const="true", per_run=True,
+    shared_prefix: str = setting("auto", const="true",
         help="decoder-only: compute the prompt once per micro-batch (the batch packed as one sequence behind it). "
              "auto: on where proven (LLaMA, Mistral, Qwen2 with sdpa/eager attention; every ZeRO stage, "
              "quantization, gradient checkpointing, precision), otherwise off; true: on, or an error saying why "

@@ -53,27 +53,25 @@ class PromptedModel(nn.Module):
         embeds, mask, labels = self._lay_out(input_ids, attention_mask, labels)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
 
-    def _shared_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    def _shared_read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     labels: torch.Tensor) -> shared_prefix_path.Read:
         """The logits that predict each target token, and the targets (model.shared_prefix)."""
         tokens = self.backbone.get_input_embeddings()(input_ids)
-        where, wanted = shared_prefix_path.targets(labels)
-        prompt = self.prompt().to(tokens.dtype)
-        logits = shared_prefix_path.packed_logits(self.backbone, prompt, tokens, attention_mask, where)
-        return logits.float(), wanted, torch.div(where, labels.shape[1], rounding_mode="floor")
+        segment = shared_prefix_path.Segment(self.prompt().to(tokens.dtype), tokens, attention_mask, labels)
+        return shared_prefix_path.packed_logits(self.backbone, [segment])[0]
 
     def _forward_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         """The prompt once per batch, the rows on top in the same pass; loss as the backbone's own
         (mean token cross-entropy over the targets)."""
-        logits, wanted, _ = self._shared_logits(input_ids, attention_mask, labels)
-        return CausalLMOutputWithPast(loss=nn.functional.cross_entropy(logits, wanted))
+        return CausalLMOutputWithPast(loss=self._shared_read(input_ids, attention_mask, labels).loss())
 
     def label_log_likelihood(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              labels: torch.Tensor) -> torch.Tensor:
         """Sum of log p(label tokens) per row, teacher-forced, prompt included (rank classification)."""
         if self.shared_prefix:
-            logits, wanted, rows = self._shared_logits(input_ids, attention_mask, labels)
-            picked = logits.log_softmax(-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
-            return picked.new_zeros(labels.shape[0]).index_add_(0, rows, picked)
+            read = self._shared_read(input_ids, attention_mask, labels)
+            picked = read.logits.log_softmax(-1).gather(-1, read.wanted.unsqueeze(-1)).squeeze(-1)
+            return picked.new_zeros(labels.shape[0]).index_add_(0, read.rows, picked)
         logits = self(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits.float()
         if not self.is_encoder_decoder:  # logits also cover the prompt
             logits = logits[:, logits.shape[1] - labels.shape[1]:]

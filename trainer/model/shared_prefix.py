@@ -11,6 +11,10 @@ values are the same for every example. The batch therefore runs as ONE sequence 
   prompt's (causal among themselves) and each row's (all prompt keys + its own keys, causal, padding
   masked) and runs the backbone's own kernel (sdpa or eager) on each part.
 Position ids are the standard path's: 0..c-1 for the prompt, c + column for a row's tokens.
+Several runs fused in one pass (train.fused) pack one such segment each, one after another:
+[P_1, rows of run 1, P_2, rows of run 2, ...], each with its own prompt length and row width; attention
+splits the sequence into its segments, so every run's attention is the one it computes alone, and the
+linear layers see the whole group's tokens at once.
 Past the last layer only the positions that predict a target are read, so that layer's output projection
 and MLP run at those alone (`LastLayerReads`); its keys and values still cover every position.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
@@ -37,19 +42,36 @@ def _kernel(module: torch.nn.Module, inner: str):
 
 
 def _prefix_attention(inner: str):
-    def attention(module, query, key, value, attention_mask, prefix_length: int | None = None,
+    def attention(module, query, key, value, attention_mask, prefix_segments: tuple[Packed, ...] | None = None,
                   prefix_reads: torch.Tensor | None = None, **kwargs):
         kernel = _kernel(module, inner)
         if (reads := LAST_LAYER_READS.get(module)) is not None:  # set on every call: a stale set never outlives it
-            reads.positions = prefix_reads if prefix_length is not None else None
-        if prefix_length is None:  # any other call (generation, a standard forward): the kernel itself
+            reads.positions = prefix_reads if prefix_segments is not None else None
+        if prefix_segments is None:  # any other call (generation, a standard forward): the kernel itself
             return kernel(module, query, key, value, attention_mask, **kwargs)
-        return prefix_attention(kernel, module, query, key, value, attention_mask, prefix_length, **kwargs)
+        sizes = [segment.length for segment in prefix_segments]
+        parts = zip(prefix_segments, query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+        outs = [prefix_attention(kernel, module, q, k, v, segment.rows_mask, segment.prompt_length, **kwargs)
+                for segment, q, k, v in parts]
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0], None
     return attention
 
 
-def prefix_attention(kernel, module, query, key, value, rows_mask, prefix_length: int, **kwargs):
-    """Packed [1, heads, c + B·L, d] query/key/value -> [1, c + B·L, heads, d] attention output.
+@dataclass(frozen=True)
+class Packed:
+    """What attention needs of one segment of a packed sequence: its prompt's length and its rows' mask."""
+    prompt_length: int
+    rows_mask: torch.Tensor  # rows_mask()'s [B, 1, L, c + L]
+
+    @property
+    def length(self) -> int:
+        """Its positions in the packed sequence: c + B·L."""
+        batch, _, width, _ = self.rows_mask.shape
+        return self.prompt_length + batch * width
+
+
+def prefix_attention(kernel, module, query, key, value, rows_mask, prefix_length: int, **kwargs) -> torch.Tensor:
+    """One segment's packed [1, heads, c + B·L, d] query/key/value -> [1, c + B·L, heads, d] attention output.
     `rows_mask` is `rows_mask()`'s [B, 1, L, c + L] additive mask."""
     c, (batch, _, width, _) = prefix_length, rows_mask.shape
 
@@ -64,7 +86,7 @@ def prefix_attention(kernel, module, query, key, value, rows_mask, prefix_length
     keys = torch.cat([k_p.expand(batch, -1, -1, -1), k_x], dim=2)
     values = torch.cat([v_p.expand(batch, -1, -1, -1), v_x], dim=2)
     out_x = grouped_attention(kernel, module, q_x, keys, values, rows_mask, **kwargs)
-    return torch.cat([out_p, out_x.reshape(1, batch * width, *out_x.shape[2:])], dim=1), None
+    return torch.cat([out_p, out_x.reshape(1, batch * width, *out_x.shape[2:])], dim=1)
 
 
 class _OneGroup:
@@ -189,18 +211,55 @@ def install(model: PreTrainedModel) -> str | None:
     return None
 
 
-def packed_logits(model: PreTrainedModel, prompt: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
-                  keep: torch.Tensor) -> torch.Tensor:
-    """Logits [len(keep), V] at the flat row positions `keep` (row · L + column), the prompt
-    [c, e] run once before the rows `tokens` [B, L, e]. The head runs only where asked."""
-    batch, width, embed = tokens.shape
-    c = prompt.shape[0]
-    packed = torch.cat([prompt, tokens.reshape(batch * width, embed)]).unsqueeze(0)
-    columns = torch.arange(width, device=tokens.device)
-    positions = torch.cat([torch.arange(c, device=tokens.device), c + columns.repeat(batch)]).unsqueeze(0)
-    out = model(inputs_embeds=packed, attention_mask=rows_mask(attention_mask, c, tokens.dtype), position_ids=positions,
-                prefix_length=c, prefix_reads=c + keep, logits_to_keep=c + keep, use_cache=False)
-    return out.logits[0]
+@dataclass
+class Segment:
+    """One run's micro-batch behind its prompt, as a packed forward takes it."""
+    prompt: torch.Tensor  # [c, e], in the rows' dtype
+    tokens: torch.Tensor  # [B, L, e]: the rows' input embeddings
+    attention_mask: torch.Tensor  # [B, L]
+    labels: torch.Tensor  # [B, L]: -100 where nothing is predicted
+
+    def reads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each target is predicted from (flat row positions) and the targets (`targets`)."""
+        return targets(self.labels)
+
+
+@dataclass
+class Read:
+    """A segment's logits at the positions that predict its targets, the targets, and the row of each."""
+    logits: torch.Tensor  # [T, V], float32
+    wanted: torch.Tensor  # [T]
+    rows: torch.Tensor  # [T]
+
+    def loss(self) -> torch.Tensor:
+        """The backbone's own loss: the mean token cross-entropy over the targets."""
+        return torch.nn.functional.cross_entropy(self.logits, self.wanted)
+
+
+def packed_logits(model: PreTrainedModel, segments: list[Segment]) -> list[Read]:
+    """Every segment's logits at the positions that predict its targets, from one forward over the packed sequence
+    [P_1, rows_1, P_2, rows_2, ...]. The head runs only where read."""
+    pieces, positions, packed, reads, wanted, start = [], [], [], [], [], 0
+    for segment in segments:
+        batch, width, embed = segment.tokens.shape
+        c = segment.prompt.shape[0]
+        where, targets_ = segment.reads()
+        pieces += [segment.prompt, segment.tokens.reshape(batch * width, embed)]
+        columns = torch.arange(width, device=segment.tokens.device)
+        positions += [torch.arange(c, device=columns.device), c + columns.repeat(batch)]
+        packed.append(Packed(c, rows_mask(segment.attention_mask, c, segment.tokens.dtype)))
+        reads.append(start + c + where)
+        wanted.append((targets_, torch.div(where, width, rounding_mode="floor")))
+        start += packed[-1].length
+    keep = torch.cat(reads)
+    device, dtype = keep.device, segments[0].tokens.dtype
+    # a 4D attention_mask is taken as prepared, so transformers builds no mask over the whole packed sequence;
+    # the masks that apply travel with the segments
+    out = model(inputs_embeds=torch.cat(pieces).unsqueeze(0), attention_mask=torch.empty(1, 1, 0, 0, dtype=dtype,
+                device=device), position_ids=torch.cat(positions).unsqueeze(0), prefix_segments=tuple(packed),
+                prefix_reads=keep, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[0].float().split([len(r) for r in reads])
+    return [Read(part, targets_, rows) for part, (targets_, rows) in zip(logits, wanted)]
 
 
 def targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,8 +52,11 @@ def alone_step(runs: list, loops: list[RunLoop], items: list[Item]):
 
 
 def fused_step(runs: list, loops: list[RunLoop], items: list[Item]):
-    """Fused runs: one forward and backward of the backbone over every run's rows (train.fused)."""
+    """Fused runs: one forward and backward of the backbone over every run's rows (train.fused). On the shared
+    prefix each run's rows keep their own width, so their FLOPs are the run alone's."""
     losses, width, target = fused_backward([runs[k] for k, _, _ in items], [batch for _, _, batch in items])
+    if width is None:
+        return losses, [None] * len(items)
     return losses, [padded_flops(loops[k], batch, width, target, runs[k].prompt.output_length)
                     for k, _, batch in items]
 

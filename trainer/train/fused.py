@@ -5,8 +5,10 @@ after another, every run loads the backbone again and, under ZeRO-3, every step 
 the whole backbone to move a few kilobytes of prompt. Fused, the runs of a group share one load and
 one forward and backward per step:
 - each step's batch is the concatenation of every run's own micro-batch (its own data order, from its
-  seed); each row is laid out as it is in its run alone - [its run's prompt, its text] - and padded
-  after its end to the longest row, so prompts of different lengths (LAMP's pooling, other c) mix;
+  seed), laid out as the run lays it out alone, so prompts of different lengths (LAMP's pooling, other c)
+  mix. On the shared prefix (decoder-only) one packed sequence holds each run's prompt once and its rows
+  behind it, attention kept within each run's segment (model.shared_prefix); on the standard path each
+  row is [its run's prompt, its text], padded after its end to the longest row;
 - each run's loss is the backbone's own (token-mean cross-entropy) over its own rows and targets: the
   prompts are disjoint, so the gradient of the summed losses that reaches run k's prompt is the one of
   run k's loss alone;
@@ -32,11 +34,12 @@ from ..config.ds_config import DeepSpeedConfig
 from ..config.run_config import RunConfig, policies
 from ..errors import LrptError
 from ..measure.flops import step_flops
+from ..model import shared_prefix
 from ..model.rows import lay_out, pad_rows
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
 # checkpoints: the fields whose Policy says per_run); every other setting reaches the one forward over the backbone,
-# so the runs of a group must agree on it (`shared_prefix` has its own check)
+# so the runs of a group must agree on it
 PER_RUN = frozenset(name for name, policy in policies().items() if policy.per_run)
 SHARED = tuple(name for name, policy in policies().items() if not policy.per_run)
 
@@ -62,9 +65,6 @@ def refusal(cfgs: list[RunConfig]) -> str | None:
             return (f"{run_name(first)} has --{name} {getattr(first, name)} and {run_name(other)} "
                     f"{getattr(other, name)}; fused runs share one backbone and one forward, so they must agree on "
                     f"it: give every run the same --{name}")
-    if any(c.shared_prefix == "true" for c in cfgs):
-        return ("--shared_prefix true: a fused batch carries a different prompt per run, so its rows take the "
-                "standard path (the prompt with every row); drop --shared_prefix")
     dropout = active_dropout(resolve_config(first.model))
     if dropout:
         return (f"{first.model} trains with dropout ({dropout}): a fused forward draws one set of dropout masks for "
@@ -164,14 +164,30 @@ def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is
     return backbone.loss_function(logits=logits, labels=labels, vocab_size=backbone.config.vocab_size)
 
 
-def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int, int]:
+def packed_losses(backbone: nn.Module, parts: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+    """Each run's loss on the shared prefix: one packed forward, a segment per run (its prompt once, its rows
+    behind it at their own width), each loss the one its run computes alone."""
+    embed = backbone.get_input_embeddings()
+    segments = []
+    for prompt, batch in parts:
+        tokens = embed(batch["input_ids"])
+        segments.append(shared_prefix.Segment(prompt.to(tokens.dtype), tokens, batch["attention_mask"],
+                                              batch["labels"]))
+    return [read.loss() for read in shared_prefix.packed_logits(backbone, segments)]
+
+
+def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int | None, int | None]:
     """One micro-batch of each run: its engine's forward (under ZeRO-3 it gathers the prompt), one forward and
     backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP>, whose gradient
-    is the run's own. Returns each run's loss and the padded widths (fused_losses)."""
+    is the run's own. Returns each run's loss and, on the standard path, the padded widths (fused_losses; None
+    on the shared prefix, where each run's rows keep their own)."""
     prompts = [run.engine() for run in runs]
     leaves = [p.detach().requires_grad_() for p in prompts]
-    backbone = runs[0].backbone
-    losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, list(zip(leaves, batches)))
+    backbone, parts = runs[0].backbone, list(zip(leaves, batches))
+    if runs[0].model.shared_prefix:
+        losses, width, target = packed_losses(backbone.model, parts), None, None
+    else:
+        losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, parts)
     torch.autograd.backward(sum(losses))
     for run, prompt, leaf in zip(runs, prompts, leaves):
         run.engine.backward((prompt * leaf.grad).sum())

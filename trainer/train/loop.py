@@ -229,21 +229,23 @@ def setup(cfg: RunConfig) -> Session:
 
 
 def setup_group(preps: list[Prepared], fused: bool) -> tuple[list[Session], object]:
-    """One load of the backbone and every run's session on it. A run alone's engine wraps its PromptedModel (the
-    shared prefix where it applies); fused runs' engines wrap their prompts alone (train.fused.PromptOnly) and the
-    backbone runs under an engine of its own, returned (None for a run alone)."""
+    """One load of the backbone and every run's session on it, each on the shared prefix where it applies. A run
+    alone's engine wraps its PromptedModel; fused runs' engines wrap their prompts alone (train.fused.PromptOnly)
+    and the backbone runs under an engine of its own, returned (None for a run alone)."""
     first = preps[0]
     load_meter = LoadPeak().start()  # this rank's allocator peak while the backbone loads
     backbone, keep_alive = load_frozen(first.cfg, first.ds_config, distributed.world_size())
     load_peak = load_meter.stop()  # loaded: partitioned already, or whole until initialize shards it
     loaded = time.perf_counter()
+    shared = use_shared_prefix(first.cfg, backbone)  # a setting fused runs share (train.fused.SHARED)
     frozen = backbone_engine(backbone.model, first.ds_config) if fused else None
     if fused:
-        runs = [build_session(prep, backbone, shared_prefix=False, engine_module=PromptOnly) for prep in preps]
-        log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} (the standard path: each row with its "
-            "run's prompt)")
+        runs = [build_session(prep, backbone, shared, engine_module=PromptOnly) for prep in preps]
+        log(f"fused: {len(preps)} runs in one pass over {first.cfg.model} ("
+            + ("the shared prefix: each run's prompt once, its rows behind it)" if shared else
+               "the standard path: each row with its run's prompt)"))
     else:
-        runs = [build_session(first, backbone, use_shared_prefix(first.cfg, backbone))]
+        runs = [build_session(first, backbone, shared)]
     for run in runs:
         run.keep_alive = keep_alive
         run.load_peak_bytes, run.load_peak_measured_by = load_peak["peak_bytes"], load_peak["measured_by"]
