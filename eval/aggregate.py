@@ -7,11 +7,14 @@ order is the layout's (eval/layouts.py), and every header names its metric:
     --layout lrpt   (default) the tasks present, in the benchmark's order, each scored by `Task.score`
     --layout dpt    DPT's Table 1 (arXiv 2310.10094): "# Trainable Params.", then WSC, WiC, BoolQ, CB,
                     COPA, MultiRC, ReCoRD, RTE, Avg.; accuracy except MultiRC F1a and ReCoRD F1
+    --layout dept   DePT's Table 1 (arXiv 2309.05173), SuperGLUE: Params, then MultiRC, BoolQ, WiC, WSC, CB,
+                    Mean; accuracy except MultiRC F1a
 
 Avg is the mean of the row's task means, shown only when the row has every column of the table (an
 average over a subset would not compare). Few-shot runs get their own rows, after the full-data ones,
-with a K column saying how many training rows they saw. `--reference` (dpt layout) adds the paper's
-rows for the runs' backbone (eval/published.py) and, under each of our methods it has, Δ = ours − paper.
+with a K column saying how many training rows they saw. `--reference` (a paper's layout: dpt, dept) adds
+that paper's rows for the runs' backbone (eval/published.py) and, under each of our methods it has,
+Δ = ours − paper.
 
 A grid's runs (`lrpt sweep --grid`) name its fields: `--by FIELD...` gives each point its own row,
 `--select FIELD...` keeps per task and method the point with the best mean dev score (eval.selection).
@@ -19,6 +22,7 @@ A grid's runs (`lrpt sweep --grid`) name its fields: `--by FIELD...` gives each 
     lrpt table RUNS/*/ --output results/superglue      # writes .md and .csv, prints the markdown
     lrpt table SWEEP/ --select learning_rate rank       # a grid trained with --selection dev
     lrpt table RUNS/*/ --layout dpt --reference         # beside DPT's published numbers
+    lrpt table RUNS/*/ --layout dept --reference        # beside DePT's (T5-Base only)
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.rundir.report import Report, ReportError
-from . import published, selection, stats_table
+from . import selection, stats_table
 from .layouts import LAYOUTS, Column, Layout
+from .published import Paper, PublishedRow
 from .stats_table import FewShotStats
 from .tasks import get_task
 
@@ -197,58 +202,58 @@ def _our_rows(groups: dict[tuple, _Group], columns: list[Column], layout: Layout
     return rows
 
 
-def _backbones(groups: dict[tuple, _Group], override: str | None) -> dict[str | None, str]:
+def _backbones(groups: dict[tuple, _Group], paper: Paper, override: str | None) -> dict[str | None, str]:
     """The paper's backbone for each model the runs use: by hub name, or `override` (for a local path)."""
     models = list(dict.fromkeys(g.model for g in groups.values()))
+    ran = paper.ran()
     if override is not None:
-        backbone = published.backbone_of(override)
+        backbone = paper.backbone_of(override)
         if backbone is None:
-            raise TableError(f"--reference_backbone {override}: DPT's Table 1 has rows for "
-                             f"{', '.join(h[0] for h in published.BACKBONES.values())} only")
+            raise TableError(f"--reference_backbone {override}: {paper.name}'s {paper.table} has rows for "
+                             f"{', '.join(ran)} only")
         if len(models) > 1:
             raise TableError(f"--reference_backbone names one backbone, but the runs use {len(models)} models "
                              f"({', '.join(map(str, models))}); tabulate each backbone's runs apart")
         return {models[0]: backbone}
     out = {}
     for model in models:
-        backbone = published.backbone_of(model or "")
+        backbone = paper.backbone_of(model or "")
         if backbone is None:
-            raise TableError(f"no published DPT rows for model {model!r} (DPT, arXiv 2310.10094, ran "
-                             f"{', '.join(h[0] for h in published.BACKBONES.values())}); if it is a local copy "
-                             "of one, add --reference_backbone t5-base (or t5-small, t5-large)")
+            raise TableError(f"no published {paper.name} rows for model {model!r} ({paper.name}, arXiv {paper.arxiv}, "
+                             f"ran {', '.join(ran)}); if it is a local copy of one, add --reference_backbone "
+                             f"{ran[0]}" + (f" (or {', '.join(ran[1:])})" if len(ran) > 1 else ""))
         out[model] = backbone
     return out
 
 
-def _paper_row(row: published.PublishedRow, few_shot: bool, show_model: bool) -> _Row:
+def _paper_row(row: PublishedRow, paper: Paper, few_shot: bool, show_model: bool) -> _Row:
     stds = row.stds or (None,) * len(row.means)
-    cells = dict(zip(published.TASKS, zip(row.means, stds)))
+    cells = dict(zip(paper.tasks, zip(row.means, stds)))
     return _Row(_lead(None, row.backbone, f"{row.method} (paper)", few_shot, show_model),
                 (row.params, row.params), cells, row.avg, "paper")
 
 
-def _delta_row(ours: _Row, paper: published.PublishedRow, method: str) -> _Row:
+def _delta_row(ours: _Row, theirs: PublishedRow, paper: Paper, method: str) -> _Row:
     """Ours − paper per task both have (and Avg when both have one)."""
-    means = dict(zip(published.TASKS, paper.means))
+    means = dict(zip(paper.tasks, theirs.means))
     cells = {t: (mean - means[t], None) for t, (mean, _) in ours.cells.items() if t in means}
-    avg = ours.avg - paper.avg if ours.avg is not None else None
+    avg = ours.avg - theirs.avg if ours.avg is not None else None
     return _Row(ours.lead[:-1] + [f"Δ {method} − paper"], ("", ""), cells, avg, "delta")
 
 
-def _with_reference(groups: dict[tuple, _Group], ours: dict[tuple, _Row], override: str | None,
+def _with_reference(groups: dict[tuple, _Group], ours: dict[tuple, _Row], paper: Paper, override: str | None,
                     few_shot: bool, show_model: bool) -> list[_Row]:
     """The paper's rows for the runs' backbones first, then ours, each full-data row of a method the
     paper has followed by its Δ row."""
-    backbones = _backbones(groups, override)
-    rows = [_paper_row(p, few_shot, show_model)
-            for backbone in dict.fromkeys(backbones.values()) for p in published.rows_for(backbone)]
+    backbones = _backbones(groups, paper, override)
+    rows = [_paper_row(p, paper, few_shot, show_model)
+            for backbone in dict.fromkeys(backbones.values()) for p in paper.rows_for(backbone)]
     for key, row in ours.items():
         rows.append(row)
         k, _, method = key
-        plain = method.removesuffix(PROTOCOL_MARKS["paper-val"])
-        match = [p for p in published.rows_for(backbones[groups[key].model]) if p.lrpt_method == plain]
-        if k is None and match:
-            rows.append(_delta_row(row, match[0], method))
+        match = paper.row_of(backbones[groups[key].model], method.removesuffix(PROTOCOL_MARKS["paper-val"]))
+        if k is None and match is not None:
+            rows.append(_delta_row(row, match, paper, method))
     return rows
 
 
@@ -290,9 +295,9 @@ def _render(rows: list[_Row], head: list[str], columns: list[Column], layout: La
                   + " |")
         writer.writerow(row.lead + [row.params[1]] + _csv_cells(row, columns, layout.decimals)
                         + ([row.source] if reference else []) + ([row.selected] if selected else []))
-    if reference:
-        md += ["", f"(paper) rows: {published.SOURCE}; those marked * it quotes from Aribandi et al. 2022. "
-                   "Δ = our mean − the paper's."]
+    if reference and layout.paper is not None:
+        paper = layout.paper
+        md += ["", f"(paper) rows: {paper.name} (arXiv {paper.arxiv}) {paper.source} Δ = our mean − the paper's."]
     if any(PROTOCOL_MARKS["paper-val"] in row.lead[-1] for row in rows if row.source == "lrpt"):
         md += ["", PROTOCOL_NOTE]
     if selected:
@@ -306,10 +311,16 @@ def _layout(name: str | Layout, reference: bool) -> Layout:
     layout = name if isinstance(name, Layout) else LAYOUTS.get(name)
     if layout is None:
         raise TableError(f"no table layout {name!r}; choose one of {', '.join(LAYOUTS)}")
-    if reference and layout.name != "dpt":
-        raise TableError("--reference sets DPT's published rows beside ours, and they are in the dpt layout's "
-                         "metrics: add --layout dpt")
+    if reference and layout.paper is None:
+        raise TableError("--reference sets a paper's published rows beside ours, in that paper's columns and "
+                         f"metrics: add {_paper_layouts()}")
     return layout
+
+
+def _paper_layouts() -> str:
+    """The layouts --reference works with, as messages and --help offer them: "--layout dpt (DPT, arXiv ...)"."""
+    return " or ".join(f"--layout {name} ({layout.paper.name}, arXiv {layout.paper.arxiv})"
+                       for name, layout in LAYOUTS.items() if layout.paper is not None)
 
 
 @dataclass
@@ -367,7 +378,7 @@ def tabulate(records: list[dict], layout: str | Layout = "lrpt", reference: bool
         row = ours[(k, model if show_model else None, method + (selection.OPTIMISTIC_MARK if select_on == "val"
                                                                   else ""))]
         row.selected = "; ".join(filter(None, [row.selected, f"{task}: {said}"]))
-    rows = (_with_reference(groups, ours, reference_backbone, few_shot, show_model) if reference
+    rows = (_with_reference(groups, ours, chosen.paper, reference_backbone, few_shot, show_model) if reference
             else list(ours.values()))
     head = (["K"] if few_shot else []) + (["Model"] if show_model else []) + ["Method"]
     chosen_on = (f"Grid points selected per task ({', '.join(select)}, on {select_on}; the cells are their "
@@ -414,13 +425,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run directories, report.json files, directories of runs, or globs")
     parser.add_argument("--output", metavar="PATH_PREFIX", help="also write PATH_PREFIX.md and PATH_PREFIX.csv")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="lrpt",
-                        help="lrpt (default): Task.score per task; dpt: DPT Table 1's columns, order and metrics")
+                        help="lrpt (default): Task.score per task; dpt: DPT Table 1's columns, order and metrics; "
+                             "dept: DePT Table 1's SuperGLUE columns, order and metrics")
     parser.add_argument("--reference", action="store_true",
-                        help="with --layout dpt: add DPT's published rows for the runs' backbone, and "
-                             "Δ = ours − paper")
+                        help=f"with {_paper_layouts()}: add that paper's published rows for the runs' backbone, "
+                             "and Δ = ours − paper")
+    ran = "; ".join(f"{name}: {', '.join(layout.paper.ran())}" for name, layout in LAYOUTS.items() if layout.paper)
     parser.add_argument("--reference_backbone", "--reference-backbone", metavar="HUB_NAME",
-                        help="the backbone to compare with (t5-small, t5-base, t5-large) when the runs' model is a "
-                             "local path; implies --reference")
+                        help=f"the backbone to compare with ({ran}) when the runs' model is a local path; "
+                             "implies --reference")
     parser.add_argument("--by", nargs="+", default=[], metavar="FIELD",
                         help="a grid's fields that split rows: a row per point (e.g. --by learning_rate)")
     parser.add_argument("--select", nargs="+", default=[], metavar="FIELD",

@@ -8,6 +8,10 @@ metric, so a number is never read against a table that measured something else.
 
     lrpt   the tasks present, in the benchmark's order; cell = Task.score; "Params", "Avg"
     dpt    DPT Table 1: all eight tasks in its order; cell = the metric it names; "# Trainable Params."
+    dept   DePT (arXiv 2309.05173) Table 1's SuperGLUE part: MultiRC, BoolQ, WiC, WSC, CB; MultiRC F1a, the others
+           accuracy (CB too); "Mean", one decimal as it prints
+
+A paper's layout names its `published.Paper`, whose rows `--reference` sets beside ours.
 """
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ SCORE_KEYS: dict[str, tuple[str, ...]] = {
 DPT_KEYS: dict[str, str] = {
     "wsc": "accuracy", "wic": "accuracy", "boolq": "accuracy", "cb": "accuracy", "copa": "accuracy",
     "multirc": "f1a", "record": "f1", "rte": "accuracy"}
+# the one metric DePT's Table 1 reports per task (its src/tasks.py and src/metrics.py: MultiRC's F1 is over every
+# answer, lrpt's f1a; CB's number is accuracy, not its F1)
+DEPT_KEYS: dict[str, str] = {"multirc": "f1a", "boolq": "accuracy", "wic": "accuracy", "wsc": "accuracy",
+                             "cb": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Layout:
     avg_label: str
     decimals: int
     compact_params: bool                 # "77K" as the paper prints, instead of "76,800"
+    paper: published.Paper | None = None  # whose published rows --reference adds (None: no --reference)
 
     def shown(self, tasks_present: set[str]) -> list[Column]:
         """The columns of a table whose runs cover `tasks_present`."""
@@ -62,16 +71,25 @@ def _formula(keys: tuple[str, ...]) -> str:
     return f"({names[0]})" if len(names) == 1 else f"({'+'.join(names)})/{len(names)}"
 
 
+def _paper_columns(paper: published.Paper, keys: dict[str, str]) -> tuple[Column, ...]:
+    """The paper's tasks in its order, each cell the one metric it reports for the task."""
+    return tuple(Column(t, f"{TASKS[t].dir_name} {_formula((keys[t],))}", itemgetter(keys[t])) for t in paper.tasks)
+
+
 LRPT = Layout(
     name="lrpt",
     columns=tuple(Column(t, f"{TASKS[t].dir_name} {_formula(SCORE_KEYS[t])}", TASKS[t].score) for t in TASKS),
     every_column=False, params_label="Params", avg_label="Avg", decimals=1, compact_params=False)
 
 DPT = Layout(
-    name="dpt",
-    columns=tuple(Column(t, f"{TASKS[t].dir_name} {_formula((DPT_KEYS[t],))}", itemgetter(DPT_KEYS[t]))
-                  for t in published.TASKS),
-    every_column=True, params_label="# Trainable Params.", avg_label="Avg.", decimals=2, compact_params=True)
+    name="dpt", columns=_paper_columns(published.DPT, DPT_KEYS),
+    every_column=True, params_label="# Trainable Params.", avg_label="Avg.", decimals=2, compact_params=True,
+    paper=published.DPT)
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LRPT, DPT)}
+# exact counts: "77K" beside the paper's "76.8K" would read as a different count
+DEPT = Layout(
+    name="dept", columns=_paper_columns(published.DEPT, DEPT_KEYS),
+    every_column=True, params_label="Params", avg_label="Mean", decimals=1, compact_params=False,
+    paper=published.DEPT)
 
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (LRPT, DPT, DEPT)}

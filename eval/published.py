@@ -1,13 +1,27 @@
-"""Published SuperGLUE numbers that `lrpt table --layout dpt --reference` sets beside ours.
+"""Published SuperGLUE numbers that `lrpt table --reference` sets beside ours: one `Paper` per layout that has
+one (eval/layouts.py), with the columns, backbones, methods and rows its table prints.
 
-Source: Xiao et al., "Decomposed Prompt Tuning via Low-Rank Reparameterization" (DPT),
-arXiv 2310.10094, Table 1 (means over 3 seeds, SuperGLUE validation, ×100) and Table 3 (standard
-deviations over those seeds, %). Prompt length c = 100, DPT bottleneck b = 10, Residual PT
-bottleneck 400, on the original T5 checkpoints (t5-small, t5-base, t5-large). The Fine-tuning rows
-marked * (T5-Base, T5-Large) are the paper's quotes of Aribandi et al. 2022 and have no std; the
-other rows the DPT authors reproduced. Columns (`TASKS`): WSC, WiC, BoolQ, CB, COPA accuracy,
-MultiRC F1 over answers (F1a), ReCoRD F1, RTE accuracy; Avg. is the paper's, as printed (T5-Base
-DPT's 71.88 is 0.04 below the mean of its eight cells, 71.92: a discrepancy in the paper, kept).
+DPT: Xiao et al., "Decomposed Prompt Tuning via Low-Rank Reparameterization", arXiv 2310.10094, Table 1 (means
+over 3 seeds, SuperGLUE validation, ×100) and Table 3 (standard deviations over those seeds, %). Prompt length
+c = 100, DPT bottleneck b = 10, Residual PT bottleneck 400, on the original T5 checkpoints (t5-small, t5-base,
+t5-large). The Fine-tuning rows marked * (T5-Base, T5-Large) are the paper's quotes of Aribandi et al. 2022 and
+have no std; the other rows the DPT authors reproduced. Columns: WSC, WiC, BoolQ, CB, COPA accuracy, MultiRC F1
+over answers (F1a), ReCoRD F1, RTE accuracy; Avg. is the paper's, as printed (T5-Base DPT's 71.88 is 0.04 below
+the mean of its eight cells, 71.92: a discrepancy in the paper, kept).
+
+DePT: Shi & Lipani, "DePT: Decomposed Prompt Tuning for Parameter-Efficient Fine-tuning", ICLR 2024, arXiv
+2309.05173, Table 1's SuperGLUE part on T5-Base (76.8K trainable parameters), the DePT row alone. Columns, as its
+code scores them (src/tasks.py, src/metrics.py): MultiRC F1 of label 1 over every question-answer pair (F1a; an
+output that is neither label counts as the wrong label, where lrpt counts it as negative), BoolQ, WiC, WSC, CB
+accuracy (not CB's F1); Mean is the paper's. The cells are the repository's checkpoints/superglue-*/
+test_results.json rounded (github.com/ZhengxiangShi/DePT at f0266a7, added by 0367390 "add some checkpoints for
+Table 1 in the paper": MultiRC test_f1 74.297, BoolQ test_accuracy 79.327, WiC 68.652, WSC 67.308, CB 92.857),
+one run each, no std. That "test" split is half of SuperGLUE's validation split: for these small tasks
+src/tasks.py (split_validation_test, on in the checkpoints' logs) shuffles the validation split (torch seed 42),
+selects the checkpoint on one half and reports the other (CB 26/28, WSC 35/52, WiC 219/319, BoolQ 1297/1635 of
+SuperGLUE's 56, 104, 638, 3270). lrpt scores the whole validation split: the same metric, comparable, but not
+the same rows. (The MultiRC checkpoint ran max_length 348: 60·768 + 30·(348 + 768) = 79,560 parameters, not the
+76.8K printed.)
 
 Numbers are copied here by hand, not computed; change them only against the paper.
 """
@@ -15,25 +29,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# lrpt task names, in the paper's column order
-TASKS: tuple[str, ...] = ("wsc", "wic", "boolq", "cb", "copa", "multirc", "record", "rte")
-SOURCE = "DPT (arXiv 2310.10094) Table 1 (means) and Table 3 (std)"
-
-# the paper's backbone name -> the hub names of the checkpoint it ran
-BACKBONES: dict[str, tuple[str, ...]] = {
-    "T5-Small": ("t5-small", "google-t5/t5-small"),
-    "T5-Base": ("t5-base", "google-t5/t5-base"),
-    "T5-Large": ("t5-large", "google-t5/t5-large"),
-}
-
-# the paper's method name -> lrpt's (None: not an lrpt method, shown for context only)
-METHODS: dict[str, str | None] = {"Fine-tuning": None, "Fine-tuning*": None, "Prompt Tuning": "pt",
-                                  "Residual PT": "residual", "DPT": "dpt"}
-
 
 @dataclass(frozen=True)
 class PublishedRow:
-    """One row of the paper: means (and std where Table 3 has them) per task in `TASKS` order."""
+    """One row of a paper: means (and std where it publishes them) per task in its `Paper.tasks` order."""
     backbone: str
     method: str
     params: str                          # as printed: "77K"
@@ -41,10 +40,51 @@ class PublishedRow:
     avg: float
     stds: tuple[float, ...] | None = None
 
-    @property
-    def lrpt_method(self) -> str | None:
-        return METHODS[self.method]
 
+@dataclass(frozen=True, eq=False)
+class Paper:
+    """A paper's SuperGLUE table, as much of it as `--reference` shows and as its messages name it. One object per
+    paper, so equality is identity (and a layout holding one stays hashable despite the dicts)."""
+    name: str                                   # "DPT"
+    arxiv: str                                  # "2310.10094"
+    table: str                                  # "Table 1"
+    source: str                                 # the note under our table: "(paper) rows: {name} (arXiv ...) {source}"
+    tasks: tuple[str, ...]                      # lrpt task names, in the paper's column order
+    backbones: dict[str, tuple[str, ...]]       # the paper's backbone name -> the hub names of the checkpoint it ran
+    methods: dict[str, str | None]              # the paper's method name -> lrpt's (None: shown for context only)
+    rows: tuple[PublishedRow, ...]
+
+    def __post_init__(self) -> None:
+        """A row that does not fit the table is a typo in this file: refuse it at import, not in a table."""
+        for row in self.rows:
+            if (row.backbone not in self.backbones or row.method not in self.methods
+                    or len(row.means) != len(self.tasks) or len(row.stds or self.tasks) != len(self.tasks)):
+                raise ValueError(f"{self.name}: row {row.backbone} {row.method} does not fit its table")
+
+    def ran(self) -> list[str]:
+        """The hub name of each backbone the paper ran, in its order (what messages offer)."""
+        return [hub_names[0] for hub_names in self.backbones.values()]
+
+    def backbone_of(self, model: str) -> str | None:
+        """The paper's backbone a hub name (or the paper's own spelling, "T5-Base") denotes; None when it is none
+        of them. A local path is never guessed from: it may hold any weights."""
+        name = model.strip().rstrip("/").lower()
+        for backbone, hub_names in self.backbones.items():
+            if name == backbone.lower() or name in hub_names:
+                return backbone
+        return None
+
+    def rows_for(self, backbone: str) -> list[PublishedRow]:
+        """The paper's rows for one backbone, in its order."""
+        return [row for row in self.rows if row.backbone == backbone]
+
+    def row_of(self, backbone: str, lrpt_method: str) -> PublishedRow | None:
+        """The paper's row of an lrpt method on one backbone, None when it has none."""
+        return next((row for row in self.rows_for(backbone) if self.methods[row.method] == lrpt_method), None)
+
+
+_T5 = {"T5-Small": ("t5-small", "google-t5/t5-small"), "T5-Base": ("t5-base", "google-t5/t5-base"),
+       "T5-Large": ("t5-large", "google-t5/t5-large")}
 
 #                backbone    method           params  WSC    WiC    BoolQ  CB     COPA   MultiRC ReCoRD RTE   Avg.
 _TABLE1 = (
@@ -75,21 +115,22 @@ _TABLE3 = {
     ("T5-Large", "DPT"): (1.46, 0.63, 0.27, 2.06, 2.51, 0.39, 0.15, 0.36),
 }
 
-ROWS: tuple[PublishedRow, ...] = tuple(
-    PublishedRow(backbone, method, params, means, avg, _TABLE3.get((backbone, method)))
-    for backbone, method, params, means, avg in _TABLE1)
+DPT = Paper(
+    name="DPT", arxiv="2310.10094", table="Table 1",
+    source="Table 1 (means) and Table 3 (std); those marked * it quotes from Aribandi et al. 2022.",
+    tasks=("wsc", "wic", "boolq", "cb", "copa", "multirc", "record", "rte"),
+    backbones=_T5,
+    methods={"Fine-tuning": None, "Fine-tuning*": None, "Prompt Tuning": "pt", "Residual PT": "residual",
+             "DPT": "dpt"},
+    rows=tuple(PublishedRow(backbone, method, params, means, avg, _TABLE3.get((backbone, method)))
+               for backbone, method, params, means, avg in _TABLE1))
 
-
-def backbone_of(model: str) -> str | None:
-    """The paper's backbone a hub name (or the paper's own spelling, "T5-Base") denotes; None when
-    it is none of them. A local path is never guessed from: it may hold any weights."""
-    name = model.strip().rstrip("/").lower()
-    for backbone, hub_names in BACKBONES.items():
-        if name == backbone.lower() or name in hub_names:
-            return backbone
-    return None
-
-
-def rows_for(backbone: str) -> list[PublishedRow]:
-    """The paper's rows for one backbone, in its order."""
-    return [row for row in ROWS if row.backbone == backbone]
+DEPT = Paper(
+    name="DePT", arxiv="2309.05173", table="Table 1",
+    source=("Table 1, one run per task, scored on a random half of each SuperGLUE validation split (ours: the "
+            "whole split)."),
+    tasks=("multirc", "boolq", "wic", "wsc", "cb"),
+    backbones={"T5-Base": _T5["T5-Base"]},
+    methods={"DePT": "dept"},
+    #               backbone   method  params   MultiRC BoolQ WiC   WSC   CB    Mean
+    rows=(PublishedRow("T5-Base", "DePT", "76.8K", (74.3, 79.3, 68.7, 67.3, 92.9), 76.5),))

@@ -2,7 +2,9 @@
 
 A method is an ``nn.Module`` that, called with no input, returns the prompt matrix
 ``P`` of shape ``(output_length, embed_dim)``. The trainer prepends ``P`` to the frozen
-backbone's input embeddings and never needs to know which method produced it.
+backbone's input embeddings and never needs to know which method produced it. Two optional
+parts: ``token_offsets()``, an update added to the input tokens' own embeddings by position
+(DePT), and ``param_groups()``, parameters trained at a learning rate of their own.
 """
 from __future__ import annotations
 
@@ -16,10 +18,21 @@ from torch import nn
 INITS = ("random", "vocab", "text")
 
 
-def option(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
+def option(default: Any, help: str, aliases: tuple[str, ...] = (), optimizer: bool = False) -> Any:
     """A method option: a dataclass field whose help text reaches `lrpt train --help`; `aliases`: other flag
-    names for it."""
-    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
+    names for it; `optimizer`: read by the trainer's optimizer (a ParamGroup names it), not the constructor."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases),
+                                                        "optimizer": optimizer})
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters trained at their own learning rate and weight decay: the method options (optimizer=True) that
+    set them, their unset value meaning the run's --learning_rate / --weight_decay."""
+    name: str
+    params: tuple[nn.Parameter, ...]
+    learning_rate: str | None = None  # the option that sets it (None: always the run's)
+    weight_decay: str | None = None
 
 
 @dataclass
@@ -128,6 +141,7 @@ class PromptModule(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig  # the method's options
+    offsets_tokens: ClassVar[bool] = False  # token_offsets() returns an update (a P alone cannot serve the run)
 
     def __init__(self, num_tokens: int, embed_dim: int):
         super().__init__()
@@ -143,6 +157,20 @@ class PromptModule(nn.Module):
 
     def forward(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def token_offsets(self) -> torch.Tensor | None:
+        """An update added to the input tokens' embeddings by position (row i to each row's i-th token, before P
+        is prepended), shape (offset_length, embed_dim); None for a method that leaves the tokens as they are."""
+        return None
+
+    @property
+    def offset_length(self) -> int | None:
+        """The input positions token_offsets() covers (None: no offsets); a longer row is refused."""
+        return None
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The trainable parameters by learning rate; one group at the run's own by default."""
+        return [ParamGroup("prompt", tuple(p for p in self.parameters() if p.requires_grad))]
 
     @torch.no_grad()
     def dense(self) -> torch.Tensor:

@@ -17,16 +17,18 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .base import PromptModule
+from .dept import DePT
 from .dpt import DPT
 from .lamp import LAMP
 from .lopt import LoPT1, LoPT2
 from .prompt_tuning import PromptTuning
 from .residual import ResidualPrompt
+from .ulpt import ULPT
 
-BUILT_IN: tuple[type[PromptModule], ...] = (PromptTuning, DPT, LoPT1, LoPT2, LAMP, ResidualPrompt)
+BUILT_IN: tuple[type[PromptModule], ...] = (PromptTuning, DPT, LoPT1, LoPT2, LAMP, ResidualPrompt, DePT, ULPT)
 ENTRY_POINT_GROUP = "lrpt.methods"
-# What the backbone offers every method; a method that starts from random factors ignores it.
-BACKBONE_CONTEXT = ("embedding_weight", "init_token_ids", "vocab_limit")
+# What the backbone (and the run's longest input row) offers every method; a method that does not use it ignores it.
+BACKBONE_CONTEXT = ("embedding_weight", "init_token_ids", "vocab_limit", "input_positions")
 # Options the trainer turns into backbone context (init_text -> init_token_ids, by the backbone's
 # tokenizer): `build` drops them, so callers pass a run's options as they are.
 RESOLVED_BY_TRAINER = ("init_text",)
@@ -86,15 +88,17 @@ def option_fields() -> tuple[tuple[str, Any, dataclasses.Field], ...]:
     for cls in REGISTRY.values():
         hints = typing.get_type_hints(cls.config_class)
         for f in dataclasses.fields(cls.config_class):
-            entry = merged.setdefault(f.name, {"type": hints[f.name], "default": f.default, "help": {}, "aliases": {}})
-            if (entry["type"], entry["default"]) != (hints[f.name], f.default):
+            entry = merged.setdefault(f.name, {"type": hints[f.name], "default": f.default, "help": {}, "aliases": {},
+                                               "optimizer": f.metadata.get("optimizer", False)})
+            if (entry["type"], entry["default"], entry["optimizer"]) != (hints[f.name], f.default,
+                                                                         f.metadata.get("optimizer", False)):
                 raise TypeError(f"method {cls.name!r} declares option {f.name!r} as {hints[f.name]} = {f.default!r}, "
                                 f"another method as {entry['type']} = {entry['default']!r}; make them agree")
             entry["help"].setdefault(f.metadata.get("help", ""), []).append(cls.name)
             entry["aliases"].update(dict.fromkeys(f.metadata.get("aliases", ())))
     return tuple((name, e["type"], dataclasses.field(default=e["default"], metadata={
                 "help": "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items()),
-                "aliases": tuple(e["aliases"])}))
+                "aliases": tuple(e["aliases"]), "optimizer": e["optimizer"]}))
             for name, e in merged.items())
 
 
@@ -115,17 +119,23 @@ def method_options(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return given
 
 
+def optimizer_options() -> frozenset[str]:
+    """Options the trainer's optimizer reads (a ParamGroup's learning rate and weight decay), not a constructor."""
+    return frozenset(name for name, _, f in option_fields() if f.metadata.get("optimizer"))
+
+
 def build(name: str, num_tokens: int, embed_dim: int, **kw: Any) -> PromptModule:
     """Build method `name`. Keywords set to None mean "method default" and are dropped, so one
     CLI/config with shared option names (init, rank, bottleneck, pool, activation, ...) serves all
     methods; a set option the method does not take is an error rather than silently ignored.
     The backbone context (BACKBONE_CONTEXT) is offered to every method and used by those that
-    start from the vocabulary."""
+    start from the vocabulary; the optimizer's options (optimizer_options) are left to the trainer."""
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(available())}")
     takes = accepted_kwargs(name)
+    skip = (*RESOLVED_BY_TRAINER, *optimizer_options())
     kw = {k: v for k, v in kw.items()
-          if v is not None and k not in RESOLVED_BY_TRAINER and (k in takes or k not in BACKBONE_CONTEXT)}
+          if v is not None and k not in skip and (k in takes or k not in BACKBONE_CONTEXT)}
     for k in kw:
         if k not in takes:
             raise ValueError(f"method {name!r} does not take {k!r} (it takes: {', '.join(takes)})")

@@ -1,5 +1,5 @@
-"""The results table from fake run reports: means ± std over seeds, Avg, few-shot rows, in both layouts
-(lrpt's Task.score and DPT's Table 1), and the published rows with Δ beside ours."""
+"""The results table from fake run reports: means ± std over seeds, Avg, few-shot rows, in each layout
+(lrpt's Task.score, DPT's Table 1, DePT's Table 1), and the published rows with Δ beside ours."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from lrpt.eval.aggregate import TableError, collect, main, table
-from lrpt.eval.layouts import DPT_KEYS, SCORE_KEYS
+from lrpt.eval.layouts import DEPT_KEYS, DPT_KEYS, SCORE_KEYS
 from lrpt.eval.tasks import TASKS
 
-PARAMS = {"pt": 76_800, "dpt": 9_600, "residual": 693_000}
+PARAMS = {"pt": 76_800, "dpt": 9_600, "residual": 693_000, "dept": 76_800}
 # (method, task, seed) -> the task's metrics; table score: rte accuracy, cb mean(accuracy, macro_f1)
 RUNS = {
     ("pt", "rte", 0): {"accuracy": 0.70}, ("pt", "rte", 1): {"accuracy": 0.80},          # 75.0 ± 7.1
@@ -326,9 +326,103 @@ def test_reference_backbone_for_a_local_path(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--layout", "dpt", "--reference_backbone", "t5-3b"], "t5-small, t5-base, t5-large only"),
     (["--reference"], "--layout dpt"),
+    (["--reference"], "--layout dept"),
 ])
 def test_reference_refusals_are_one_line(tmp_path, capsys, flags, message):
     write_sweep(tmp_path / "runs", ("pt",), ["rte"], model="t5-base")
     assert main([str(tmp_path / "runs"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lrpt table: error: ") and message in err
+
+
+# ---- DePT's Table 1 (arXiv 2309.05173), SuperGLUE on T5-Base ------------------------------------------------------
+
+# Its columns in its order, the metric each is (its src/metrics.py: MultiRC F1 over every answer; CB accuracy), and
+# its DePT row: ZhengxiangShi/DePT checkpoints/superglue-*/test_results.json (commit f0266a7) to one decimal, Mean as
+# the paper prints it
+DEPT_TASKS = ["multirc", "boolq", "wic", "wsc", "cb"]
+DEPT_HEADERS = ["MultiRC (F1a)", "BoolQ (acc)", "WiC (acc)", "WSC (acc)", "CB (acc)"]
+DEPT_METRIC = {"multirc": "f1a", "boolq": "accuracy", "wic": "accuracy", "wsc": "accuracy", "cb": "accuracy"}
+DEPT_ROW = ("76.8K", [74.3, 79.3, 68.7, 67.3, 92.9], 76.5)
+# two seeds of method dept per task, each metric a task reports, the paper's far from the others
+DEPT_RUNS = {
+    "multirc": [{"f1a": 0.70, "em": 0.20}, {"f1a": 0.72, "em": 0.30}],        # F1a 71.0 ± 1.4
+    "boolq": [{"accuracy": 0.80}, {"accuracy": 0.78}],                         # 79.0 ± 1.4
+    "wic": [{"accuracy": 0.70}, {"accuracy": 0.68}],                           # 69.0 ± 1.4
+    "wsc": [{"accuracy": 0.60}, {"accuracy": 0.64}],                           # 62.0 ± 2.8
+    "cb": [{"accuracy": 0.90, "macro_f1": 0.50}, {"accuracy": 0.94, "macro_f1": 0.60}],   # acc 92.0 ± 2.8
+}
+
+
+def write_dept_runs(root: Path, model: str = "t5-base") -> Path:
+    for task, seeds in DEPT_RUNS.items():
+        for seed, metrics in enumerate(seeds):
+            write_report(root, "dept", task, seed, metrics, model=model)
+    return root
+
+
+def test_dept_layout_columns_and_cells_are_depts(tmp_path):
+    markdown, csv_text = table(collect(write_dept_runs(tmp_path)), layout="dept")
+    rows = md_rows(markdown)
+    assert rows[0] == ["Method", "Params", *DEPT_HEADERS, "Mean"]
+    # by hand: F1a alone (not (F1a+EM)/2 = 48.0), CB accuracy alone (not (acc+F1)/2 = 73.5); Mean of the five
+    assert rows[1] == ["dept", "76,800", "71.0 ± 1.4", "79.0 ± 1.4", "69.0 ± 1.4", "62.0 ± 2.8", "92.0 ± 2.8", "74.6"]
+    csv_row = next(csv.DictReader(io.StringIO(csv_text)))
+    assert list(csv_row)[2:-1:2] == DEPT_TASKS
+    assert [csv_row[t] for t in DEPT_TASKS] + [csv_row["avg"]] == ["71.0", "79.0", "69.0", "62.0", "92.0", "74.6"]
+
+
+@pytest.mark.parametrize("task", DEPT_TASKS)
+def test_dept_layout_reads_the_metric_the_task_reports(task):
+    """DEPT_KEYS is DePT's metric, and a key the task's metrics() really returns (demo val set, gold predictions)."""
+    task_obj = TASKS[task]
+    path = Path(__file__).parents[1] / "eval" / "demo_data" / task_obj.dir_name / "val.jsonl"
+    examples = [e for line in path.read_text().splitlines() if line.strip()
+                for e in task_obj.examples(json.loads(line), train=False)]
+    metrics = task_obj.metrics([e["answers"][0] for e in examples], examples)
+    assert DEPT_KEYS[task] == DEPT_METRIC[task] in metrics
+    assert set(DEPT_KEYS) == set(DEPT_TASKS)
+
+
+def test_dept_reference_is_the_published_row_and_delta_is_ours_minus_paper(tmp_path):
+    write_dept_runs(tmp_path / "runs")
+    write_report(tmp_path / "runs", "pt", "cb", 0, {"accuracy": 0.5, "macro_f1": 0.3}, model="t5-base")
+    assert main([str(tmp_path / "runs"), "--layout", "dept", "--reference", "--output", str(tmp_path / "out")]) == 0
+    markdown = (tmp_path / "out.md").read_text()
+    rows = md_rows(markdown)
+    params, means, mean = DEPT_ROW
+    assert rows[1] == ["DePT (paper)", params, *[f"{m:.1f}" for m in means], f"{mean:.1f}"]
+    assert rows[2][0] == "dept"
+    # Δ by hand: 71.0 − 74.3, 79.0 − 79.3, 69.0 − 68.7, 62.0 − 67.3, 92.0 − 92.9; Mean 74.6 − 76.5
+    assert rows[3] == ["Δ dept − paper", "", "-3.3", "-0.3", "+0.3", "-5.3", "-0.9", "-1.9"]
+    assert [r[0] for r in rows[4:]] == ["pt"]                                 # DePT has no PT row: no Δ under pt
+    csv_rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    paper = next(r for r in csv_rows if r["source"] == "paper")
+    assert [float(paper[t]) for t in DEPT_TASKS] == means and paper["cb_std"] == "" and float(paper["avg"]) == mean
+    delta = next(r for r in csv_rows if r["source"] == "delta")
+    assert [float(delta[t]) for t in DEPT_TASKS] == pytest.approx([-3.3, -0.3, 0.3, -5.3, -0.9], abs=1e-9)
+    assert float(delta["avg"]) == pytest.approx(-1.9, abs=1e-9)
+    assert "DePT (arXiv 2309.05173)" in markdown and "half" in markdown and "2310.10094" not in markdown
+
+
+def test_published_dept_mean_is_the_mean_of_its_cells():
+    """Guards the reference data against a typo."""
+    assert statistics.mean(DEPT_ROW[1]) == pytest.approx(DEPT_ROW[2], abs=0.05)
+
+
+@pytest.mark.parametrize("model, flags, message", [
+    ("t5-large", [], "no published DePT rows for model 't5-large' (DePT, arXiv 2309.05173, ran t5-base)"),
+    ("/models/my-t5", [], "add --reference_backbone t5-base"),
+    ("/models/my-t5", ["--reference_backbone", "t5-small"], "DePT's Table 1 has rows for t5-base only"),
+])
+def test_dept_reference_for_a_backbone_it_did_not_run_is_refused(tmp_path, capsys, model, flags, message):
+    write_dept_runs(tmp_path / "runs", model=model)
+    assert main([str(tmp_path / "runs"), "--layout", "dept", "--reference", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lrpt table: error: ") and message in err
+
+
+def test_dept_reference_backbone_for_a_local_path(tmp_path):
+    write_dept_runs(tmp_path / "runs", model="/models/my-t5")
+    rows = md_rows(table(collect(tmp_path / "runs"), layout="dept", reference_backbone="t5-base")[0])
+    assert [r[0] for r in rows[1:]] == ["DePT (paper)", "dept", "Δ dept − paper"]

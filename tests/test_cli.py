@@ -11,7 +11,8 @@ from launch import clean_env
 from lrpt.trainer.cli.main import main
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "prefix"], "unknown method 'prefix'; known methods: dpt, lamp, lopt1, lopt2, pt, residual"),
+    (["--method", "prefix"],
+     "unknown method 'prefix'; known methods: dept, dpt, lamp, lopt1, lopt2, pt, residual, ulpt"),
     (["--prompt_length", "0"], "--prompt_length must be >= 1"),
     (["--method", "dpt", "--rank", "500"], "min(c, e)"),
     (["--method", "lamp", "--prompt_length", "10", "--pool", "11"], "pool"),

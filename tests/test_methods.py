@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from lrpt import methods
 from lrpt.methods import build, count_trainable, initial_prompt
 
-ALL = ["dpt", "lamp", "lopt1", "lopt2", "pt", "residual"]
-USES_EMBEDDING = {"pt", "lamp", "residual"}  # methods that start from vocabulary/text rows
+ALL = ["dept", "dpt", "lamp", "lopt1", "lopt2", "pt", "residual", "ulpt"]
+USES_EMBEDDING = {"pt", "lamp", "residual", "dept"}  # methods that start from vocabulary/text rows
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -39,6 +39,8 @@ def formula(name: str, c: int, e: int, r: int) -> int:
         "lopt2": 2 * r * e,
         "lamp": c * r + r + r * e,
         "residual": c * e + 2 * e * r + r + e + 2 * e,  # r plays the bottleneck m here
+        "dept": c * e + r * (256 + e),  # s = 256 input positions by default
+        "ulpt": c * r + 2 * e,
     }[name]
 
 
@@ -219,12 +221,14 @@ def test_residual_formula_by_hand():
 @pytest.mark.parametrize("name", ALL)
 def test_gradients_reach_exactly_the_trainable_params(name):
     m = make(name, 10, 8, **({"pool": 3} if name == "lamp" else {}))
-    m().sum().backward()
+    offsets = m.token_offsets()
+    (m().sum() + (offsets.sum() if offsets is not None else 0)).backward()
     params = dict(m.named_parameters())
     assert params and all(p.requires_grad for p in params.values())
     for pname, p in params.items():
         assert p.grad is not None, pname
-        if name != "residual":  # sum of a LayerNorm output has zero gradient w.r.t. the MLP; P's grad is nonzero
+        # residual: the sum of a LayerNorm output has zero gradient w.r.t. the MLP; DePT's A: B starts at zero
+        if (name, pname) != ("dept", "a") and name != "residual":
             assert p.grad.abs().sum() > 0, pname
     for bname, b in m.named_buffers():
         assert not b.requires_grad and b.grad is None, bname

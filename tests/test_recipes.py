@@ -29,6 +29,30 @@ def test_every_recipe_loads_and_validates_for_each_of_its_methods(name):
     assert load_config(["--recipe", name]).method == yaml.safe_load(open(recipe.path_of(name)))["method"]
 
 
+# DePT (arXiv 2309.05173) as its released code and Table 1 logs ran WiC, WSC, CB and MultiRC (m = 60, r = 30), and
+# ULPT (arXiv 2502.04501) as its README and train.sh run it: the values, written out by hand
+DEPT_CODE = {"model": "t5-base", "prompt_length": 60, "rank": 30, "alpha": 8.0, "offset_length": 256,
+             "learning_rate": 0.3, "offset_learning_rate": 5e-3, "weight_decay": 0.0, "max_grad_norm": 1.0,
+             "per_device_train_batch_size": 32, "max_steps": 30000, "max_source_length": 256, "init": "text",
+             "init_text": "Classify this text is postive or not:"}
+ULPT_CODE = {"model": "t5-base", "prompt_length": 100, "rank": 2, "learning_rate": 0.6, "weight_decay": 0.0,
+             "per_device_train_batch_size": 16, "max_steps": 30000, "max_source_length": 256}
+
+
+@pytest.mark.parametrize("name, values, params", [("dept-t5-base", DEPT_CODE, 76_800),
+                                                   ("ulpt-t5-base", ULPT_CODE, 1_736)])
+def test_dept_and_ulpt_recipes_are_their_codes_setting(name, values, params):
+    """Each value as the code ran it, and the trainable count the papers give for T5-Base (e = 768): DePT's equal to
+    a 100-token prompt's, ULPT's n·r + 2e."""
+    cfg = load_config(["--recipe", name])
+    assert {k: getattr(cfg, k) for k in values} == values
+    assert abs(cfg.warmup_ratio * cfg.max_steps - 500) < 2  # 500 warm-up steps
+    from lrpt import methods
+
+    prompt = cfg.build_method(768, True, **methods.random_start(cfg.method))
+    assert prompt.num_trainable_params() == params
+
+
 @pytest.mark.parametrize("size", ["small", "base", "large"])
 def test_dpt_recipes_are_the_papers_setting(size):
     for method, options in DPT_METHODS.items():
@@ -41,7 +65,7 @@ def test_dpt_recipes_are_the_papers_setting(size):
 def test_flags_override_a_recipe_and_refusals_are_one_line(tmp_path):
     cfg = load_config(["--recipe", "dpt-t5-base", "--learning_rate", "0.1", "--model", "tiny-t5"])
     assert (cfg.learning_rate, cfg.model, cfg.rank) == (0.1, "tiny-t5", 10)
-    with pytest.raises(LrptError, match="no recipe 'dpt-t5-xl'; recipes: dpt-t5-base"):
+    with pytest.raises(LrptError, match="no recipe 'dpt-t5-xl'; recipes: dept-t5-base, dpt-t5-base"):
         load_config(["--recipe", "dpt-t5-xl"])
     with pytest.raises(LrptError, match="has settings for dpt, residual, pt, not for --method lamp"):
         load_config(["--recipe", "dpt-t5-base", "--method", "lamp"])

@@ -42,13 +42,15 @@ def test_report_fields_are_consistent(tiny_t5_dir, memorise_dir, tmp_path):
 
 
 # report.json's objects and their keys in order, as lrpt wrote them before the report was typed (build_report's
-# dict, the fused group appended): the format that run directories already hold
+# dict, the fused group appended; the optimizer's groups since per-group learning rates): the format that run
+# directories already hold
 LAYOUT = {
     "": ["method", "trainable_params", "kept_params", "prompt_length", "prompt_output_length", "shared_prefix",
-         "optimizer_state_bytes", "optimizer_state_bytes_per_rank", "metrics", "metrics_untrained", "data",
-         "selected_step", "selection", "train", "throughput", "memory", "world_size", "zero_stage", "output_dir",
-         "versions", "config", "deepspeed_config"],
+         "optimizer_state_bytes", "optimizer_state_bytes_per_rank", "optimizer_groups", "metrics", "metrics_untrained",
+         "data", "selected_step", "selection", "train", "throughput", "memory", "world_size", "zero_stage",
+         "output_dir", "versions", "config", "deepspeed_config"],
     "data": ["train_examples", "eval_examples", "dev_examples", "train_batch_size"],
+    "optimizer_groups.0": ["name", "params", "learning_rate", "weight_decay"],
     "selection": ["protocol", "step", "optimistic"],
     "train": ["steps", "epochs", "loss_first", "loss_last", "loss_curve", "eval_history", "diagnostics"],
     "throughput": ["per_rank", "samples_per_s", "tokens_per_s", "input_tokens_per_s", "prompt_tokens_per_s",

@@ -137,7 +137,7 @@ def test_packed_segments_equal_each_run_alone(model_type, attention, checkpointi
         loss = PromptedModel(backbone, prompt, False).train()(**rows).loss
         alone.append((loss.detach(), torch.autograd.grad(loss, list(prompt.parameters()))))
     PromptedModel(backbone, prompts[0], False, shared_prefix=True)  # routes the backbone's attention
-    losses = packed_losses(backbone.train(), [(prompt(), rows) for prompt, rows in zip(prompts, batches)])
+    losses = packed_losses(backbone.train(), [(prompt(), None, rows) for prompt, rows in zip(prompts, batches)])
     for k, (prompt, (loss_a, grads_a)) in enumerate(zip(prompts, alone)):
         torch.testing.assert_close(losses[k].detach(), loss_a, rtol=1e-5, atol=1e-6)
         grads = torch.autograd.grad(losses[k], list(prompt.parameters()), retain_graph=True)

@@ -3,7 +3,8 @@
 The method's factors collapse to the dense P (c' x e, after LAMP's pooling); peft serves it with
 `PeftModel.from_pretrained(backbone, OUT_DIR)`. peft's seq2seq prompt tuning defaults to two
 prompt copies (encoder and decoder); lrpt prompts only the encoder, so the adapter says
-`num_transformer_submodules=1`.
+`num_transformer_submodules=1`. A method that also offsets the input tokens' embeddings (DePT) has
+no peft form: peft's prompt tuning only prepends a prompt, so its export is refused, naming why.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ...methods import REGISTRY
 from ..backbone.source import resolve_config
 from ..errors import LrptError
 from ..train.reopen import dense_prompt, run_config
@@ -25,6 +27,10 @@ def export_peft(run_dir: str | Path, out_dir: str | Path) -> Path:
     except ImportError:
         raise LrptError("export to peft needs peft: pip install 'lrpt[dev]' (or pip install peft)") from None
     cfg = run_config(run_dir)
+    if REGISTRY[cfg.method].offsets_tokens:
+        raise LrptError(f"--to peft: {run_dir} is a {cfg.method} run, whose method also adds a trained update to the "
+                        "input tokens' embeddings; peft's prompt tuning only prepends a prompt, so no peft adapter "
+                        "serves it. Serve it with `lrpt predict`")
     prompt = dense_prompt(run_dir).contiguous()
     backbone = resolve_config(cfg.model)
     if prompt.shape[1] != backbone.hidden_size:

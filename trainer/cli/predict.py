@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from ...eval.data import WHERE, DataError, format_rows, read_jsonl, row_examples
 from ...eval.tasks import Task, get_task
+from ...methods import REGISTRY
 from ..backbone.load import backbone_settings, load_run_backbone
 from ..config.run_config import RunConfig
 from ..errors import LrptError
@@ -114,7 +115,10 @@ def check_runs(dirs: list[str], cfgs: list[RunConfig], decoding: str | None) -> 
             raise LrptError(f"{dirs[0]} has --{name} {settings[0].get(name)} and {dirs[b]} {settings[b].get(name)}; "
                             f"several runs are answered in one pass over one backbone, so they must agree on it: "
                             f"predict with runs of one --{name}{also}, or predict each run on its own")
-    for d in dirs:
+    for d, c in zip(dirs, cfgs):
+        if REGISTRY[c.method].offsets_tokens:
+            raise LrptError(f"{d} is a {c.method} run: its method also adds offsets to the input tokens, which the "
+                            "one pass shared by several runs does not carry; predict it on its own")
         prompt_file(d)  # an unfinished run is refused here, not after the load
 
 
@@ -134,9 +138,9 @@ def read_rows(task: Task, path: Path, names: list[str]):
     return format_rows(task, raw), [name for name, n in zip(wanted, counts) for _ in range(n)]
 
 
-def run_prompt(cfg: RunConfig, run_dir: str, embed_dim: int) -> torch.Tensor:
+def run_prompt(cfg: RunConfig, run_dir: str, backbone) -> torch.Tensor:
     """The run's dense prompt P (c' x e), computed as `load_run`'s prompt module computes it, once."""
-    prompt = trained_prompt(cfg, load_file(prompt_file(run_dir)), embed_dim)
+    prompt = trained_prompt(cfg, load_file(prompt_file(run_dir)), backbone)
     with torch.no_grad():
         return prompt.eval()().detach()
 
@@ -156,7 +160,7 @@ def predict_many(dirs: list[str], path: Path, out: Path, decoding: str | None, b
     cfg = cfgs[0]
     backbone = load_run_backbone(cfg)
     backbone.model.eval()
-    prompts = [run_prompt(c, d, backbone.embed_dim) for c, d in zip(cfgs, dirs)]
+    prompts = [run_prompt(c, d, backbone) for c, d in zip(cfgs, dirs)]
     decoding = decoding or cfg.decoding
     batch_size = batch_size or min(c.per_device_eval_batch_size for c in cfgs)
     encoder = Encoder(backbone.tokenizer, backbone.is_encoder_decoder, cfg.max_source_length, cfg.max_target_length)

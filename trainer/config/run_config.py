@@ -66,7 +66,8 @@ class RunSettings:
     """The settings every run has. RunConfig (below) adds each registered method's own options."""
     recipe: str | None = setting(None, per_run=True, binding=False,
         help="a paper's setting (trainer/config/recipes/: dpt-t5-small, dpt-t5-base, dpt-t5-large, lamp-t5-base, "
-             "lopt-t5-base) or a recipe file, loaded under the flags; recorded in config.yaml")
+             "lopt-t5-base, dept-t5-base, ulpt-t5-base) or a recipe file, loaded under the flags; recorded in "
+             "config.yaml")
     # what to train
     model: str = setting("smollm2-135m", plan="model",
         help="preset (tiny-t5, tiny-llama, smollm2-135m), HF hub name, local path, or a GGUF: file.gguf, "
@@ -265,10 +266,27 @@ class RunSettings:
         """The options of this run's method that are set (the others: the method's defaults)."""
         return methods.method_options(self.method, self.to_dict())
 
-    def build_method(self, embed_dim: int, **context: Any) -> methods.PromptModule:
+    def build_method(self, embed_dim: int, is_encoder_decoder: bool, **context: Any) -> methods.PromptModule:
         """The run's method with the options it set; `context` adds the backbone's (embedding rows, the
         tokenized init_text) and may override an option (a loaded prompt starts from init="random")."""
-        return methods.build(self.method, self.prompt_length, embed_dim, **{**self.method_options(), **context})
+        return methods.build(self.method, self.prompt_length, embed_dim, **{
+            **self.method_options(), "input_positions": self.input_positions(is_encoder_decoder), **context})
+
+    def input_positions(self, is_encoder_decoder: bool) -> int:
+        """The longest input row a run gives the backbone, its prompt aside: the source (T5's encoder input) or,
+        decoder-only, the source and the answer it is trained on."""
+        return self.max_source_length + (0 if is_encoder_decoder else self.max_target_length)
+
+    def optimizer_groups(self, prompt: methods.PromptModule) -> list[dict[str, Any]]:
+        """AdamW's parameter groups: each of the method's groups at the learning rate and weight decay its options
+        set (unset: --learning_rate, --weight_decay), named as the method names them."""
+        def chosen(option: str | None, default: float) -> float:
+            value = getattr(self, option) if option else None
+            return default if value is None else value
+
+        return [{"params": list(group.params), "name": group.name,
+                 "lr": chosen(group.learning_rate, self.learning_rate),
+                 "weight_decay": chosen(group.weight_decay, self.weight_decay)} for group in prompt.param_groups()]
 
     def monitors(self) -> list[str]:
         """The DeepSpeed monitors --report_to names."""

@@ -402,7 +402,7 @@ def plan(spec: PlanSpec) -> Plan:
 
     # prompt: the method's own parameter count and output length (LAMP: ⌈c/p⌉), at the backbone's width
     try:
-        prompt = methods.build(spec.method, spec.prompt_length, hidden,
+        prompt = methods.build(spec.method, spec.prompt_length, hidden, input_positions=spec.seq_len,
                                **{**spec.options, **methods.random_start(spec.method)})
     except ValueError as exc:
         raise LrptError(str(exc)) from None

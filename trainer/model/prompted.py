@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...methods import PromptModule
 from . import shared_prefix as shared_prefix_path
-from .rows import lay_out
+from .rows import lay_out, token_embeddings
 
 
 class PromptedModel(nn.Module):
@@ -42,9 +42,14 @@ class PromptedModel(nn.Module):
         lm_head) because it walks `named_parameters()`, which lists a tied tensor once."""
         return self.prompt.state_dict(destination=destination, prefix=prefix + "prompt.", keep_vars=keep_vars)
 
+    def _tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The rows' token embeddings, the method's token offsets added (DePT; most methods have none)."""
+        return token_embeddings(self.backbone.get_input_embeddings(), input_ids, attention_mask,
+                                self.prompt.token_offsets())
+
     def _lay_out(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
         """The rows behind the prompt: embeddings [P, text], mask, labels."""
-        tokens = self.backbone.get_input_embeddings()(input_ids)
+        tokens = self._tokens(input_ids, attention_mask)
         return lay_out(self.prompt(), tokens, attention_mask, labels, self.is_encoder_decoder)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -56,7 +61,7 @@ class PromptedModel(nn.Module):
     def _shared_read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      labels: torch.Tensor) -> shared_prefix_path.Read:
         """The logits that predict each target token, and the targets (model.shared_prefix)."""
-        tokens = self.backbone.get_input_embeddings()(input_ids)
+        tokens = self._tokens(input_ids, attention_mask)
         segment = shared_prefix_path.Segment(self.prompt().to(tokens.dtype), tokens, attention_mask, labels)
         return shared_prefix_path.packed_logits(self.backbone, [segment])[0]
 

@@ -1,6 +1,7 @@
 """The one row layout: a prompt P (c' x e) before each row's token embeddings, [P, text], the attention mask
-extended by ones over P and, for a decoder-only backbone, the labels ignored (-100) over P. PromptedModel, fused
-groups and several prompts answering at once all lay their rows out here, so a row is the same wherever it runs."""
+extended by ones over P and, for a decoder-only backbone, the labels ignored (-100) over P; a method's token
+offsets (DePT) added to the tokens' embeddings first. PromptedModel, fused groups and several prompts answering at
+once all lay their rows out here, so a row is the same wherever it runs."""
 from __future__ import annotations
 
 import torch
@@ -16,6 +17,23 @@ def lay_out(prompt: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, labe
     if labels is not None and not is_encoder_decoder:
         labels = torch.cat([labels.new_full((rows, length), -100), labels], dim=1)
     return embeds, mask, labels
+
+
+def token_embeddings(embed: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                     offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows' token embeddings, a method's offsets added by each token's position within its row (its count of
+    real tokens before it, so left- and right-padded rows agree); pads, which nothing attends to, stay as they are.
+    A row longer than the offsets cover is refused."""
+    tokens = embed(input_ids)
+    if offsets is None:
+        return tokens
+    position = mask.long().cumsum(dim=1) - 1
+    longest = int(position.max()) + 1 if position.numel() else 0
+    if longest > offsets.shape[0]:
+        raise ValueError(f"an input row of {longest} tokens is longer than the {offsets.shape[0]} positions the "
+                         "method's token offsets cover: raise --offset_length or lower --max_source_length")
+    added = offsets.to(tokens.dtype)[position.clamp(min=0)] * mask.unsqueeze(-1).to(tokens.dtype)
+    return tokens + added
 
 
 def pad_rows(tensors: list[torch.Tensor], width: int, value=0, left: bool = False) -> torch.Tensor:

@@ -209,6 +209,16 @@ class Data(Section):
 
 
 @dataclass(kw_only=True)
+class OptimizerGroup(Section):
+    """One of AdamW's parameter groups as the optimizer holds it (the method's param_groups: DePT's prompt and its
+    low-rank pair each at a rate of its own): the rate the schedule starts from and the decay."""
+    name: str
+    params: int
+    learning_rate: float
+    weight_decay: float
+
+
+@dataclass(kw_only=True)
 class Fused(Section):
     """A run trained in a fused group (train.fused): the other runs' names and the group's size."""
     with_runs: list[str] = field(metadata={"key": "with"})
@@ -226,6 +236,7 @@ class Report(Section):
     shared_prefix: bool = False  # the path this run took (--shared_prefix auto resolves per run)
     optimizer_state_bytes: int  # all ranks
     optimizer_state_bytes_per_rank: list[int]
+    optimizer_groups: list[OptimizerGroup] = field(default_factory=list)  # older reports: not recorded
     metrics: dict[str, Any]
     metrics_untrained: dict[str, Any] | None = None  # the initial prompt's, before step 1 (--eval_untrained)
     data: Data | None = None
@@ -297,6 +308,8 @@ def format_table(report: Report) -> str:
         ("kept after training", f"{report.kept_params:,}"),
         ("prompt length (c -> c')", f"{report.prompt_length} -> {report.prompt_output_length}"),
         ("optimizer state (all ranks)", _size(report.optimizer_state_bytes)),
+        *[(f"  group {g.name}", f"{g.params:,} params, lr {g.learning_rate:g}, weight decay {g.weight_decay:g}")
+          for g in report.optimizer_groups if len(report.optimizer_groups) > 1],
         ("train loss first -> last", f"{train.loss_first:.4f} -> {train.loss_last:.4f}"),
         ("steps (epochs)", f"{train.steps} ({train.epochs:.2f})"),
     ]

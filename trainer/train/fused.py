@@ -35,7 +35,7 @@ from ..config.run_config import RunConfig, policies
 from ..errors import LrptError
 from ..measure.flops import step_flops
 from ..model import shared_prefix
-from ..model.rows import lay_out, pad_rows
+from ..model.rows import lay_out, pad_rows, token_embeddings
 
 # what each fused run keeps its own (its prompt and method options, optimizer, schedule, data, evaluation, logs and
 # checkpoints: the fields whose Policy says per_run); every other setting reaches the one forward over the backbone,
@@ -95,15 +95,17 @@ def active_dropout(config) -> str:
 
 class PromptOnly(nn.Module):
     """What a fused run's engine wraps: its prompt alone, named as PromptedModel names it (`prompt.*`), so
-    that its checkpoints are the ones the run alone writes. The forward returns a copy: under ZeRO-3 the
-    parameters are released when it ends, and the prompt is used after it."""
+    that its checkpoints are the ones the run alone writes. The forward returns a copy of P and the method's
+    token offsets (None for most): under ZeRO-3 the parameters are released when it ends, and both are used
+    after it."""
 
     def __init__(self, prompt: nn.Module):
         super().__init__()
         self.prompt = prompt
 
-    def forward(self) -> torch.Tensor:
-        return self.prompt().clone()
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        offsets = self.prompt.token_offsets()
+        return self.prompt().clone(), None if offsets is None else offsets.clone()
 
 
 def backbone_engine(model: nn.Module, ds_config: DeepSpeedConfig):
@@ -120,25 +122,29 @@ def backbone_engine(model: nn.Module, ds_config: DeepSpeedConfig):
     return engine
 
 
-def fused_rows(prompts: list[torch.Tensor], batches: list[dict], embed: nn.Module, is_encoder_decoder: bool):
+# one run's part of a fused step: its prompt P, its token offsets (None for most methods) and its micro-batch
+Part = tuple[torch.Tensor, torch.Tensor | None, dict]
+
+
+def fused_rows(parts: list[Part], embed: nn.Module, is_encoder_decoder: bool):
     """Embeddings, mask and labels of every run's rows behind its prompt, each row as its run alone lays it out,
     padded after its end to the longest row (labels -100); run k's rows follow run k - 1's."""
-    laid = [lay_out(prompt, embed(batch["input_ids"]), batch["attention_mask"], batch["labels"], is_encoder_decoder)
-            for prompt, batch in zip(prompts, batches)]
+    laid = [lay_out(prompt, token_embeddings(embed, batch["input_ids"], batch["attention_mask"], offsets),
+                    batch["attention_mask"], batch["labels"], is_encoder_decoder)
+            for prompt, offsets, batch in parts]
     width = max(e.shape[1] for e, _, _ in laid)
     target = max(lab.shape[1] for _, _, lab in laid) if is_encoder_decoder else width
     return (pad_rows([e for e, _, _ in laid], width), pad_rows([m for _, m, _ in laid], width),
             pad_rows([lab for _, _, lab in laid], target, value=-100))
 
 
-def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[tuple[torch.Tensor, dict]]):
+def fused_losses(backbone: nn.Module, is_encoder_decoder: bool, parts: list[Part]):
     """Each run's loss, the backbone's own (token-mean cross-entropy over its targets), from one forward over
     every run's rows behind its run's prompt; and the padded width each run's rows took (for their FLOPs)."""
-    prompts, batches = [prompt for prompt, _ in parts], [batch for _, batch in parts]
-    embeds, mask, labels = fused_rows(prompts, batches, backbone.get_input_embeddings(), is_encoder_decoder)
+    embeds, mask, labels = fused_rows(parts, backbone.get_input_embeddings(), is_encoder_decoder)
     logits = backbone_logits(backbone, embeds, mask, labels, is_encoder_decoder)
     losses, start = [], 0
-    for batch in batches:
+    for _, _, batch in parts:
         end = start + len(batch["input_ids"])
         losses.append(own_loss(backbone, logits[start:end], labels[start:end], is_encoder_decoder))
         start = end
@@ -164,13 +170,13 @@ def own_loss(backbone: nn.Module, logits: torch.Tensor, labels: torch.Tensor, is
     return backbone.loss_function(logits=logits, labels=labels, vocab_size=backbone.config.vocab_size)
 
 
-def packed_losses(backbone: nn.Module, parts: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+def packed_losses(backbone: nn.Module, parts: list[Part]) -> list[torch.Tensor]:
     """Each run's loss on the shared prefix: one packed forward, a segment per run (its prompt once, its rows
     behind it at their own width), each loss the one its run computes alone."""
     embed = backbone.get_input_embeddings()
     segments = []
-    for prompt, batch in parts:
-        tokens = embed(batch["input_ids"])
+    for prompt, offsets, batch in parts:
+        tokens = token_embeddings(embed, batch["input_ids"], batch["attention_mask"], offsets)
         segments.append(shared_prefix.Segment(prompt.to(tokens.dtype), tokens, batch["attention_mask"],
                                               batch["labels"]))
     return [read.loss() for read in shared_prefix.packed_logits(backbone, segments)]
@@ -178,19 +184,19 @@ def packed_losses(backbone: nn.Module, parts: list[tuple[torch.Tensor, dict]]) -
 
 def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor], int | None, int | None]:
     """One micro-batch of each run: its engine's forward (under ZeRO-3 it gathers the prompt), one forward and
-    backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP>, whose gradient
-    is the run's own. Returns each run's loss and, on the standard path, the padded widths (fused_losses; None
-    on the shared prefix, where each run's rows keep their own)."""
-    prompts = [run.engine() for run in runs]
-    leaves = [p.detach().requires_grad_() for p in prompts]
-    backbone, parts = runs[0].backbone, list(zip(leaves, batches))
+    backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP> (and of its token
+    offsets likewise), whose gradient is the run's own. Returns each run's loss and, on the standard path, the
+    padded widths (fused_losses; None on the shared prefix, where each run's rows keep their own)."""
+    outputs = [run.engine() for run in runs]
+    leaves = [tuple(None if t is None else t.detach().requires_grad_() for t in out) for out in outputs]
+    backbone, parts = runs[0].backbone, [(*leaf, batch) for leaf, batch in zip(leaves, batches)]
     if runs[0].model.shared_prefix:
         losses, width, target = packed_losses(backbone.model, parts), None, None
     else:
         losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, parts)
     torch.autograd.backward(sum(losses))
-    for run, prompt, leaf in zip(runs, prompts, leaves):
-        run.engine.backward((prompt * leaf.grad).sum())
+    for run, out, leaf in zip(runs, outputs, leaves):
+        run.engine.backward(sum((t * grad.grad).sum() for t, grad in zip(out, leaf) if t is not None))
     return losses, width, target
 
 

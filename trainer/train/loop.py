@@ -72,10 +72,21 @@ def check_backbone(cfg: RunConfig) -> tuple[PretrainedConfig, DeepSpeedConfig]:
     quant.check_support(cfg, config.model_type, ds_config)
     quant_load.check_quantized_load(cfg, ds_config)  # --quantized_load: ZeRO-3 and a safetensors checkpoint
     try:  # shapes and keywords, on a stand-in one-row vocabulary
-        cfg.build_method(config.hidden_size, embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
+        method = cfg.build_method(config.hidden_size, config.is_encoder_decoder,
+                                  embedding_weight=torch.zeros(1, config.hidden_size), init_token_ids=[0])
     except ValueError as exc:
         raise LrptError(str(exc)) from None
+    check_offsets(cfg, method.offset_length, cfg.input_positions(config.is_encoder_decoder))
     return config, ds_config
+
+
+def check_offsets(cfg: RunConfig, covered: int | None, longest: int) -> None:
+    """A method's token offsets (DePT) must cover every input position a row can reach (RunConfig.input_positions)."""
+    if covered is not None and longest > covered:
+        raise LrptError(f"--method {cfg.method}: its token offsets cover {covered} input positions (--offset_length) "
+                        f"and a row can reach {longest} (--max_source_length {cfg.max_source_length}, decoder-only "
+                        f"+ --max_target_length {cfg.max_target_length}): give --offset_length {longest}, or leave "
+                        "it out to cover the longest row")
 
 
 def load_frozen(cfg: RunConfig, ds_config: DeepSpeedConfig, world: int) -> tuple[Backbone, object]:
@@ -120,8 +131,8 @@ def build_prompt(cfg: RunConfig, backbone: Backbone) -> methods.PromptModule:
     # Under ZeRO-3 every rank holds only its shard of the embedding (shape [0] here): gather it to read rows.
     with deepspeed.zero.GatheredParameters([embedding]):
         weight = embedding.detach().to(torch.float32).clone()
-    return cfg.build_method(backbone.embed_dim, embedding_weight=weight, init_token_ids=ids,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+    return cfg.build_method(backbone.embed_dim, backbone.is_encoder_decoder, embedding_weight=weight,
+                            init_token_ids=ids, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def default_output_dir(cfg: RunConfig) -> str:
@@ -273,7 +284,7 @@ def build_session(prep: Prepared, backbone: Backbone, shared_prefix: bool, engin
     steps_per_epoch = micro_batches_per_epoch(len(train_rows), prep.micro, world) // cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
 
-    optimizer = torch.optim.AdamW(prompt.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(cfg.optimizer_groups(prompt), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model if engine_module is None else engine_module(prompt), optimizer=optimizer,

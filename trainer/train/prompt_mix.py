@@ -54,7 +54,8 @@ def label_log_likelihoods(backbone: Backbone, prompts: Sequence[torch.Tensor], b
     model, enc_dec = backbone.model, backbone.is_encoder_decoder
     embed = model.get_input_embeddings()
     batches = [_to(b, embed.weight.device) for b in batches]
-    embeds, mask, labels = fused_rows([p.to(embed.weight.device) for p in prompts], batches, embed, enc_dec)
+    embeds, mask, labels = fused_rows([(p.to(embed.weight.device), None, b) for p, b in zip(prompts, batches)],
+                                      embed, enc_dec)
     logits = backbone_logits(model, embeds, mask, labels, enc_dec).float()
     return summed_log_likelihood(logits, labels, enc_dec)
 

@@ -33,10 +33,10 @@ def dense_prompt(run_dir: str | Path) -> torch.Tensor:
     return load_file(prompt_file(run_dir, "prompt_dense.safetensors"))["prompt"]
 
 
-def trained_prompt(cfg: RunConfig, state: dict, embed_dim: int) -> methods.PromptModule:
+def trained_prompt(cfg: RunConfig, state: dict, backbone: Backbone) -> methods.PromptModule:
     """The run's prompt module holding its trained values: the shapes come from the config, the values from
     the file, so a random start is enough."""
-    prompt = cfg.build_method(embed_dim, **methods.random_start(cfg.method))
+    prompt = cfg.build_method(backbone.embed_dim, backbone.is_encoder_decoder, **methods.random_start(cfg.method))
     prompt.load_state_dict(state)
     return prompt
 
@@ -48,7 +48,7 @@ def load_run(run_dir: str | Path, shared_prefix: bool = False) -> tuple[RunConfi
     cfg = run_config(run_dir)
     state = load_file(prompt_file(run_dir))
     backbone = load_run_backbone(cfg)
-    prompt = trained_prompt(cfg, state, backbone.embed_dim)
+    prompt = trained_prompt(cfg, state, backbone)
     model = PromptedModel(backbone.model, prompt, backbone.is_encoder_decoder,
                           shared_prefix=shared_prefix and use_shared_prefix(cfg, backbone))
     return cfg, backbone, model.eval()

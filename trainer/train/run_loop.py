@@ -23,6 +23,7 @@ from ..rundir.report import (
     Data,
     Fused,
     Memory,
+    OptimizerGroup,
     RankThroughput,
     Report,
     Selection,
@@ -214,7 +215,8 @@ class RunLoop:
                     dev_examples=len(run.dev_rows) if run.dev_rows is not None else 0,
                     train_batch_size=run.ds_config.train_batch_size)  # smaller than asked on a tiny (few-shot) set
         report = build_report(cfg, run.prompt, state, run.steps_per_epoch, metrics, per_rank, distributed.world_size(),
-                              run.stage, run.ds_config.json, run.model.shared_prefix, data)
+                              run.stage, run.ds_config.json, run.model.shared_prefix, data,
+                              optimizer_groups(run.prompt, run.optimizer))
         report.fused = fused
         self.report = report
         if distributed.is_main():
@@ -224,8 +226,18 @@ class RunLoop:
         return report
 
 
+def optimizer_groups(prompt, optimizer) -> list[OptimizerGroup]:
+    """AdamW's groups as the optimizer holds them (DeepSpeed's wraps torch's and keeps its groups' settings): the
+    rate each started from (the schedule's `initial_lr`), its decay, and its parameters counted on the method."""
+    sizes = {group.name: sum(getattr(p, "ds_numel", p.numel()) for p in group.params)
+             for group in prompt.param_groups()}
+    return [OptimizerGroup(name=g["name"], params=sizes[g["name"]], learning_rate=g.get("initial_lr", g["lr"]),
+                           weight_decay=g["weight_decay"]) for g in optimizer.param_groups]
+
+
 def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, stage, ds_config,
-                 shared_prefix: bool = False, data: Data | None = None) -> Report:
+                 shared_prefix: bool = False, data: Data | None = None,
+                 groups: list[OptimizerGroup] | None = None) -> Report:
     """The report of a finished run from its state and every rank's measurements (`per_rank`, gathered)."""
     import deepspeed
     import transformers
@@ -244,6 +256,7 @@ def build_report(cfg, prompt, state, steps_per_epoch, metrics, per_rank, world, 
         shared_prefix=shared_prefix,
         optimizer_state_bytes=sum(opt_bytes),
         optimizer_state_bytes_per_rank=opt_bytes,
+        optimizer_groups=groups or [],
         metrics=metrics,
         metrics_untrained=state.get("untrained"),
         data=data,
