@@ -14,7 +14,7 @@ then `lrpt table` (processes); prints the wall time to the table and each agains
 gathers: the same --ways but processes under `deepspeed --num_gpus 2` with ZeRO-3 and DeepSpeed's comms
 logger (sweep standing for one process per run: the same gathers); each rank sums the all-gathers of the
 training steps (from a run's first step to its last, evaluation left out) and prints the bytes per trained
-example of each and their ratio to the fused sweep's.
+example of each, their ratio to the fused sweep's, and each way's peak memory per rank (its reports').
 slurm: slurm/superglue_sweep.sh on a running cluster, an element per run one at a time against FUSE=1.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..rundir.report import Report
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # slurm/ lives in the checkout, beside trainer/
 
@@ -144,8 +146,9 @@ def gathers(args) -> None:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         counted = json.loads((out / "gathers-rank0.json").read_text())
         per_example[name] = counted["bytes"] / counted["examples"]
+        peak = max(max(Report.read(report).memory.peak_bytes) for report in out.glob("*/report.json"))
         print(f"{name}: {counted['bytes']:,} all-gather bytes on rank 0 over {counted['examples']} trained examples "
-              f"({counted['count']:,} all-gathers)", flush=True)
+              f"({counted['count']:,} all-gathers); peak per rank {peak / 2**30:.2f} GiB", flush=True)
     fused = per_example.get(WAYS["fused"][0], min(per_example.values()))
     print(f"\nall-gather bytes per trained example, rank 0 (K = {runs_of(args)}):")
     for name, value in per_example.items():

@@ -20,6 +20,7 @@ and MLP run at those alone (`LastLayerReads`); its keys and values still cover e
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import weakref
 from dataclasses import dataclass
@@ -219,9 +220,15 @@ class Segment:
     attention_mask: torch.Tensor  # [B, L]
     labels: torch.Tensor  # [B, L]: -100 where nothing is predicted
 
-    def reads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each target is predicted from (flat row positions) and the targets (`targets`)."""
-        return targets(self.labels)
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor, Packed]:
+        """Its part of the packed sequence: embeddings [c + B·L, e], their position ids (the standard path's), and
+        what attention needs of it."""
+        batch, width, embed = self.tokens.shape
+        c = self.prompt.shape[0]
+        columns = torch.arange(width, device=self.tokens.device)
+        positions = torch.cat([torch.arange(c, device=columns.device), c + columns.repeat(batch)])
+        return (torch.cat([self.prompt, self.tokens.reshape(batch * width, embed)]), positions,
+                Packed(c, rows_mask(self.attention_mask, c, self.tokens.dtype)))
 
 
 @dataclass
@@ -239,27 +246,21 @@ class Read:
 def packed_logits(model: PreTrainedModel, segments: list[Segment]) -> list[Read]:
     """Every segment's logits at the positions that predict its targets, from one forward over the packed sequence
     [P_1, rows_1, P_2, rows_2, ...]. The head runs only where read."""
-    pieces, positions, packed, reads, wanted, start = [], [], [], [], [], 0
-    for segment in segments:
-        batch, width, embed = segment.tokens.shape
-        c = segment.prompt.shape[0]
-        where, targets_ = segment.reads()
-        pieces += [segment.prompt, segment.tokens.reshape(batch * width, embed)]
-        columns = torch.arange(width, device=segment.tokens.device)
-        positions += [torch.arange(c, device=columns.device), c + columns.repeat(batch)]
-        packed.append(Packed(c, rows_mask(segment.attention_mask, c, segment.tokens.dtype)))
-        reads.append(start + c + where)
-        wanted.append((targets_, torch.div(where, width, rounding_mode="floor")))
-        start += packed[-1].length
+    parts = [segment.packed() for segment in segments]
+    wanted = [targets(segment.labels) for segment in segments]
+    starts = itertools.accumulate((packed.length for _, _, packed in parts), initial=0)
+    reads = [start + packed.prompt_length + where for start, (_, _, packed), (where, _) in zip(starts, parts, wanted)]
     keep = torch.cat(reads)
-    device, dtype = keep.device, segments[0].tokens.dtype
     # a 4D attention_mask is taken as prepared, so transformers builds no mask over the whole packed sequence;
     # the masks that apply travel with the segments
-    out = model(inputs_embeds=torch.cat(pieces).unsqueeze(0), attention_mask=torch.empty(1, 1, 0, 0, dtype=dtype,
-                device=device), position_ids=torch.cat(positions).unsqueeze(0), prefix_segments=tuple(packed),
-                prefix_reads=keep, logits_to_keep=keep, use_cache=False)
+    prepared = torch.empty(1, 1, 0, 0, dtype=segments[0].tokens.dtype, device=keep.device)
+    out = model(inputs_embeds=torch.cat([e for e, _, _ in parts]).unsqueeze(0), attention_mask=prepared,
+                position_ids=torch.cat([p for _, p, _ in parts]).unsqueeze(0),
+                prefix_segments=tuple(packed for _, _, packed in parts), prefix_reads=keep, logits_to_keep=keep,
+                use_cache=False)
     logits = out.logits[0].float().split([len(r) for r in reads])
-    return [Read(part, targets_, rows) for part, (targets_, rows) in zip(logits, wanted)]
+    return [Read(part, targets_, torch.div(where, segment.tokens.shape[1], rounding_mode="floor"))
+            for part, (where, targets_), segment in zip(logits, wanted, segments)]
 
 
 def targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

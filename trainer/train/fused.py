@@ -187,7 +187,7 @@ def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor],
     backward of the backbone over every run's rows, and each engine's backward of <P, dL/dP> (and of its token
     offsets likewise), whose gradient is the run's own. Returns each run's loss and, on the standard path, the
     padded widths (fused_losses; None on the shared prefix, where each run's rows keep their own)."""
-    outputs = [run.engine() for run in runs]
+    outputs = [run.engine() for run in runs]  # (P, token offsets or None) each
     leaves = [tuple(None if t is None else t.detach().requires_grad_() for t in out) for out in outputs]
     backbone, parts = runs[0].backbone, [(*leaf, batch) for leaf, batch in zip(leaves, batches)]
     if runs[0].model.shared_prefix:
@@ -196,7 +196,7 @@ def fused_backward(runs: list, batches: list[dict]) -> tuple[list[torch.Tensor],
         losses, width, target = fused_losses(backbone.model, backbone.is_encoder_decoder, parts)
     torch.autograd.backward(sum(losses))
     for run, out, leaf in zip(runs, outputs, leaves):
-        run.engine.backward(sum((t * grad.grad).sum() for t, grad in zip(out, leaf) if t is not None))
+        run.engine.backward(sum((t * detached.grad).sum() for t, detached in zip(out, leaf) if t is not None))
     return losses, width, target
 
 
