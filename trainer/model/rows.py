@@ -27,11 +27,10 @@ def token_embeddings(embed: torch.nn.Module, input_ids: torch.Tensor, mask: torc
     tokens = embed(input_ids)
     if offsets is None:
         return tokens
-    position = mask.long().cumsum(dim=1) - 1
-    longest = int(position.max()) + 1 if position.numel() else 0
-    if longest > offsets.shape[0]:
-        raise ValueError(f"an input row of {longest} tokens is longer than the {offsets.shape[0]} positions the "
+    if mask.shape[1] > offsets.shape[0]:  # rows are padded to the batch's longest: its width, read without a sync
+        raise ValueError(f"an input row of {mask.shape[1]} tokens is longer than the {offsets.shape[0]} positions the "
                          "method's token offsets cover: raise --offset_length or lower --max_source_length")
+    position = mask.long().cumsum(dim=1) - 1
     added = offsets.to(tokens.dtype)[position.clamp(min=0)] * mask.unsqueeze(-1).to(tokens.dtype)
     return tokens + added
 
